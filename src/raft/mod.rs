@@ -1,0 +1,10 @@
+//! The Raft consensus core: a deterministic state machine with no I/O.
+//!
+//! See `docs/ARCHITECTURE.md` for the inputs, the outputs and the persistence
+//! contract.
+
+pub mod message;
+pub mod types;
+
+pub use message::{Message, MessageBody, RejectHint};
+pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Status, Term};

@@ -1,0 +1,190 @@
+//! The vocabulary of the core: ids, terms, indexes, log entries and hard state.
+//!
+//! Newtypes keep a term from being passed where an index is expected. Index 0
+//! and term 0 mean "none", exactly as in the Raft paper: the log is 1-based and
+//! the entry "before the first" has index 0 and term 0.
+
+use std::fmt;
+
+/// A server's id, as written in `cluster.toml` (`id = 1`) and shown as `n1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+/// A Raft term. Term 0 is "before any election".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Term(pub u64);
+
+/// A 1-based position in the log. Index 0 means "before the first entry".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogIndex(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for LogIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Term {
+    /// The term after this one.
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
+impl LogIndex {
+    /// The index after this one.
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+
+    /// The index before this one; `LogIndex(0).prev()` is 0.
+    pub fn prev(self) -> LogIndex {
+        LogIndex(self.0.saturating_sub(1))
+    }
+
+    /// `self + n`.
+    pub fn plus(self, n: u64) -> LogIndex {
+        LogIndex(self.0 + n)
+    }
+}
+
+/// What an entry is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// Appended by a new leader so that entries of earlier terms commit
+    /// (Raft paper, section 5.4.2 and 8). Carries no data; applies to nothing.
+    Noop = 0,
+    /// An application command; `data` is opaque to the core (the KV state
+    /// machine's encoded command, see `kv::Command`).
+    Command = 1,
+}
+
+impl EntryKind {
+    /// Decodes the kind byte used by the wire and storage formats.
+    pub fn from_u8(byte: u8) -> Option<EntryKind> {
+        match byte {
+            0 => Some(EntryKind::Noop),
+            1 => Some(EntryKind::Command),
+            _ => None,
+        }
+    }
+}
+
+/// One log entry. Two entries with the same `index` and `term` are the same
+/// entry and have identical logs before them (Log Matching Property).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub index: LogIndex,
+    pub term: Term,
+    pub kind: EntryKind,
+    pub data: Vec<u8>,
+}
+
+impl fmt::Display for Entry {
+    /// `index/term`, the shorthand used in transcripts: `8/3`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.term)
+    }
+}
+
+/// The state every server must persist before it answers (Figure 2,
+/// "Persistent state on all servers"), apart from the log itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// Latest term this server has seen; increases monotonically.
+    pub current_term: Term,
+    /// Candidate that received this server's vote in `current_term`, if any.
+    pub voted_for: Option<NodeId>,
+}
+
+/// A server's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Follower,
+    /// Campaigning in a PreVote round: term and vote are unchanged until a
+    /// majority says it would vote.
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    /// Lower-case name used by status output and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "precandidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+
+    /// Parses `name()` back.
+    pub fn from_name(name: &str) -> Option<Role> {
+        match name {
+            "follower" => Some(Role::Follower),
+            "precandidate" => Some(Role::PreCandidate),
+            "candidate" => Some(Role::Candidate),
+            "leader" => Some(Role::Leader),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the leader is replicating to one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// One AppendEntries at a time, until one succeeds: used after a
+    /// rejection or a restart, while `next_index` is being found.
+    Probe,
+    /// Optimistic pipelining: up to `inflight_msgs_max` AppendEntries in flight.
+    Replicate,
+}
+
+/// The leader's view of one follower, as shown by `raft-ctl status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub match_index: LogIndex,
+    pub next_index: LogIndex,
+    pub state: ProgressState,
+    /// AppendEntries sent and not yet acknowledged.
+    pub inflight: u32,
+}
+
+/// A read-only snapshot of a core's state, for status output and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub current_term: Term,
+    pub voted_for: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub last_applied: LogIndex,
+    /// First index held in the log (1 when no entry was ever compacted).
+    pub first_index: LogIndex,
+    /// Last index in the log, 0 when empty.
+    pub last_index: LogIndex,
+    /// Per-follower progress; empty unless leader.
+    pub peers: Vec<PeerStatus>,
+}
