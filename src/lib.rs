@@ -1,2 +1,3 @@
 pub mod kv;
 pub mod raft;
+pub mod sim;

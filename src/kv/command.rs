@@ -9,9 +9,16 @@ pub type ClientId = u64;
 /// uses UTF-8 strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Set `key` to `new` if its current value is `expected` (`None`: absent).
     Cas {
         key: Vec<u8>,
@@ -20,7 +27,9 @@ pub enum Op {
     },
     /// A raw log entry (the seeds' ClientLogAppend): logged and applied as is,
     /// changing no key.
-    Append { data: Vec<u8> },
+    Append {
+        data: Vec<u8>,
+    },
 }
 
 /// A client's operation with its session: the state machine applies each

@@ -75,9 +75,13 @@ impl MessageBody {
     /// The message type's name, as in the paper.
     pub fn name(&self) -> &'static str {
         match self {
-            MessageBody::RequestVote { pre_vote: false, .. } => "RequestVote",
+            MessageBody::RequestVote {
+                pre_vote: false, ..
+            } => "RequestVote",
             MessageBody::RequestVote { pre_vote: true, .. } => "PreVote",
-            MessageBody::RequestVoteResponse { pre_vote: false, .. } => "RequestVoteResponse",
+            MessageBody::RequestVoteResponse {
+                pre_vote: false, ..
+            } => "RequestVoteResponse",
             MessageBody::RequestVoteResponse { pre_vote: true, .. } => "PreVoteResponse",
             MessageBody::AppendEntries { .. } => "AppendEntries",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
@@ -89,7 +93,14 @@ impl fmt::Display for Message {
     /// One line, for transcripts:
     /// `n1->n2 AppendEntries t3 prev=7/2 commit=7 entries=[8/3]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}->{} {} t{}", self.from, self.to, self.body.name(), self.term)?;
+        write!(
+            f,
+            "{}->{} {} t{}",
+            self.from,
+            self.to,
+            self.body.name(),
+            self.term
+        )?;
         match &self.body {
             MessageBody::RequestVote {
                 last_log_index,

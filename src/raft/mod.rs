@@ -7,4 +7,13 @@ pub mod message;
 pub mod types;
 
 pub use message::{Message, MessageBody, RejectHint};
-pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Status, Term};
+pub use types::{
+    Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Status, Term,
+};
+
+pub mod core;
+pub mod log;
+pub mod progress;
+pub mod rng;
+
+pub use self::core::{Config, NotLeader, Raft, ReadState, Ready, SoftState};

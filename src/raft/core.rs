@@ -1,0 +1,1189 @@
+//! `Raft`: the consensus state machine. Events go in (`tick`, `step`,
+//! `propose`, `read_index`, `persisted`), and `ready()` hands out what to do
+//! as plain data. It never touches a clock, a socket, a file or a thread.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use log::{debug, info};
+
+use super::log::RaftLog;
+use super::message::{Message, MessageBody, RejectHint};
+use super::progress::Progress;
+use super::rng::Rng;
+use super::types::{
+    Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Status, Term,
+};
+
+/// Settings of one core. Times are in ticks; the driver decides how long a
+/// tick is (raft-node: `tick_ms` of cluster.toml; the simulator: one step).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub voters: Vec<NodeId>,
+    /// Election timeouts are drawn from `[min, max)` after every reset.
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+    /// The leader sends heartbeats this often; must be below the election
+    /// timeout minimum.
+    pub heartbeat_interval_ticks: u32,
+    /// Upper bound on the entry bytes of one AppendEntries (at least one
+    /// entry is always sent).
+    pub append_bytes_max: usize,
+    /// AppendEntries in flight per follower while pipelining.
+    pub inflight_msgs_max: usize,
+    /// Committed entries handed out by one `ready()`.
+    pub committed_entries_max: usize,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// Seed of the core's RNG (election timeouts).
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults for tests: 10..20 ticks election, heartbeat every 2 ticks.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            voters,
+            election_timeout_ticks_min: 10,
+            election_timeout_ticks_max: 20,
+            heartbeat_interval_ticks: 2,
+            append_bytes_max: 1 << 20,
+            inflight_msgs_max: 64,
+            committed_entries_max: 4096,
+            pre_vote: true,
+            check_quorum: true,
+            seed: id.0,
+        }
+    }
+
+    fn validate(&self) {
+        assert!(
+            self.voters.contains(&self.id),
+            "{} is not among the voters",
+            self.id
+        );
+        assert!(
+            self.election_timeout_ticks_min < self.election_timeout_ticks_max,
+            "election timeout range [{}, {}) is empty",
+            self.election_timeout_ticks_min,
+            self.election_timeout_ticks_max
+        );
+        assert!(
+            self.heartbeat_interval_ticks >= 1
+                && self.heartbeat_interval_ticks < self.election_timeout_ticks_min,
+            "heartbeat {} ticks must be in [1, election min {})",
+            self.heartbeat_interval_ticks,
+            self.election_timeout_ticks_min
+        );
+        assert!(
+            self.inflight_msgs_max >= 1,
+            "inflight_msgs_max must be at least 1"
+        );
+    }
+}
+
+/// A linearizable read confirmed by a quorum: it may be answered once the
+/// state machine has applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The id given to `read_index`.
+    pub id: u64,
+    /// The leader's commit index when the read arrived.
+    pub index: LogIndex,
+}
+
+/// The role and leader, handed out when either changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: Term,
+}
+
+/// Everything the driver must do after feeding events to the core, in this
+/// order:
+///
+/// 1. send `messages` (they depend on nothing unpersisted);
+/// 2. persist `hard_state` (if any) and `entries` (if any: truncate the
+///    stored log from `entries[0].index`, then append them) durably;
+/// 3. only then send `messages_after_persist` (votes, acknowledgements and
+///    anything carrying a new term), and report `persisted(last index, last
+///    term)` of the entries;
+/// 4. apply `committed_entries` in order and answer `read_states` once
+///    applied up to their index.
+///
+/// Step 3 waits for step 2 even when it happens on another thread: a vote
+/// or an acknowledgement that outruns its fsync can elect two leaders or
+/// lose a committed entry after a crash.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub soft_state: Option<SoftState>,
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub messages_after_persist: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+}
+
+impl Ready {
+    /// Whether step 2 has anything to write.
+    pub fn must_persist(&self) -> bool {
+        self.hard_state.is_some() || !self.entries.is_empty()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.soft_state.is_none()
+            && !self.must_persist()
+            && self.messages.is_empty()
+            && self.messages_after_persist.is_empty()
+            && self.committed_entries.is_empty()
+            && self.read_states.is_empty()
+    }
+}
+
+/// Why a proposal or read was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotLeader {
+    /// Not the leader; the leader this node knows of, if any.
+    Redirect(Option<NodeId>),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    id: u64,
+    index: LogIndex,
+    /// Confirmed once a quorum has echoed this round or a later one.
+    round: u64,
+}
+
+/// One Raft server's consensus state.
+pub struct Raft {
+    config: Config,
+    /// Latest term seen (Figure 2). Persist before answering after a change.
+    current_term: Term,
+    /// Vote given in `current_term` (Figure 2). Persist before answering.
+    voted_for: Option<NodeId>,
+    log: RaftLog,
+    role: Role,
+    /// The leader of `current_term` when known.
+    leader: Option<NodeId>,
+    /// Highest index known to be committed (Figure 2); never decreases.
+    commit_index: LogIndex,
+    /// Highest index handed out in `committed_entries`; never passes
+    /// `commit_index`. The application applies exactly those entries, so
+    /// this is its `last_applied`.
+    last_applied: LogIndex,
+    /// Highest index durable on this node's own disk in agreement with
+    /// `log` (reported by `persisted`). The leader counts itself towards a
+    /// quorum only up to here.
+    stable_index: LogIndex,
+    /// Ticks since the last reset: of the election timer for followers and
+    /// candidates, of the CheckQuorum period for a leader.
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    /// This term's election timeout, drawn from the configured range.
+    randomized_election_timeout: u32,
+    /// Votes received in the current (pre-)campaign.
+    votes: BTreeMap<NodeId, bool>,
+    /// Per-follower progress; only while leader.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Current heartbeat round for ReadIndex; carried by every AppendEntries.
+    read_round: u64,
+    /// A read arrived since the last round went out: start one in `ready`.
+    read_round_needed: bool,
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads that arrived before this leader committed an entry of its term.
+    reads_waiting_commit: Vec<u64>,
+    rng: Rng,
+    // Outbox, drained by `ready`.
+    /// The lowest log index changed since the last `ready`.
+    unpersisted_from: Option<LogIndex>,
+    hard_state_dirty: bool,
+    soft_state_last: SoftState,
+    out_messages: Vec<Message>,
+    out_after_persist: Vec<Message>,
+    out_read_states: Vec<ReadState>,
+}
+
+impl Raft {
+    /// A core restarted from what storage recovered (term, vote and the
+    /// durable log; all empty for a new node). It starts as a follower
+    /// that knows nothing is committed yet.
+    pub fn new(config: Config, hard_state: HardState, entries: Vec<Entry>) -> Raft {
+        config.validate();
+        let log = RaftLog::new(entries);
+        let stable_index = log.last_index();
+        let rng = Rng::new(config.seed ^ 0x5DEE_CE66_D1CE_4E5B);
+        let soft = SoftState {
+            role: Role::Follower,
+            leader: None,
+            term: hard_state.current_term,
+        };
+        let mut raft = Raft {
+            config,
+            current_term: hard_state.current_term,
+            voted_for: hard_state.voted_for,
+            log,
+            role: Role::Follower,
+            leader: None,
+            commit_index: LogIndex(0),
+            last_applied: LogIndex(0),
+            stable_index,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            read_round: 0,
+            read_round_needed: false,
+            pending_reads: VecDeque::new(),
+            reads_waiting_commit: Vec::new(),
+            rng,
+            unpersisted_from: None,
+            hard_state_dirty: false,
+            soft_state_last: soft,
+            out_messages: Vec::new(),
+            out_after_persist: Vec::new(),
+            out_read_states: Vec::new(),
+        };
+        raft.reset_election_timer();
+        raft
+    }
+
+    // ---- accessors -------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn current_term(&self) -> Term {
+        self.current_term
+    }
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+    pub fn last_applied(&self) -> LogIndex {
+        self.last_applied
+    }
+    pub fn stable_index(&self) -> LogIndex {
+        self.stable_index
+    }
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            current_term: self.current_term,
+            voted_for: self.voted_for,
+        }
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A snapshot of the state for status output.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.config.id,
+            role: self.role,
+            current_term: self.current_term,
+            voted_for: self.voted_for,
+            leader: self.leader,
+            commit_index: self.commit_index,
+            last_applied: self.last_applied,
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            peers: self
+                .progress
+                .iter()
+                .map(|(&id, pr)| PeerStatus {
+                    id,
+                    match_index: pr.match_index,
+                    next_index: pr.next_index,
+                    state: pr.state,
+                    inflight: pr.inflight.len() as u32,
+                })
+                .collect(),
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.config.voters.len() / 2 + 1
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.id;
+        self.config.voters.iter().copied().filter(move |&v| v != me)
+    }
+
+    // ---- events ----------------------------------------------------------
+
+    /// One tick of logical time: drives election timeouts, heartbeats and
+    /// CheckQuorum.
+    pub fn tick(&mut self) {
+        self.election_elapsed += 1;
+        if self.role != Role::Leader {
+            if self.election_elapsed >= self.randomized_election_timeout {
+                self.campaign(self.config.pre_vote);
+            }
+            return;
+        }
+        if self.election_elapsed >= self.config.election_timeout_ticks_min {
+            self.election_elapsed = 0;
+            if self.config.check_quorum && !self.quorum_recently_active() {
+                info!(
+                    "{} t{}: lost contact with a majority; stepping down",
+                    self.id(),
+                    self.current_term
+                );
+                self.become_follower(self.current_term, None);
+                return;
+            }
+        }
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.handle_leader_heartbeat();
+        }
+    }
+
+    /// A client proposal (the seeds' ClientLogAppend): appended to the
+    /// leader's log and replicated at the next `ready`. Returns its index.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<LogIndex, NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader::Redirect(self.leader));
+        }
+        Ok(self.append_entry(EntryKind::Command, data))
+    }
+
+    /// A linearizable read (ReadIndex, Raft thesis section 6.4): confirmed
+    /// once a quorum acknowledges a heartbeat round sent after it; it comes
+    /// back as a `ReadState` from `ready`.
+    pub fn read_index(&mut self, id: u64) -> Result<(), NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader::Redirect(self.leader));
+        }
+        if self.log.term_at(self.commit_index) != Some(self.current_term) {
+            // A new leader does not know the commit index until its no-op
+            // commits (section 6.4, step 1).
+            self.reads_waiting_commit.push(id);
+            return Ok(());
+        }
+        self.register_read(id);
+        Ok(())
+    }
+
+    /// Starts an election now (as if the election timer had fired), with a
+    /// PreVote round first when configured. For tests and operators.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader {
+            self.campaign(self.config.pre_vote);
+        }
+    }
+
+    /// Storage reports the log durable up to (`index`, `term`).
+    pub fn persisted(&mut self, index: LogIndex, term: Term) {
+        if self.log.term_at(index) != Some(term) || index <= self.stable_index {
+            debug!(
+                "{} t{}: ignoring stale persisted {index}/{term}",
+                self.id(),
+                self.current_term
+            );
+            return;
+        }
+        self.stable_index = index;
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// A message from a peer. Term rules first (Figure 2, "Rules for
+    /// Servers"), then one handler per message type.
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.config.id || !self.config.voters.contains(&m.from) {
+            debug!(
+                "{} t{}: dropping misaddressed {m}",
+                self.id(),
+                self.current_term
+            );
+            return;
+        }
+        if m.term > self.current_term {
+            match &m.body {
+                MessageBody::RequestVote { .. } if self.in_leader_lease() => {
+                    // CheckQuorum: while we hear from a leader, a higher
+                    // term from a disruptive node changes nothing.
+                    debug!(
+                        "{} t{}: ignoring {m}: leader lease",
+                        self.id(),
+                        self.current_term
+                    );
+                    return;
+                }
+                MessageBody::RequestVote { pre_vote: true, .. } => {}
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    vote_granted: true,
+                } => {}
+                MessageBody::AppendEntries { .. } => self.become_follower(m.term, Some(m.from)),
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.current_term {
+            self.handle_stale_term(m);
+            return;
+        }
+        match m.body {
+            MessageBody::RequestVote {
+                pre_vote,
+                last_log_index,
+                last_log_term,
+            } => self.handle_request_vote(m.from, m.term, pre_vote, last_log_index, last_log_term),
+            MessageBody::RequestVoteResponse {
+                pre_vote,
+                vote_granted,
+            } => self.handle_request_vote_response(m.from, pre_vote, vote_granted),
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                read_round,
+            } => self.handle_append_entries(
+                m.from,
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                read_round,
+            ),
+            MessageBody::AppendEntriesResponse {
+                success,
+                match_index,
+                reject,
+                read_round,
+            } => self.handle_append_entries_response(
+                m.from,
+                success,
+                match_index,
+                reject,
+                read_round,
+            ),
+        }
+    }
+
+    /// Everything to do now; see `Ready` for the order. Call after a batch
+    /// of events.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.read_round_needed {
+                self.read_round_needed = false;
+                self.read_round += 1;
+                for peer in self.peers().collect::<Vec<_>>() {
+                    self.send_heartbeat(peer);
+                }
+            }
+            for peer in self.peers().collect::<Vec<_>>() {
+                self.send_appends(peer);
+            }
+            self.maybe_commit();
+        }
+        let mut rd = Ready::default();
+        let soft = SoftState {
+            role: self.role,
+            leader: self.leader,
+            term: self.current_term,
+        };
+        if soft != self.soft_state_last {
+            self.soft_state_last = soft;
+            rd.soft_state = Some(soft);
+        }
+        if self.hard_state_dirty {
+            self.hard_state_dirty = false;
+            rd.hard_state = Some(self.hard_state());
+        }
+        if let Some(from) = self.unpersisted_from.take() {
+            rd.entries = self.log.slice(from, self.log.last_index()).to_vec();
+        }
+        rd.messages = std::mem::take(&mut self.out_messages);
+        rd.messages_after_persist = std::mem::take(&mut self.out_after_persist);
+        if rd.hard_state.is_some() && !rd.messages.is_empty() {
+            // Anything sent alongside a new term or vote carries it: wait.
+            rd.messages.append(&mut rd.messages_after_persist);
+            std::mem::swap(&mut rd.messages, &mut rd.messages_after_persist);
+        }
+        if self.commit_index > self.last_applied {
+            let to = LogIndex(
+                self.commit_index
+                    .0
+                    .min(self.last_applied.0 + self.config.committed_entries_max as u64),
+            );
+            rd.committed_entries = self.log.slice(self.last_applied.next(), to).to_vec();
+            self.last_applied = to;
+        }
+        rd.read_states = std::mem::take(&mut self.out_read_states);
+        rd
+    }
+
+    /// Whether `ready` would return something (committed entries, messages,
+    /// state to persist).
+    pub fn has_ready(&self) -> bool {
+        self.hard_state_dirty
+            || self.unpersisted_from.is_some()
+            || !self.out_messages.is_empty()
+            || !self.out_after_persist.is_empty()
+            || !self.out_read_states.is_empty()
+            || self.commit_index > self.last_applied
+            || self.read_round_needed
+            || (self.role == Role::Leader
+                && self
+                    .progress
+                    .values()
+                    .any(|p| p.next_index <= self.log.last_index() && self.can_send(p)))
+    }
+
+    // ---- roles -----------------------------------------------------------
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.current_term {
+            self.current_term = term;
+            self.voted_for = None;
+            self.hard_state_dirty = true;
+        }
+        if self.role == Role::Leader {
+            info!("{} t{}: stepping down", self.id(), self.current_term);
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.pending_reads.clear();
+        self.reads_waiting_commit.clear();
+        self.read_round_needed = false;
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    /// Starts a PreVote round (term unchanged) or a real election.
+    fn campaign(&mut self, pre_vote: bool) {
+        self.leader = None;
+        self.votes.clear();
+        self.reset_election_timer();
+        let term = if pre_vote {
+            self.role = Role::PreCandidate;
+            self.current_term.next()
+        } else {
+            self.role = Role::Candidate;
+            self.current_term = self.current_term.next();
+            self.voted_for = Some(self.config.id);
+            self.hard_state_dirty = true;
+            self.current_term
+        };
+        info!(
+            "{} t{}: starting {} at term {term}",
+            self.id(),
+            self.current_term,
+            if pre_vote { "pre-vote" } else { "election" }
+        );
+        self.votes.insert(self.config.id, true);
+        if self.tally_votes() {
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for peer in self.peers().collect::<Vec<_>>() {
+            let m = Message {
+                from: self.config.id,
+                to: peer,
+                term,
+                body: MessageBody::RequestVote {
+                    pre_vote,
+                    last_log_index,
+                    last_log_term,
+                },
+            };
+            // A real RequestVote carries the new term and our own vote: both
+            // must be durable first.
+            self.send(m, !pre_vote);
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
+        info!("{} t{}: became leader", self.id(), self.current_term);
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let next = self.log.last_index().next();
+        self.progress = self.peers().map(|p| (p, Progress::new(next))).collect();
+        // Entries of earlier terms commit only once an entry of this term
+        // does (Figure 8): the no-op makes that happen without waiting for a
+        // client.
+        self.append_entry(EntryKind::Noop, Vec::new());
+    }
+
+    /// Counts votes; acts on a majority either way. Returns whether the
+    /// campaign is over.
+    fn tally_votes(&mut self) -> bool {
+        let granted = self.votes.values().filter(|&&g| g).count();
+        let rejected = self.votes.len() - granted;
+        if granted >= self.quorum() {
+            if self.role == Role::PreCandidate {
+                self.campaign(false);
+            } else {
+                self.become_leader();
+            }
+            return true;
+        }
+        if rejected >= self.quorum() {
+            debug!("{} t{}: lost the election", self.id(), self.current_term);
+            self.become_follower(self.current_term, None);
+            return true;
+        }
+        false
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.randomized_election_timeout = self.rng.range(
+            self.config.election_timeout_ticks_min as u64,
+            self.config.election_timeout_ticks_max as u64,
+        ) as u32;
+    }
+
+    /// A follower that heard from its leader less than an election timeout
+    /// ago refuses to take part in elections (CheckQuorum / leader lease).
+    fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_timeout_ticks_min
+    }
+
+    fn quorum_recently_active(&mut self) -> bool {
+        let mut active = 1;
+        for pr in self.progress.values_mut() {
+            if pr.recent_active {
+                active += 1;
+            }
+            pr.recent_active = false;
+        }
+        active >= self.quorum()
+    }
+
+    // ---- handlers --------------------------------------------------------
+
+    /// A message from an older term: tell a stale leader or pre-candidate
+    /// our term so it steps down; drop anything else.
+    fn handle_stale_term(&mut self, m: Message) {
+        debug!("{} t{}: stale {m}", self.id(), self.current_term);
+        match m.body {
+            MessageBody::AppendEntries { read_round, .. } => {
+                let reply = MessageBody::AppendEntriesResponse {
+                    success: false,
+                    match_index: LogIndex(0),
+                    reject: None,
+                    read_round,
+                };
+                self.reply(m.from, reply, true);
+            }
+            MessageBody::RequestVote { pre_vote: true, .. } => {
+                let reply = MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    vote_granted: false,
+                };
+                self.reply(m.from, reply, true);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_request_vote(
+        &mut self,
+        candidate: NodeId,
+        term: Term,
+        pre_vote: bool,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    ) {
+        // Set the answer to a refusal; we overwrite it if we grant.
+        let mut granted = false;
+        let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term);
+        if pre_vote {
+            // Would we vote for it in `term`? (term > ours was checked, or
+            // equal to ours: then only if we could vote in this term.)
+            let could_vote = term > self.current_term
+                || self.voted_for == Some(candidate)
+                || (self.voted_for.is_none() && self.leader.is_none());
+            granted = could_vote && up_to_date;
+        } else {
+            let can_vote = self.voted_for == Some(candidate)
+                || (self.voted_for.is_none() && self.leader.is_none());
+            if can_vote && up_to_date {
+                granted = true;
+                self.voted_for = Some(candidate);
+                self.hard_state_dirty = true;
+                self.reset_election_timer();
+            }
+        }
+        debug!(
+            "{} t{}: {} {} from {candidate} (its last {last_log_index}/{last_log_term}, ours {}/{})",
+            self.id(),
+            self.current_term,
+            if granted { "granting" } else { "refusing" },
+            if pre_vote { "pre-vote" } else { "vote" },
+            self.log.last_index(),
+            self.log.last_term()
+        );
+        let reply_term = if pre_vote && granted {
+            term
+        } else {
+            self.current_term
+        };
+        let reply = Message {
+            from: self.config.id,
+            to: candidate,
+            term: reply_term,
+            body: MessageBody::RequestVoteResponse {
+                pre_vote,
+                vote_granted: granted,
+            },
+        };
+        // A granted vote must be durable before the candidate can count it.
+        self.send(reply, true);
+    }
+
+    fn handle_request_vote_response(&mut self, from: NodeId, pre_vote: bool, granted: bool) {
+        let expected_role = if pre_vote {
+            Role::PreCandidate
+        } else {
+            Role::Candidate
+        };
+        if self.role != expected_role {
+            debug!(
+                "{} t{}: late vote from {from} ignored",
+                self.id(),
+                self.current_term
+            );
+            return;
+        }
+        self.votes.entry(from).or_insert(granted);
+        self.tally_votes();
+    }
+
+    /// AppendEntries received (the seeds' AppendEntries event). The sender
+    /// is the leader of our current term.
+    fn handle_append_entries(
+        &mut self,
+        leader: NodeId,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+        read_round: u64,
+    ) {
+        if self.role == Role::Leader {
+            // Two leaders in one term would break Election Safety.
+            panic!(
+                "{} t{}: AppendEntries from {leader} in our own term",
+                self.id(),
+                self.current_term
+            );
+        }
+        if self.role != Role::Follower {
+            self.become_follower(self.current_term, Some(leader));
+        }
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+
+        // Set the answer to a rejection with a hint; overwrite it on success.
+        let our_prev_term = self.log.term_at(prev_log_index);
+        if our_prev_term != Some(prev_log_term) {
+            let hint = match our_prev_term {
+                None => RejectHint {
+                    rejected_prev_index: prev_log_index,
+                    conflict_term: Term(0),
+                    conflict_index: self.log.last_index().next(),
+                },
+                Some(t) => RejectHint {
+                    rejected_prev_index: prev_log_index,
+                    conflict_term: t,
+                    conflict_index: self.log.first_index_of_term_at(prev_log_index),
+                },
+            };
+            debug!(
+                "{} t{}: rejecting AppendEntries prev={prev_log_index}/{prev_log_term} conflict={}/{}",
+                self.id(),
+                self.current_term,
+                hint.conflict_index,
+                hint.conflict_term
+            );
+            let reply = MessageBody::AppendEntriesResponse {
+                success: false,
+                match_index: LogIndex(0),
+                reject: Some(hint),
+                read_round,
+            };
+            self.reply(leader, reply, true);
+            return;
+        }
+
+        let last_new = prev_log_index.plus(entries.len() as u64);
+        self.append_from_leader(entries);
+        if leader_commit > self.commit_index {
+            let commit = leader_commit.min(last_new);
+            if commit > self.commit_index {
+                self.commit_index = commit;
+            }
+        }
+        let reply = MessageBody::AppendEntriesResponse {
+            success: true,
+            match_index: last_new,
+            reject: None,
+            read_round,
+        };
+        // An acknowledgement promises durability: it waits for the fsync.
+        self.reply(leader, reply, true);
+    }
+
+    /// Adds entries whose predecessor matched: skips those we already hold,
+    /// truncates only at a real conflict (a stale, reordered AppendEntries
+    /// never cuts what a newer one added).
+    fn append_from_leader(&mut self, entries: Vec<Entry>) {
+        let mut iter = entries.into_iter();
+        for e in iter.by_ref() {
+            match self.log.term_at(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(t) => {
+                    assert!(
+                        e.index > self.commit_index,
+                        "{} t{}: conflict at committed index {} (ours t{t}, leader's t{})",
+                        self.id(),
+                        self.current_term,
+                        e.index,
+                        e.term
+                    );
+                    debug!(
+                        "{} t{}: truncating from {} (t{t} vs t{})",
+                        self.id(),
+                        self.current_term,
+                        e.index,
+                        e.term
+                    );
+                    self.log.truncate_from(e.index);
+                    if self.stable_index >= e.index {
+                        self.stable_index = e.index.prev();
+                    }
+                    self.note_unpersisted(e.index);
+                    self.log.append(e);
+                    break;
+                }
+                None => {
+                    self.note_unpersisted(e.index);
+                    self.log.append(e);
+                    break;
+                }
+            }
+        }
+        for e in iter {
+            self.log.append(e);
+        }
+    }
+
+    fn handle_append_entries_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: LogIndex,
+        reject: Option<RejectHint>,
+        read_round: u64,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if read_round > pr.acked_read_round {
+            pr.acked_read_round = read_round;
+        }
+        if success {
+            pr.maybe_update(match_index);
+            // Only the probe itself (not a heartbeat at the old match
+            // index) proves where the follower's log agrees with ours.
+            if pr.state == ProgressState::Probe && pr.match_index >= pr.next_index.prev() {
+                pr.become_replicate();
+            }
+            self.maybe_commit();
+            self.confirm_reads();
+            return;
+        }
+        let Some(hint) = reject else {
+            // A rejection without hint comes only with a higher term,
+            // handled before this.
+            return;
+        };
+        if hint.rejected_prev_index <= pr.match_index {
+            debug!(
+                "{} t{}: stale rejection from {from}",
+                self.config.id, self.current_term
+            );
+            self.confirm_reads();
+            return;
+        }
+        if pr.state == ProgressState::Probe && hint.rejected_prev_index != pr.next_index.prev() {
+            debug!(
+                "{} t{}: old probe rejection from {from}",
+                self.config.id, self.current_term
+            );
+            self.confirm_reads();
+            return;
+        }
+        // Skip back a whole term: to just after our last entry of the
+        // follower's conflicting term, or to its first entry of that term.
+        let mut next = if hint.conflict_term == Term(0) {
+            hint.conflict_index
+        } else {
+            match self.log.last_index_of_term(hint.conflict_term) {
+                Some(i) => i.next(),
+                None => hint.conflict_index,
+            }
+        };
+        let pr = self
+            .progress
+            .get_mut(&from)
+            .expect("progress checked above");
+        next = next
+            .min(hint.rejected_prev_index)
+            .max(pr.match_index.next());
+        debug!(
+            "{} t{}: {from} rejected prev={}; next_index {} -> {next}",
+            self.config.id, self.current_term, hint.rejected_prev_index, pr.next_index
+        );
+        pr.become_probe(next);
+        self.confirm_reads();
+    }
+
+    /// The leader's heartbeat timer (the seeds' LeaderHeartbeat event).
+    fn handle_leader_heartbeat(&mut self) {
+        for peer in self.peers().collect::<Vec<_>>() {
+            let last_index = self.log.last_index();
+            let pr = self
+                .progress
+                .get_mut(&peer)
+                .expect("leader has progress for every peer");
+            match pr.state {
+                ProgressState::Probe => pr.probe_sent = false,
+                ProgressState::Replicate => {
+                    if !pr.inflight.is_empty() && pr.match_index < last_index {
+                        pr.stalled_heartbeats += 1;
+                    }
+                    // Nothing acknowledged for a whole election timeout with
+                    // messages out: assume one was lost and probe again.
+                    let stall_max = (self.config.election_timeout_ticks_min
+                        / self.config.heartbeat_interval_ticks)
+                        .max(2);
+                    if pr.stalled_heartbeats >= stall_max {
+                        debug!(
+                            "{} t{}: replication to {peer} stalled; probing",
+                            self.config.id, self.current_term
+                        );
+                        let next = pr.match_index.next();
+                        pr.become_probe(next);
+                    }
+                }
+            }
+            self.send_heartbeat(peer);
+        }
+    }
+
+    // ---- replication -----------------------------------------------------
+
+    fn can_send(&self, pr: &Progress) -> bool {
+        match pr.state {
+            ProgressState::Probe => !pr.probe_sent,
+            ProgressState::Replicate => pr.inflight.len() < self.config.inflight_msgs_max,
+        }
+    }
+
+    /// Sends AppendEntries to `peer` while the window allows and there is
+    /// something to send (in Probe, exactly one, possibly empty).
+    fn send_appends(&mut self, peer: NodeId) {
+        loop {
+            let pr = &self.progress[&peer];
+            if !self.can_send(pr) {
+                return;
+            }
+            let next = pr.next_index;
+            let probing = pr.state == ProgressState::Probe;
+            if !probing && next > self.log.last_index() {
+                return;
+            }
+            let entries = self
+                .log
+                .slice_bytes(next, self.config.append_bytes_max)
+                .to_vec();
+            let prev_log_index = next.prev();
+            let prev_log_term = self
+                .log
+                .term_at(prev_log_index)
+                .expect("next_index is within the log");
+            let last = prev_log_index.plus(entries.len() as u64);
+            let pr = self.progress.get_mut(&peer).expect("checked above");
+            if probing {
+                pr.probe_sent = true;
+            } else {
+                pr.inflight.push_back(last);
+                pr.next_index = last.next();
+            }
+            let body = MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit: self.commit_index,
+                read_round: self.read_round,
+            };
+            self.reply(peer, body, false);
+            if probing {
+                return;
+            }
+        }
+    }
+
+    /// An empty AppendEntries at the follower's `match_index`: it always
+    /// matches, so it refreshes the leader's lease and commit index and
+    /// confirms reads without disturbing the pipeline.
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let pr = &self.progress[&peer];
+        let prev_log_index = pr.match_index;
+        let prev_log_term = self
+            .log
+            .term_at(prev_log_index)
+            .expect("match_index is within the log");
+        let body = MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries: Vec::new(),
+            leader_commit: self.commit_index,
+            read_round: self.read_round,
+        };
+        self.reply(peer, body, false);
+    }
+
+    /// Advances `commit_index` to the highest index stored on a majority
+    /// whose entry is of the current term (Figure 8: never by counting
+    /// replicas of an older term's entry).
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matched.push(self.stable_index);
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum() - 1];
+        if candidate <= self.commit_index {
+            return;
+        }
+        if self.log.term_at(candidate) != Some(self.current_term) {
+            return;
+        }
+        debug!(
+            "{} t{}: commit {} -> {candidate}",
+            self.id(),
+            self.current_term,
+            self.commit_index
+        );
+        let first_of_term = self.log.term_at(self.commit_index) != Some(self.current_term);
+        self.commit_index = candidate;
+        if first_of_term {
+            for id in std::mem::take(&mut self.reads_waiting_commit) {
+                self.register_read(id);
+            }
+        }
+    }
+
+    fn register_read(&mut self, id: u64) {
+        let read = PendingRead {
+            id,
+            index: self.commit_index,
+            round: self.read_round + 1,
+        };
+        if self.quorum() == 1 {
+            self.out_read_states.push(ReadState {
+                id,
+                index: read.index,
+            });
+            return;
+        }
+        self.pending_reads.push_back(read);
+        self.read_round_needed = true;
+    }
+
+    /// Releases the reads whose round a quorum has echoed.
+    fn confirm_reads(&mut self) {
+        while let Some(front) = self.pending_reads.front() {
+            let acks = 1 + self
+                .progress
+                .values()
+                .filter(|p| p.acked_read_round >= front.round)
+                .count();
+            if acks < self.quorum() {
+                return;
+            }
+            self.out_read_states.push(ReadState {
+                id: front.id,
+                index: front.index,
+            });
+            self.pending_reads.pop_front();
+        }
+    }
+
+    // ---- helpers ---------------------------------------------------------
+
+    fn append_entry(&mut self, kind: EntryKind, data: Vec<u8>) -> LogIndex {
+        let index = self.log.last_index().next();
+        self.log.append(Entry {
+            index,
+            term: self.current_term,
+            kind,
+            data,
+        });
+        self.note_unpersisted(index);
+        index
+    }
+
+    fn note_unpersisted(&mut self, index: LogIndex) {
+        self.unpersisted_from = Some(match self.unpersisted_from {
+            Some(i) if i <= index => i,
+            _ => index,
+        });
+    }
+
+    fn reply(&mut self, to: NodeId, body: MessageBody, after_persist: bool) {
+        let m = Message {
+            from: self.config.id,
+            to,
+            term: self.current_term,
+            body,
+        };
+        self.send(m, after_persist);
+    }
+
+    fn send(&mut self, m: Message, after_persist: bool) {
+        if after_persist {
+            self.out_after_persist.push(m);
+        } else {
+            self.out_messages.push(m);
+        }
+    }
+}
