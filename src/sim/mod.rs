@@ -6,3 +6,6 @@
 //! after every step.
 
 pub mod cluster;
+pub mod sim;
+
+pub use self::sim::{run_seed, Sim, SimOptions, SimReport};

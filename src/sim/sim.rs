@@ -1,0 +1,639 @@
+//! The randomized cluster simulator: 3 or 5 cores in one process on a
+//! network that delays, drops, duplicates and reorders messages and
+//! partitions the cluster in changing ways, with simulated disks that lose
+//! whatever was not reported durable when a node crashes. After every step it
+//! checks Raft's safety properties; everything follows from the seed, so a
+//! failing seed replays exactly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use crate::raft::rng::Rng;
+use crate::raft::{
+    Config, Entry, EntryKind, HardState, LogIndex, Message, NodeId, Raft, Role, Term,
+};
+
+/// What a run does; every field has a default in `SimOptions::new`.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    pub nodes: u64,
+    /// Steps (ticks) with faults; then the network heals for the liveness
+    /// check.
+    pub steps: u64,
+    pub loss: f64,
+    pub duplicate: f64,
+    /// Message delay in steps, uniformly drawn from `[min, max]`.
+    pub delay_steps_min: u64,
+    pub delay_steps_max: u64,
+    /// Disk write latency in steps, `[0, max]`.
+    pub disk_steps_max: u64,
+    /// Per step: chance that the partition changes.
+    pub partition_change: f64,
+    /// Per step and node: chance of a crash.
+    pub crash: f64,
+    /// Steps a crashed node stays down, `[min, max]`.
+    pub down_steps_min: u64,
+    pub down_steps_max: u64,
+    /// Per step: chance of a client proposal at the leader.
+    pub propose: f64,
+    /// After healing: steps allowed to elect a leader and commit a new entry
+    /// everywhere.
+    pub liveness_steps_max: u64,
+    /// Print every event.
+    pub trace: bool,
+}
+
+impl SimOptions {
+    /// Options for `seed`. The fault mix itself varies with the seed (calm
+    /// to hostile network, fast to slow disks, rare to frequent crashes), so
+    /// that many seeds cover many kinds of trouble.
+    pub fn new(seed: u64) -> SimOptions {
+        let mut r = Rng::new(seed ^ 0xA5A5_5A5A_0F0F_F0F0);
+        let pick = |r: &mut Rng, xs: &[f64]| xs[r.range(0, xs.len() as u64) as usize];
+        SimOptions {
+            seed,
+            nodes: 3,
+            steps: 1500,
+            loss: pick(&mut r, &[0.0, 0.02, 0.05, 0.2]),
+            duplicate: pick(&mut r, &[0.0, 0.02, 0.1]),
+            delay_steps_min: 0,
+            delay_steps_max: r.range(1, 5),
+            disk_steps_max: r.range(0, 7),
+            partition_change: pick(&mut r, &[0.002, 0.01, 0.03]),
+            crash: pick(&mut r, &[0.0005, 0.002, 0.006]),
+            // Sometimes a crash is followed by an instant restart: the
+            // window in which unpersisted votes and entries would matter.
+            down_steps_min: 1,
+            down_steps_max: pick(&mut r, &[3.0, 80.0]) as u64,
+            propose: 0.3,
+            liveness_steps_max: 400,
+            trace: false,
+        }
+    }
+}
+
+/// What a run saw.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    pub seed: u64,
+    pub steps: u64,
+    pub elections: u64,
+    pub commit_index_max: u64,
+    pub crashes: u64,
+    pub messages: u64,
+    /// The first safety or liveness violation, if any.
+    pub violation: Option<String>,
+    /// The transcript, when tracing.
+    pub trace: String,
+}
+
+struct DiskWrite {
+    done_at: u64,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    messages: Vec<Message>,
+}
+
+struct SimNode {
+    id: NodeId,
+    /// `None` while crashed.
+    raft: Option<Raft>,
+    restarts: u64,
+    down_until: u64,
+    /// What survives a crash.
+    disk_hard_state: HardState,
+    disk_log: Vec<Entry>,
+    /// Writes handed to the disk and not yet durable, oldest first.
+    writing: Vec<DiskWrite>,
+    /// The state machine: entries applied since the last restart.
+    applied: Vec<Entry>,
+}
+
+struct InFlight {
+    deliver_at: u64,
+    /// Tie-breaker that reorders messages due at the same step.
+    order: u64,
+    msg: Message,
+}
+
+/// One simulated cluster.
+pub struct Sim {
+    opts: SimOptions,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<SimNode>,
+    net: Vec<InFlight>,
+    /// Partition groups: a message passes only inside a group.
+    group_of: BTreeMap<NodeId, u32>,
+    proposals: u64,
+    report: SimReport,
+    // Safety bookkeeping.
+    leader_of_term: BTreeMap<Term, NodeId>,
+    /// Committed entries known so far, by index: (term, data, lowest term of
+    /// an observer that saw it committed).
+    committed: Vec<(Term, Vec<u8>, Term)>,
+    /// Each node's log as last seen while it was leader: (term, log terms).
+    leader_logs: HashMap<NodeId, (Term, Vec<Term>)>,
+}
+
+impl Sim {
+    pub fn new(opts: SimOptions) -> Sim {
+        let ids: Vec<NodeId> = (1..=opts.nodes).map(NodeId).collect();
+        let mut sim = Sim {
+            rng: Rng::new(opts.seed),
+            now: 0,
+            nodes: Vec::new(),
+            net: Vec::new(),
+            group_of: ids.iter().map(|&i| (i, 0)).collect(),
+            proposals: 0,
+            report: SimReport {
+                seed: opts.seed,
+                ..SimReport::default()
+            },
+            leader_of_term: BTreeMap::new(),
+            committed: Vec::new(),
+            leader_logs: HashMap::new(),
+            opts,
+        };
+        for &id in &ids {
+            let mut node = SimNode {
+                id,
+                raft: None,
+                restarts: 0,
+                down_until: 0,
+                disk_hard_state: HardState::default(),
+                disk_log: Vec::new(),
+                writing: Vec::new(),
+                applied: Vec::new(),
+            };
+            node.raft = Some(sim.boot(&node));
+            sim.nodes.push(node);
+        }
+        sim
+    }
+
+    fn boot(&self, node: &SimNode) -> Raft {
+        let ids: Vec<NodeId> = (1..=self.opts.nodes).map(NodeId).collect();
+        let mut config = Config::new(node.id, ids);
+        config.seed = self
+            .opts
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(node.id.0 * 7919 + node.restarts);
+        config.inflight_msgs_max = 8;
+        config.append_bytes_max = 256;
+        Raft::new(config, node.disk_hard_state, node.disk_log.clone())
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if self.opts.trace {
+            let l = line();
+            let _ = writeln!(self.report.trace, "[{:>5}] {l}", self.now);
+        }
+    }
+
+    /// Runs the faulty phase, then heals and checks liveness.
+    pub fn run(mut self) -> SimReport {
+        for _ in 0..self.opts.steps {
+            if let Err(v) = self.step(true) {
+                self.report.violation = Some(v);
+                return self.finish();
+            }
+        }
+        if let Err(v) = self.check_liveness() {
+            self.report.violation = Some(v);
+        }
+        self.finish()
+    }
+
+    fn finish(mut self) -> SimReport {
+        self.report.steps = self.now;
+        self.report.commit_index_max = self.committed.len() as u64;
+        self.report
+    }
+
+    /// One step: faults, deliveries, disk completions, ticks, client load,
+    /// `ready` processing, then the safety checks.
+    fn step(&mut self, faults: bool) -> Result<(), String> {
+        self.now += 1;
+        if faults {
+            self.inject_faults();
+        }
+        self.complete_disk_writes();
+        self.deliver_messages();
+        for i in 0..self.nodes.len() {
+            if let Some(r) = self.nodes[i].raft.as_mut() {
+                r.tick();
+            }
+        }
+        if self.rng.chance(self.opts.propose) {
+            self.propose();
+        }
+        for i in 0..self.nodes.len() {
+            self.process_ready(i);
+        }
+        self.check_safety()
+    }
+
+    fn inject_faults(&mut self) {
+        if self.rng.chance(self.opts.partition_change) {
+            self.change_partition();
+        }
+        for i in 0..self.nodes.len() {
+            let crashed = self.nodes[i].raft.is_none();
+            if !crashed && self.rng.chance(self.opts.crash) {
+                self.crash(i);
+            } else if crashed && self.now >= self.nodes[i].down_until {
+                self.restart(i);
+            }
+        }
+    }
+
+    fn change_partition(&mut self) {
+        let n = self.opts.nodes;
+        let kind = self.rng.range(0, 3);
+        for (&id, g) in self.group_of.iter_mut() {
+            *g = 0;
+            let _ = id;
+        }
+        match kind {
+            0 => self.trace(|| "network healed".to_string()),
+            1 => {
+                let lone = NodeId(self.rng.range(1, n + 1));
+                self.group_of.insert(lone, 1);
+                self.trace(|| format!("{lone} isolated"));
+            }
+            _ => {
+                let ids: Vec<NodeId> = self.group_of.keys().copied().collect();
+                for id in ids {
+                    let g = self.rng.range(0, 2) as u32;
+                    self.group_of.insert(id, g);
+                }
+                let groups = format!("{:?}", self.group_of);
+                self.trace(|| format!("partition {groups}"));
+            }
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let down = self
+            .rng
+            .range(self.opts.down_steps_min, self.opts.down_steps_max + 1);
+        let node = &mut self.nodes[i];
+        node.raft = None;
+        // Whatever the disk had not made durable is gone.
+        node.writing.clear();
+        node.applied.clear();
+        node.down_until = self.now + down;
+        self.report.crashes += 1;
+        let id = node.id;
+        self.trace(|| format!("{id} crashed"));
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.nodes[i].restarts += 1;
+        let raft = self.boot(&self.nodes[i]);
+        self.nodes[i].raft = Some(raft);
+        let id = self.nodes[i].id;
+        self.trace(|| format!("{id} restarted"));
+    }
+
+    fn complete_disk_writes(&mut self) {
+        for i in 0..self.nodes.len() {
+            while self.nodes[i]
+                .writing
+                .first()
+                .is_some_and(|w| w.done_at <= self.now)
+            {
+                let w = self.nodes[i].writing.remove(0);
+                let node = &mut self.nodes[i];
+                if let Some(hs) = w.hard_state {
+                    node.disk_hard_state = hs;
+                }
+                let last = w.entries.last().map(|e| (e.index, e.term));
+                if let Some(first) = w.entries.first() {
+                    node.disk_log.truncate(first.index.0 as usize - 1);
+                    node.disk_log.extend(w.entries);
+                }
+                if let (Some((idx, term)), Some(r)) = (last, node.raft.as_mut()) {
+                    r.persisted(idx, term);
+                }
+                for m in w.messages {
+                    self.send(m);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        self.report.messages += 1;
+        if self.rng.chance(self.opts.loss) {
+            self.trace(|| format!("lost {m}"));
+            return;
+        }
+        let copies = if self.rng.chance(self.opts.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self
+                .rng
+                .range(self.opts.delay_steps_min, self.opts.delay_steps_max + 1);
+            let order = self.rng.next_u64();
+            self.net.push(InFlight {
+                deliver_at: self.now + delay,
+                order,
+                msg: m.clone(),
+            });
+        }
+    }
+
+    fn deliver_messages(&mut self) {
+        let now = self.now;
+        let mut due: Vec<InFlight> = Vec::new();
+        let mut i = 0;
+        while i < self.net.len() {
+            if self.net[i].deliver_at <= now {
+                due.push(self.net.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|f| (f.deliver_at, f.order));
+        for f in due {
+            let m = f.msg;
+            if self.group_of.get(&m.from) != self.group_of.get(&m.to) {
+                self.trace(|| format!("partitioned {m}"));
+                continue;
+            }
+            let to = m.to.0 as usize - 1;
+            if self.nodes[to].raft.is_none() {
+                continue;
+            }
+            if self.opts.trace {
+                let line = format!("deliver {m}");
+                self.trace(|| line);
+            }
+            self.nodes[to].raft.as_mut().expect("checked").step(m);
+            self.process_ready(to);
+        }
+    }
+
+    fn propose(&mut self) {
+        let leader = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.current_term())
+            .map(|r| r.id());
+        let Some(leader) = leader else {
+            return;
+        };
+        self.proposals += 1;
+        let data = format!("s{}-p{}", self.opts.seed, self.proposals).into_bytes();
+        let r = self.nodes[leader.0 as usize - 1]
+            .raft
+            .as_mut()
+            .expect("leader is up");
+        if let Ok(idx) = r.propose(data) {
+            self.trace(|| format!("{leader} proposed at {idx}"));
+        }
+    }
+
+    fn process_ready(&mut self, i: usize) {
+        let Some(r) = self.nodes[i].raft.as_mut() else {
+            return;
+        };
+        let rd = r.ready();
+        if let Some(ss) = rd.soft_state {
+            if ss.role == Role::Leader {
+                self.report.elections += 1;
+            }
+            let id = self.nodes[i].id;
+            self.trace(|| format!("{id} t{}: {} (leader {:?})", ss.term, ss.role, ss.leader));
+        }
+        let node = &mut self.nodes[i];
+        node.applied.extend(rd.committed_entries);
+        let must_persist = rd.hard_state.is_some() || !rd.entries.is_empty();
+        let messages_now = rd.messages;
+        if must_persist || !rd.messages_after_persist.is_empty() {
+            let prev_done = node.writing.last().map_or(self.now, |w| w.done_at);
+            let latency = self.rng.range(0, self.opts.disk_steps_max + 1);
+            let node = &mut self.nodes[i];
+            node.writing.push(DiskWrite {
+                done_at: prev_done.max(self.now + latency),
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                messages: rd.messages_after_persist,
+            });
+        }
+        for m in messages_now {
+            self.send(m);
+        }
+    }
+
+    // ---- checks -----------------------------------------------------------
+
+    fn check_safety(&mut self) -> Result<(), String> {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            let Some(r) = self.nodes[i].raft.as_ref() else {
+                continue;
+            };
+            let id = r.id();
+            let term = r.current_term();
+            let log = r.log().entries();
+            // Election Safety: at most one leader per term.
+            if r.role() == Role::Leader {
+                let first = *self.leader_of_term.entry(term).or_insert(id);
+                if first != id {
+                    return Err(format!(
+                        "step {now}: election safety: {first} and {id} both leaders of term {term}"
+                    ));
+                }
+                // Leader Append-Only: a leader never changes or drops entries.
+                let terms: Vec<Term> = log.iter().map(|e| e.term).collect();
+                if let Some((t, before)) = self.leader_logs.get(&id) {
+                    if *t == term
+                        && (terms.len() < before.len() || terms[..before.len()] != before[..])
+                    {
+                        return Err(format!(
+                            "step {now}: leader append-only: {id} t{term} changed its log"
+                        ));
+                    }
+                }
+                // Leader Completeness: entries committed in earlier terms are
+                // in this leader's log.
+                for (idx, (cterm, _, seen_term)) in self.committed.iter().enumerate() {
+                    if *seen_term < term && log.get(idx).map(|e| e.term) != Some(*cterm) {
+                        return Err(format!(
+                            "step {now}: leader completeness: {id} t{term} lacks committed entry {}/{cterm}",
+                            idx + 1
+                        ));
+                    }
+                }
+                self.leader_logs.insert(id, (term, terms));
+            }
+            if r.last_applied() > r.commit_index() {
+                return Err(format!(
+                    "step {now}: {id} applied {} past commit {}",
+                    r.last_applied(),
+                    r.commit_index()
+                ));
+            }
+            // Committed prefix agrees with everything committed elsewhere.
+            let commit = r.commit_index().0 as usize;
+            if commit > log.len() {
+                return Err(format!(
+                    "step {now}: {id} commit {commit} past its log {}",
+                    log.len()
+                ));
+            }
+            for (idx, e) in log[..commit].iter().enumerate() {
+                match self.committed.get_mut(idx) {
+                    Some((t, data, seen)) => {
+                        if *t != e.term || *data != e.data {
+                            return Err(format!(
+                                "step {now}: state machine safety: {id} committed {}/{} where {}/{t} was committed",
+                                e.index, e.term, e.index
+                            ));
+                        }
+                        if term < *seen {
+                            *seen = term;
+                        }
+                    }
+                    None => self.committed.push((e.term, e.data.clone(), term)),
+                }
+            }
+        }
+        // State Machine Safety on what was actually applied.
+        for node in &self.nodes {
+            for (idx, e) in node.applied.iter().enumerate() {
+                if e.index.0 as usize != idx + 1 {
+                    return Err(format!(
+                        "step {now}: {} applied {} out of order",
+                        node.id, e.index
+                    ));
+                }
+                match self.committed.get(idx) {
+                    Some((t, data, _)) if *t == e.term && *data == e.data => {}
+                    _ => {
+                        return Err(format!(
+                            "step {now}: state machine safety: {} applied {} which is not the committed entry",
+                            node.id, e
+                        ))
+                    }
+                }
+            }
+        }
+        self.check_log_matching()
+    }
+
+    /// Log Matching: two logs with the same term at an index are identical
+    /// up to it. Checked through a hash chain of each log.
+    fn check_log_matching(&self) -> Result<(), String> {
+        let mut seen: HashMap<(u64, u64), (u64, NodeId)> = HashMap::new();
+        for node in &self.nodes {
+            let Some(r) = node.raft.as_ref() else {
+                continue;
+            };
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for e in r.log().entries() {
+                h = chain(h, e);
+                match seen.get(&(e.index.0, e.term.0)) {
+                    Some(&(other, who)) if other != h => {
+                        return Err(format!(
+                            "step {}: log matching: {} and {who} agree on {e} but not before it",
+                            self.now, node.id
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert((e.index.0, e.term.0), (h, node.id));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Heals everything, restarts crashed nodes, and requires a leader and a
+    /// new entry committed and applied on every node within the bound.
+    fn check_liveness(&mut self) -> Result<(), String> {
+        for (_, g) in self.group_of.iter_mut() {
+            *g = 0;
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].raft.is_none() {
+                self.restart(i);
+            }
+        }
+        self.trace(|| "healed: liveness check".to_string());
+        let saved = (self.opts.loss, self.opts.duplicate);
+        self.opts.loss = 0.0;
+        self.opts.duplicate = 0.0;
+        let deadline = self.now + self.opts.liveness_steps_max;
+        let mut marker: Option<(NodeId, LogIndex, Term)> = None;
+        while self.now < deadline {
+            self.step(false)?;
+            // A leader that lost its place may take its proposal with it:
+            // propose again through the next one.
+            if let Some((id, _, term)) = marker {
+                let still = self.nodes[id.0 as usize - 1]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader && r.current_term() == term);
+                if !still {
+                    marker = None;
+                }
+            }
+            if marker.is_none() {
+                let leader = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.raft.as_ref())
+                    .find(|r| r.role() == Role::Leader);
+                if let Some(id) = leader.map(|r| r.id()) {
+                    let r = self.nodes[id.0 as usize - 1].raft.as_mut().expect("up");
+                    let term = r.current_term();
+                    if let Ok(idx) = r.propose(b"liveness".to_vec()) {
+                        marker = Some((id, idx, term));
+                    }
+                }
+            }
+            if marker.is_some() {
+                let everywhere = self.nodes.iter().all(|n| {
+                    n.applied
+                        .iter()
+                        .any(|e| e.kind == EntryKind::Command && e.data == b"liveness")
+                });
+                if everywhere {
+                    self.opts.loss = saved.0;
+                    self.opts.duplicate = saved.1;
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!(
+            "liveness: after healing, no entry committed on every node within {} steps (leader proposal {:?})",
+            self.opts.liveness_steps_max, marker
+        ))
+    }
+}
+
+fn chain(h: u64, e: &Entry) -> u64 {
+    let mut h = h;
+    for b in e.term.0.to_le_bytes().iter().chain(e.data.iter()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Runs one seed.
+pub fn run_seed(opts: SimOptions) -> SimReport {
+    Sim::new(opts).run()
+}
