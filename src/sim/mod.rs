@@ -6,6 +6,6 @@
 //! after every step.
 
 pub mod cluster;
-pub mod sim;
+pub mod random;
 
-pub use self::sim::{run_seed, Sim, SimOptions, SimReport};
+pub use self::random::{run_seed, Sim, SimOptions, SimReport};
