@@ -1,3 +1,4 @@
 pub mod kv;
 pub mod raft;
 pub mod sim;
+pub mod wire;

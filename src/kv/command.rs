@@ -56,3 +56,139 @@ pub enum OpResult {
     /// Cas not applied: the current value (`None`: absent).
     CasMismatch(Option<Vec<u8>>),
 }
+
+use crate::wire::codec::{put_bytes, put_opt_bytes, put_u64, put_u8, DecodeError, Reader};
+
+/// Format byte leading every command stored in the log.
+pub const COMMAND_FORMAT_V1: u8 = 1;
+
+impl Op {
+    /// Appends the op: a tag byte, then its fields (see docs/PROTOCOL.md).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Op::Put { key, value } => {
+                put_u8(out, 1);
+                put_bytes(out, key);
+                put_bytes(out, value);
+            }
+            Op::Get { key } => {
+                put_u8(out, 2);
+                put_bytes(out, key);
+            }
+            Op::Delete { key } => {
+                put_u8(out, 3);
+                put_bytes(out, key);
+            }
+            Op::Cas { key, expected, new } => {
+                put_u8(out, 4);
+                put_bytes(out, key);
+                put_opt_bytes(out, expected.as_deref());
+                put_bytes(out, new);
+            }
+            Op::Append { data } => {
+                put_u8(out, 5);
+                put_bytes(out, data);
+            }
+        }
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<Op, DecodeError> {
+        Ok(match r.u8("op")? {
+            1 => Op::Put {
+                key: r.bytes_vec("key")?,
+                value: r.bytes_vec("value")?,
+            },
+            2 => Op::Get { key: r.bytes_vec("key")? },
+            3 => Op::Delete { key: r.bytes_vec("key")? },
+            4 => Op::Cas {
+                key: r.bytes_vec("key")?,
+                expected: r.opt_bytes("expected")?,
+                new: r.bytes_vec("new")?,
+            },
+            5 => Op::Append {
+                data: r.bytes_vec("data")?,
+            },
+            tag => return Err(DecodeError::BadTag { field: "op", tag: tag as u64 }),
+        })
+    }
+
+    /// The key acted on, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Op::Put { key, .. } | Op::Get { key } | Op::Delete { key } | Op::Cas { key, .. } => Some(key),
+            Op::Append { .. } => None,
+        }
+    }
+
+    /// Whether the op changes nothing (and so need not go through the log).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Op::Get { .. })
+    }
+}
+
+impl Command {
+    /// The command as stored in a log entry: format byte, client id, seq, op.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u8(out, COMMAND_FORMAT_V1);
+        self.encode_fields(out);
+    }
+
+    /// Client id, seq, op (the wire form, without the format byte).
+    pub fn encode_fields(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.client_id);
+        put_u64(out, self.seq);
+        self.op.encode(out);
+    }
+
+    pub fn decode_fields(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
+        Ok(Command {
+            client_id: r.u64("client_id")?,
+            seq: r.u64("seq")?,
+            op: Op::decode(r)?,
+        })
+    }
+
+    /// Decodes a log entry's data.
+    pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
+        let mut r = Reader::new(buf);
+        match r.u8("format")? {
+            COMMAND_FORMAT_V1 => {}
+            tag => return Err(DecodeError::BadTag { field: "format", tag: tag as u64 }),
+        }
+        let c = Command::decode_fields(&mut r)?;
+        r.finish()?;
+        Ok(c)
+    }
+}
+
+impl OpResult {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            OpResult::Done => put_u8(out, 1),
+            OpResult::Value(v) => {
+                put_u8(out, 2);
+                put_opt_bytes(out, v.as_deref());
+            }
+            OpResult::Deleted(existed) => {
+                put_u8(out, 3);
+                put_u8(out, *existed as u8);
+            }
+            OpResult::CasOk => put_u8(out, 4),
+            OpResult::CasMismatch(v) => {
+                put_u8(out, 5);
+                put_opt_bytes(out, v.as_deref());
+            }
+        }
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<OpResult, DecodeError> {
+        Ok(match r.u8("result")? {
+            1 => OpResult::Done,
+            2 => OpResult::Value(r.opt_bytes("value")?),
+            3 => OpResult::Deleted(r.bool("existed")?),
+            4 => OpResult::CasOk,
+            5 => OpResult::CasMismatch(r.opt_bytes("current")?),
+            tag => return Err(DecodeError::BadTag { field: "result", tag: tag as u64 }),
+        })
+    }
+}

@@ -1,5 +1,7 @@
 //! The key-value state machine applied from committed log entries.
 
 pub mod command;
+pub mod store;
 
 pub use command::{ClientId, Command, Op, OpResult};
+pub use store::{Applied, KvStore, SESSIONS_MAX};

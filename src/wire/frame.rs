@@ -1,0 +1,665 @@
+//! Frames: the 12-byte header and every frame type.
+
+use std::fmt;
+
+use byteorder::{BigEndian, ByteOrder};
+
+use super::codec::{
+    put_bool, put_bytes, put_opt_u64, put_u16, put_u32, put_u64, put_u8, DecodeError, Reader,
+};
+use crate::kv::{Command, OpResult};
+use crate::raft::{
+    Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState, RejectHint, Role, Status, Term,
+};
+
+/// First two bytes of every frame: "RK".
+pub const MAGIC: u16 = 0x524B;
+/// Protocol version carried by every frame.
+pub const VERSION: u8 = 1;
+/// magic u16, version u8, type u8, body length u32, CRC-32C u32.
+pub const HEADER_BYTES: usize = 12;
+/// Largest body accepted, checked before anything is allocated. Bounds an
+/// AppendEntries (the core's `append_bytes_max` is far below it).
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+
+const TYPE_HELLO: u8 = 1;
+const TYPE_HELLO_OK: u8 = 2;
+const TYPE_HELLO_REJECT: u8 = 3;
+const TYPE_RAFT: u8 = 10;
+const TYPE_REQUEST: u8 = 20;
+const TYPE_RESPONSE: u8 = 21;
+
+/// Who opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    Peer(NodeId),
+    Client,
+}
+
+/// Error codes of `HelloReject` and `Response::Error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request could not be understood.
+    BadRequest,
+    /// The Hello named another cluster.
+    WrongCluster,
+    /// The Hello claimed a peer id that is not in this node's config.
+    UnknownPeer,
+    /// No leader, leadership lost, or shutting down: the outcome of a write
+    /// is unknown; retry with the same client id and sequence number.
+    Unavailable,
+    /// The node gave up waiting.
+    Timeout,
+    /// Too many requests waiting; retry later.
+    TooBusy,
+    /// A bug or a storage failure on the node.
+    Internal,
+    /// A code this version does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 1,
+            ErrorCode::WrongCluster => 2,
+            ErrorCode::UnknownPeer => 3,
+            ErrorCode::Unavailable => 4,
+            ErrorCode::Timeout => 5,
+            ErrorCode::TooBusy => 6,
+            ErrorCode::Internal => 7,
+            ErrorCode::Other(c) => c,
+        }
+    }
+
+    pub fn from_u16(c: u16) -> ErrorCode {
+        match c {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::WrongCluster,
+            3 => ErrorCode::UnknownPeer,
+            4 => ErrorCode::Unavailable,
+            5 => ErrorCode::Timeout,
+            6 => ErrorCode::TooBusy,
+            7 => ErrorCode::Internal,
+            c => ErrorCode::Other(c),
+        }
+    }
+}
+
+/// Faults a node injects into its own peer traffic (failure drills).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultSpec {
+    /// Groups that cannot talk to each other; empty: no partition.
+    pub partition: Vec<Vec<NodeId>>,
+    /// Share of this node's outgoing peer messages dropped, per million.
+    pub drop_rate_ppm: u32,
+    pub delay_ms: u32,
+    pub jitter_ms: u32,
+}
+
+impl FaultSpec {
+    pub fn is_none(&self) -> bool {
+        *self == FaultSpec::default()
+    }
+}
+
+/// A node's state as `raft-ctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub status: Status,
+    pub addr: String,
+    pub fault: FaultSpec,
+    pub uptime_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestBody {
+    Kv { command: Command, stale_read: bool },
+    Status,
+    /// Entries `from..=to` (`to` 0: up to the last), at most `entries_max`.
+    Log { from: LogIndex, to: LogIndex, entries_max: u32 },
+    Fault(FaultSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseBody {
+    Kv { index: LogIndex, result: OpResult },
+    NotLeader { leader: Option<NodeId>, leader_addr: String },
+    Error { code: ErrorCode, message: String },
+    Status(NodeStatus),
+    Log { commit_index: LogIndex, first_index: LogIndex, last_index: LogIndex, entries: Vec<Entry> },
+    FaultOk,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello { cluster: String, from: Sender },
+    HelloOk { node: NodeId },
+    HelloReject { code: ErrorCode, reason: String },
+    Raft(Message),
+    Request { request_id: u64, body: RequestBody },
+    Response { request_id: u64, body: ResponseBody },
+}
+
+/// A frame that cannot be decoded; the connection it came on is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    BadMagic(u16),
+    UnsupportedVersion(u8),
+    UnknownType(u8),
+    TooLarge { length: usize, max: usize },
+    Crc { expected: u32, actual: u32 },
+    Body { frame_type: u8, error: DecodeError },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::BadMagic(m) => write!(f, "bad magic 0x{m:04x} (expected 0x{MAGIC:04x})"),
+            FrameError::UnsupportedVersion(v) => write!(f, "unsupported protocol version {v} (this node speaks {VERSION})"),
+            FrameError::UnknownType(t) => write!(f, "unknown frame type {t}"),
+            FrameError::TooLarge { length, max } => write!(f, "frame body of {length} bytes exceeds the maximum {max}"),
+            FrameError::Crc { expected, actual } => {
+                write!(f, "CRC mismatch: header says 0x{expected:08x}, body has 0x{actual:08x}")
+            }
+            FrameError::Body { frame_type, error } => write!(f, "bad body of frame type {frame_type}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Appends one whole frame to `out`.
+pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_BYTES]);
+    let frame_type = encode_body(frame, out);
+    let body_len = out.len() - start - HEADER_BYTES;
+    let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
+    let h = &mut out[start..start + HEADER_BYTES];
+    BigEndian::write_u16(&mut h[0..2], MAGIC);
+    h[2] = VERSION;
+    h[3] = frame_type;
+    BigEndian::write_u32(&mut h[4..8], body_len as u32);
+    BigEndian::write_u32(&mut h[8..12], crc);
+}
+
+/// Decodes the frame at the start of `buf`: `Ok(None)` until it is whole.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() >= 2 {
+        let magic = BigEndian::read_u16(&buf[0..2]);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+    }
+    if buf.len() >= 3 && buf[2] != VERSION {
+        return Err(FrameError::UnsupportedVersion(buf[2]));
+    }
+    if buf.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    let frame_type = buf[3];
+    let length = BigEndian::read_u32(&buf[4..8]) as usize;
+    if length > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge {
+            length,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    if !matches!(
+        frame_type,
+        TYPE_HELLO | TYPE_HELLO_OK | TYPE_HELLO_REJECT | TYPE_RAFT | TYPE_REQUEST | TYPE_RESPONSE
+    ) {
+        return Err(FrameError::UnknownType(frame_type));
+    }
+    if buf.len() < HEADER_BYTES + length {
+        return Ok(None);
+    }
+    let body = &buf[HEADER_BYTES..HEADER_BYTES + length];
+    let expected = BigEndian::read_u32(&buf[8..12]);
+    let actual = crc32c::crc32c(body);
+    if expected != actual {
+        return Err(FrameError::Crc { expected, actual });
+    }
+    let frame = decode_body(frame_type, body).map_err(|error| FrameError::Body { frame_type, error })?;
+    Ok(Some((frame, HEADER_BYTES + length)))
+}
+
+fn encode_body(frame: &Frame, out: &mut Vec<u8>) -> u8 {
+    match frame {
+        Frame::Hello { cluster, from } => {
+            put_bytes(out, cluster.as_bytes());
+            match from {
+                Sender::Peer(id) => {
+                    put_u8(out, 1);
+                    put_u64(out, id.0);
+                }
+                Sender::Client => put_u8(out, 2),
+            }
+            TYPE_HELLO
+        }
+        Frame::HelloOk { node } => {
+            put_u64(out, node.0);
+            TYPE_HELLO_OK
+        }
+        Frame::HelloReject { code, reason } => {
+            put_u16(out, code.to_u16());
+            put_bytes(out, reason.as_bytes());
+            TYPE_HELLO_REJECT
+        }
+        Frame::Raft(m) => {
+            encode_message(m, out);
+            TYPE_RAFT
+        }
+        Frame::Request { request_id, body } => {
+            put_u64(out, *request_id);
+            encode_request(body, out);
+            TYPE_REQUEST
+        }
+        Frame::Response { request_id, body } => {
+            put_u64(out, *request_id);
+            encode_response(body, out);
+            TYPE_RESPONSE
+        }
+    }
+}
+
+fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, DecodeError> {
+    let mut r = Reader::new(body);
+    let frame = match frame_type {
+        TYPE_HELLO => {
+            let cluster = r.string("cluster")?;
+            let from = match r.u8("sender")? {
+                1 => Sender::Peer(NodeId(r.u64("peer_id")?)),
+                2 => Sender::Client,
+                tag => return Err(DecodeError::BadTag { field: "sender", tag: tag as u64 }),
+            };
+            Frame::Hello { cluster, from }
+        }
+        TYPE_HELLO_OK => Frame::HelloOk {
+            node: NodeId(r.u64("node")?),
+        },
+        TYPE_HELLO_REJECT => Frame::HelloReject {
+            code: ErrorCode::from_u16(r.u16("code")?),
+            reason: r.string("reason")?,
+        },
+        TYPE_RAFT => Frame::Raft(decode_message(&mut r)?),
+        TYPE_REQUEST => Frame::Request {
+            request_id: r.u64("request_id")?,
+            body: decode_request(&mut r)?,
+        },
+        TYPE_RESPONSE => Frame::Response {
+            request_id: r.u64("request_id")?,
+            body: decode_response(&mut r)?,
+        },
+        t => return Err(DecodeError::BadTag { field: "frame_type", tag: t as u64 }),
+    };
+    r.finish()?;
+    Ok(frame)
+}
+
+/// Bytes of an entry besides its data: index, term, kind, data length.
+const ENTRY_FIXED_BYTES: usize = 8 + 8 + 1 + 4;
+
+fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
+    put_u64(out, e.index.0);
+    put_u64(out, e.term.0);
+    put_u8(out, e.kind as u8);
+    put_bytes(out, &e.data);
+}
+
+fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
+    let index = LogIndex(r.u64("entry.index")?);
+    let term = Term(r.u64("entry.term")?);
+    let kind_byte = r.u8("entry.kind")?;
+    let kind = EntryKind::from_u8(kind_byte).ok_or(DecodeError::BadTag {
+        field: "entry.kind",
+        tag: kind_byte as u64,
+    })?;
+    Ok(Entry {
+        index,
+        term,
+        kind,
+        data: r.bytes_vec("entry.data")?,
+    })
+}
+
+fn encode_entries(entries: &[Entry], out: &mut Vec<u8>) {
+    put_u32(out, entries.len() as u32);
+    for e in entries {
+        encode_entry(e, out);
+    }
+}
+
+fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
+    let n = r.count("entries", ENTRY_FIXED_BYTES)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(decode_entry(r)?);
+    }
+    Ok(v)
+}
+
+fn encode_message(m: &Message, out: &mut Vec<u8>) {
+    put_u64(out, m.from.0);
+    put_u64(out, m.to.0);
+    put_u64(out, m.term.0);
+    match &m.body {
+        MessageBody::RequestVote {
+            pre_vote,
+            last_log_index,
+            last_log_term,
+        } => {
+            put_u8(out, 1);
+            put_bool(out, *pre_vote);
+            put_u64(out, last_log_index.0);
+            put_u64(out, last_log_term.0);
+        }
+        MessageBody::RequestVoteResponse { pre_vote, vote_granted } => {
+            put_u8(out, 2);
+            put_bool(out, *pre_vote);
+            put_bool(out, *vote_granted);
+        }
+        MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+            read_round,
+        } => {
+            put_u8(out, 3);
+            put_u64(out, prev_log_index.0);
+            put_u64(out, prev_log_term.0);
+            put_u64(out, leader_commit.0);
+            put_u64(out, *read_round);
+            encode_entries(entries, out);
+        }
+        MessageBody::AppendEntriesResponse {
+            success,
+            match_index,
+            reject,
+            read_round,
+        } => {
+            put_u8(out, 4);
+            put_bool(out, *success);
+            put_u64(out, match_index.0);
+            put_u64(out, *read_round);
+            match reject {
+                Some(h) => {
+                    put_bool(out, true);
+                    put_u64(out, h.rejected_prev_index.0);
+                    put_u64(out, h.conflict_term.0);
+                    put_u64(out, h.conflict_index.0);
+                }
+                None => put_bool(out, false),
+            }
+        }
+    }
+}
+
+fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    let from = NodeId(r.u64("from")?);
+    let to = NodeId(r.u64("to")?);
+    let term = Term(r.u64("term")?);
+    let body = match r.u8("message")? {
+        1 => MessageBody::RequestVote {
+            pre_vote: r.bool("pre_vote")?,
+            last_log_index: LogIndex(r.u64("last_log_index")?),
+            last_log_term: Term(r.u64("last_log_term")?),
+        },
+        2 => MessageBody::RequestVoteResponse {
+            pre_vote: r.bool("pre_vote")?,
+            vote_granted: r.bool("vote_granted")?,
+        },
+        3 => MessageBody::AppendEntries {
+            prev_log_index: LogIndex(r.u64("prev_log_index")?),
+            prev_log_term: Term(r.u64("prev_log_term")?),
+            leader_commit: LogIndex(r.u64("leader_commit")?),
+            read_round: r.u64("read_round")?,
+            entries: decode_entries(r)?,
+        },
+        4 => {
+            let success = r.bool("success")?;
+            let match_index = LogIndex(r.u64("match_index")?);
+            let read_round = r.u64("read_round")?;
+            let reject = if r.bool("has_hint")? {
+                Some(RejectHint {
+                    rejected_prev_index: LogIndex(r.u64("rejected_prev_index")?),
+                    conflict_term: Term(r.u64("conflict_term")?),
+                    conflict_index: LogIndex(r.u64("conflict_index")?),
+                })
+            } else {
+                None
+            };
+            MessageBody::AppendEntriesResponse {
+                success,
+                match_index,
+                reject,
+                read_round,
+            }
+        }
+        tag => return Err(DecodeError::BadTag { field: "message", tag: tag as u64 }),
+    };
+    Ok(Message { from, to, term, body })
+}
+
+fn encode_fault(f: &FaultSpec, out: &mut Vec<u8>) {
+    put_u32(out, f.partition.len() as u32);
+    for g in &f.partition {
+        put_u32(out, g.len() as u32);
+        for id in g {
+            put_u64(out, id.0);
+        }
+    }
+    put_u32(out, f.drop_rate_ppm);
+    put_u32(out, f.delay_ms);
+    put_u32(out, f.jitter_ms);
+}
+
+fn decode_fault(r: &mut Reader<'_>) -> Result<FaultSpec, DecodeError> {
+    let groups = r.count("partition", 4)?;
+    let mut partition = Vec::with_capacity(groups);
+    for _ in 0..groups {
+        let n = r.count("partition.group", 8)?;
+        let mut g = Vec::with_capacity(n);
+        for _ in 0..n {
+            g.push(NodeId(r.u64("partition.id")?));
+        }
+        partition.push(g);
+    }
+    Ok(FaultSpec {
+        partition,
+        drop_rate_ppm: r.u32("drop_rate_ppm")?,
+        delay_ms: r.u32("delay_ms")?,
+        jitter_ms: r.u32("jitter_ms")?,
+    })
+}
+
+fn encode_request(body: &RequestBody, out: &mut Vec<u8>) {
+    match body {
+        RequestBody::Kv { command, stale_read } => {
+            put_u8(out, 1);
+            put_bool(out, *stale_read);
+            command.encode_fields(out);
+        }
+        RequestBody::Status => put_u8(out, 2),
+        RequestBody::Log { from, to, entries_max } => {
+            put_u8(out, 3);
+            put_u64(out, from.0);
+            put_u64(out, to.0);
+            put_u32(out, *entries_max);
+        }
+        RequestBody::Fault(f) => {
+            put_u8(out, 4);
+            encode_fault(f, out);
+        }
+    }
+}
+
+fn decode_request(r: &mut Reader<'_>) -> Result<RequestBody, DecodeError> {
+    Ok(match r.u8("request")? {
+        1 => {
+            let stale_read = r.bool("stale_read")?;
+            RequestBody::Kv {
+                stale_read,
+                command: Command::decode_fields(r)?,
+            }
+        }
+        2 => RequestBody::Status,
+        3 => RequestBody::Log {
+            from: LogIndex(r.u64("from")?),
+            to: LogIndex(r.u64("to")?),
+            entries_max: r.u32("entries_max")?,
+        },
+        4 => RequestBody::Fault(decode_fault(r)?),
+        tag => return Err(DecodeError::BadTag { field: "request", tag: tag as u64 }),
+    })
+}
+
+fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Follower => 1,
+        Role::PreCandidate => 2,
+        Role::Candidate => 3,
+        Role::Leader => 4,
+    }
+}
+
+fn encode_response(body: &ResponseBody, out: &mut Vec<u8>) {
+    match body {
+        ResponseBody::Kv { index, result } => {
+            put_u8(out, 1);
+            put_u64(out, index.0);
+            result.encode(out);
+        }
+        ResponseBody::NotLeader { leader, leader_addr } => {
+            put_u8(out, 2);
+            put_opt_u64(out, leader.map(|l| l.0));
+            put_bytes(out, leader_addr.as_bytes());
+        }
+        ResponseBody::Error { code, message } => {
+            put_u8(out, 3);
+            put_u16(out, code.to_u16());
+            put_bytes(out, message.as_bytes());
+        }
+        ResponseBody::Status(ns) => {
+            put_u8(out, 4);
+            let s = &ns.status;
+            put_u64(out, s.id.0);
+            put_u8(out, role_code(s.role));
+            put_u64(out, s.current_term.0);
+            put_opt_u64(out, s.voted_for.map(|v| v.0));
+            put_opt_u64(out, s.leader.map(|v| v.0));
+            put_u64(out, s.commit_index.0);
+            put_u64(out, s.last_applied.0);
+            put_u64(out, s.first_index.0);
+            put_u64(out, s.last_index.0);
+            put_u32(out, s.peers.len() as u32);
+            for p in &s.peers {
+                put_u64(out, p.id.0);
+                put_u64(out, p.match_index.0);
+                put_u64(out, p.next_index.0);
+                put_u8(out, if p.state == ProgressState::Probe { 1 } else { 2 });
+                put_u32(out, p.inflight);
+            }
+            put_bytes(out, ns.addr.as_bytes());
+            encode_fault(&ns.fault, out);
+            put_u64(out, ns.uptime_ms);
+        }
+        ResponseBody::Log {
+            commit_index,
+            first_index,
+            last_index,
+            entries,
+        } => {
+            put_u8(out, 5);
+            put_u64(out, commit_index.0);
+            put_u64(out, first_index.0);
+            put_u64(out, last_index.0);
+            encode_entries(entries, out);
+        }
+        ResponseBody::FaultOk => put_u8(out, 6),
+    }
+}
+
+fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
+    Ok(match r.u8("response")? {
+        1 => ResponseBody::Kv {
+            index: LogIndex(r.u64("index")?),
+            result: OpResult::decode(r)?,
+        },
+        2 => ResponseBody::NotLeader {
+            leader: r.opt_u64("leader")?.map(NodeId),
+            leader_addr: r.string("leader_addr")?,
+        },
+        3 => ResponseBody::Error {
+            code: ErrorCode::from_u16(r.u16("code")?),
+            message: r.string("message")?,
+        },
+        4 => {
+            let id = NodeId(r.u64("id")?);
+            let role = match r.u8("role")? {
+                1 => Role::Follower,
+                2 => Role::PreCandidate,
+                3 => Role::Candidate,
+                4 => Role::Leader,
+                tag => return Err(DecodeError::BadTag { field: "role", tag: tag as u64 }),
+            };
+            let current_term = Term(r.u64("term")?);
+            let voted_for = r.opt_u64("voted_for")?.map(NodeId);
+            let leader = r.opt_u64("leader")?.map(NodeId);
+            let commit_index = LogIndex(r.u64("commit_index")?);
+            let last_applied = LogIndex(r.u64("last_applied")?);
+            let first_index = LogIndex(r.u64("first_index")?);
+            let last_index = LogIndex(r.u64("last_index")?);
+            let n = r.count("peers", 29)?;
+            let mut peers = Vec::with_capacity(n);
+            for _ in 0..n {
+                let id = NodeId(r.u64("peer.id")?);
+                let match_index = LogIndex(r.u64("peer.match_index")?);
+                let next_index = LogIndex(r.u64("peer.next_index")?);
+                let state = match r.u8("peer.state")? {
+                    1 => ProgressState::Probe,
+                    2 => ProgressState::Replicate,
+                    tag => return Err(DecodeError::BadTag { field: "peer.state", tag: tag as u64 }),
+                };
+                let inflight = r.u32("peer.inflight")?;
+                peers.push(PeerStatus {
+                    id,
+                    match_index,
+                    next_index,
+                    state,
+                    inflight,
+                });
+            }
+            let addr = r.string("addr")?;
+            let fault = decode_fault(r)?;
+            let uptime_ms = r.u64("uptime_ms")?;
+            ResponseBody::Status(NodeStatus {
+                status: Status {
+                    id,
+                    role,
+                    current_term,
+                    voted_for,
+                    leader,
+                    commit_index,
+                    last_applied,
+                    first_index,
+                    last_index,
+                    peers,
+                },
+                addr,
+                fault,
+                uptime_ms,
+            })
+        }
+        5 => ResponseBody::Log {
+            commit_index: LogIndex(r.u64("commit_index")?),
+            first_index: LogIndex(r.u64("first_index")?),
+            last_index: LogIndex(r.u64("last_index")?),
+            entries: decode_entries(r)?,
+        },
+        6 => ResponseBody::FaultOk,
+        tag => return Err(DecodeError::BadTag { field: "response", tag: tag as u64 }),
+    })
+}

@@ -1,0 +1,13 @@
+//! The wire protocol: versioned, length-prefixed, CRC-checked frames over
+//! TCP, documented byte by byte in `docs/PROTOCOL.md`.
+//!
+//! `decode_frame` separates "need more bytes" (`Ok(None)`) from a bad frame
+//! (`Err`): a bad frame ends that one connection, never the node.
+
+pub mod codec;
+pub mod frame;
+
+pub use frame::{
+    decode_frame, encode_frame, ErrorCode, FaultSpec, Frame, FrameError, NodeStatus, RequestBody, ResponseBody, Sender,
+    FRAME_BYTES_MAX, HEADER_BYTES, MAGIC, VERSION,
+};
