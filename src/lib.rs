@@ -1,3 +1,4 @@
+pub mod config;
 pub mod kv;
 pub mod raft;
 pub mod sim;

@@ -1,0 +1,262 @@
+//! `cluster.toml`: the cluster's name, timeouts, data directory and nodes.
+//! A bad file is refused with the file, the line and what is wrong.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::raft::NodeId;
+
+/// A config that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line, when the problem has one.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    cluster: Spanned<RawCluster>,
+    node: Option<Vec<Spanned<RawNode>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    data_dir: Spanned<String>,
+    election_timeout_ms: Spanned<Vec<u64>>,
+    heartbeat_interval_ms: Spanned<u64>,
+    tick_ms: Option<Spanned<u64>>,
+    append_bytes_max: Option<usize>,
+    inflight_msgs_max: Option<usize>,
+    segment_bytes_max: Option<u64>,
+    fsync: Option<bool>,
+    pre_vote: Option<bool>,
+    check_quorum: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Spanned<u64>,
+    addr: Spanned<String>,
+    data_dir: Option<String>,
+}
+
+/// Cluster-wide settings, resolved.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    pub heartbeat_interval_ms: u64,
+    pub tick_ms: u64,
+    pub append_bytes_max: usize,
+    pub inflight_msgs_max: usize,
+    pub segment_bytes_max: u64,
+    /// Off only for experiments: a crash can then lose acknowledged writes.
+    pub fsync: bool,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+}
+
+/// One server.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    /// As written in the file (for display).
+    pub addr_text: String,
+    pub data_dir: PathBuf,
+}
+
+/// A whole, checked `cluster.toml`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub cluster: ClusterConfig,
+    pub nodes: Vec<NodeConfig>,
+}
+
+fn line_of(text: &str, span: Range<usize>) -> usize {
+    text[..span.start.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, message: String| ConfigError {
+            path: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s)),
+            message,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim().to_string();
+            err(e.span(), msg)
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let c = raw.cluster.get_ref();
+        if c.name.get_ref().is_empty() {
+            return Err(err(Some(c.name.span()), "cluster name must not be empty".into()));
+        }
+        let et = c.election_timeout_ms.get_ref();
+        if et.len() != 2 || et[0] >= et[1] || et[0] == 0 {
+            return Err(err(
+                Some(c.election_timeout_ms.span()),
+                format!("election_timeout_ms must be [min, max] with 0 < min < max, got {et:?}"),
+            ));
+        }
+        let hb = *c.heartbeat_interval_ms.get_ref();
+        if hb == 0 || hb >= et[0] {
+            return Err(err(
+                Some(c.heartbeat_interval_ms.span()),
+                format!("heartbeat_interval_ms {hb} must be above 0 and below the election timeout minimum {}", et[0]),
+            ));
+        }
+        let tick_ms = c.tick_ms.as_ref().map_or(10.min(hb), |t| *t.get_ref());
+        if tick_ms == 0 || tick_ms > hb {
+            let span = c.tick_ms.as_ref().map(|t| t.span());
+            return Err(err(span, format!("tick_ms {tick_ms} must be between 1 and heartbeat_interval_ms {hb}")));
+        }
+        let cluster = ClusterConfig {
+            name: c.name.get_ref().clone(),
+            data_dir: resolve(c.data_dir.get_ref()),
+            election_timeout_ms_min: et[0],
+            election_timeout_ms_max: et[1],
+            heartbeat_interval_ms: hb,
+            tick_ms,
+            append_bytes_max: c.append_bytes_max.unwrap_or(1 << 20),
+            inflight_msgs_max: c.inflight_msgs_max.unwrap_or(64).max(1),
+            segment_bytes_max: c.segment_bytes_max.unwrap_or(64 << 20),
+            fsync: c.fsync.unwrap_or(true),
+            pre_vote: c.pre_vote.unwrap_or(true),
+            check_quorum: c.check_quorum.unwrap_or(true),
+        };
+        let raw_nodes = raw.node.unwrap_or_default();
+        if raw_nodes.is_empty() {
+            return Err(err(None, "no [[node]] entries: a cluster needs at least one node".into()));
+        }
+        let mut nodes: Vec<NodeConfig> = Vec::new();
+        let mut lines: Vec<(usize, usize)> = Vec::new();
+        for n in &raw_nodes {
+            let rn = n.get_ref();
+            let id = *rn.id.get_ref();
+            let id_line = line_of(text, rn.id.span());
+            if id == 0 {
+                return Err(err(Some(rn.id.span()), "node id must be 1 or more".into()));
+            }
+            if let Some(i) = nodes.iter().position(|x| x.id == NodeId(id)) {
+                return Err(err(
+                    Some(rn.id.span()),
+                    format!("duplicate node id {id} (first at line {})", lines[i].0),
+                ));
+            }
+            let addr_text = rn.addr.get_ref().clone();
+            let addr = addr_text
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| err(Some(rn.addr.span()), format!("cannot resolve address {addr_text:?} (want host:port)")))?;
+            let addr_line = line_of(text, rn.addr.span());
+            if let Some(i) = nodes.iter().position(|x| x.addr == addr) {
+                return Err(err(
+                    Some(rn.addr.span()),
+                    format!("duplicate address {addr_text} (first at line {})", lines[i].1),
+                ));
+            }
+            let data_dir = match &rn.data_dir {
+                Some(d) => resolve(d),
+                None => cluster.data_dir.join(format!("n{id}")),
+            };
+            nodes.push(NodeConfig {
+                id: NodeId(id),
+                addr,
+                addr_text,
+                data_dir,
+            });
+            lines.push((id_line, addr_line));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            cluster,
+            nodes,
+        })
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The node, or an error naming the file and the ids it has.
+    pub fn require_node(&self, id: NodeId) -> Result<&NodeConfig, ConfigError> {
+        self.node(id).ok_or_else(|| ConfigError {
+            path: self.path.clone(),
+            line: None,
+            message: format!(
+                "no node {id} in this config (it has {})",
+                self.nodes.iter().map(|n| n.id.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Election timeout range in ticks, `[min, max)`.
+    pub fn election_timeout_ticks(&self) -> (u32, u32) {
+        let t = self.cluster.tick_ms;
+        let min = (self.cluster.election_timeout_ms_min / t).max(2) as u32;
+        let max = ((self.cluster.election_timeout_ms_max / t) as u32).max(min + 1);
+        (min, max)
+    }
+
+    pub fn heartbeat_interval_ticks(&self) -> u32 {
+        (self.cluster.heartbeat_interval_ms / self.cluster.tick_ms).max(1) as u32
+    }
+}
+
+/// Parses a node id as the CLI accepts it: `1` or `n1`.
+pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    let digits = s.strip_prefix('n').unwrap_or(s);
+    match digits.parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!("invalid node id {s:?}: expected a number like 1 or n1")),
+        Ok(n) => Ok(NodeId(n)),
+    }
+}

@@ -1,0 +1,101 @@
+//! A bad cluster.toml is refused with the file, the line and what is wrong.
+
+use std::path::Path;
+
+use raftkit::config::{parse_node_id, Config};
+use raftkit::raft::NodeId;
+
+const GOOD: &str = r#"[cluster]
+name = "demo"
+data_dir = "data"
+election_timeout_ms = [150, 300]
+heartbeat_interval_ms = 50
+
+[[node]]
+id = 1
+addr = "127.0.0.1:7001"
+
+[[node]]
+id = 2
+addr = "127.0.0.1:7002"
+"#;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("/etc/rk/cluster.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn config_good_file_resolves_paths_against_its_directory() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.nodes.len(), 2);
+    assert_eq!(c.nodes[1].data_dir, Path::new("/etc/rk/data/n2"));
+    assert_eq!(c.election_timeout_ticks(), (15, 30));
+    assert_eq!(c.heartbeat_interval_ticks(), 5);
+}
+
+#[test]
+fn config_duplicate_id_names_both_lines() {
+    let bad = GOOD.replace("id = 2", "id = 1");
+    assert_eq!(parse(&bad).unwrap_err(), "/etc/rk/cluster.toml:12: duplicate node id 1 (first at line 8)");
+}
+
+#[test]
+fn config_duplicate_address() {
+    let bad = GOOD.replace("7002", "7001");
+    assert_eq!(
+        parse(&bad).unwrap_err(),
+        "/etc/rk/cluster.toml:13: duplicate address 127.0.0.1:7001 (first at line 9)"
+    );
+}
+
+#[test]
+fn config_syntax_error_has_line() {
+    let bad = GOOD.replace("heartbeat_interval_ms = 50", "heartbeat_interval_ms = = 50");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.starts_with("/etc/rk/cluster.toml:5:"), "{e}");
+}
+
+#[test]
+fn config_unknown_key_has_line() {
+    let bad = GOOD.replace("addr = \"127.0.0.1:7002\"", "addr = \"127.0.0.1:7002\"\nport = 3");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.starts_with("/etc/rk/cluster.toml:14:") && e.contains("port"), "{e}");
+}
+
+#[test]
+fn config_missing_key_is_named() {
+    let bad = GOOD.replace("heartbeat_interval_ms = 50\n", "");
+    let e = parse(&bad).unwrap_err();
+    assert!(e.contains("heartbeat_interval_ms"), "{e}");
+}
+
+#[test]
+fn config_bad_timeouts() {
+    let e = parse(&GOOD.replace("[150, 300]", "[300, 150]")).unwrap_err();
+    assert!(e.starts_with("/etc/rk/cluster.toml:4:"), "{e}");
+    let e = parse(&GOOD.replace("= 50", "= 200")).unwrap_err();
+    assert!(e.starts_with("/etc/rk/cluster.toml:5:"), "{e}");
+}
+
+#[test]
+fn config_zero_id_and_bad_address() {
+    let e = parse(&GOOD.replace("id = 2", "id = 0")).unwrap_err();
+    assert!(e.starts_with("/etc/rk/cluster.toml:12:"), "{e}");
+    let e = parse(&GOOD.replace("127.0.0.1:7002", "nowhere")).unwrap_err();
+    assert!(e.starts_with("/etc/rk/cluster.toml:13:") && e.contains("nowhere"), "{e}");
+}
+
+#[test]
+fn config_unknown_node_lists_ids() {
+    let c = parse(GOOD).unwrap();
+    let e = c.require_node(NodeId(9)).unwrap_err().to_string();
+    assert_eq!(e, "/etc/rk/cluster.toml: no node n9 in this config (it has n1, n2)");
+}
+
+#[test]
+fn config_node_id_accepts_n_prefix() {
+    assert_eq!(parse_node_id("n3"), Ok(NodeId(3)));
+    assert_eq!(parse_node_id("3"), Ok(NodeId(3)));
+    assert!(parse_node_id("x").is_err());
+    assert!(parse_node_id("0").is_err());
+}
