@@ -133,7 +133,10 @@ impl Config {
         };
         let c = raw.cluster.get_ref();
         if c.name.get_ref().is_empty() {
-            return Err(err(Some(c.name.span()), "cluster name must not be empty".into()));
+            return Err(err(
+                Some(c.name.span()),
+                "cluster name must not be empty".into(),
+            ));
         }
         let et = c.election_timeout_ms.get_ref();
         if et.len() != 2 || et[0] >= et[1] || et[0] == 0 {
@@ -152,7 +155,10 @@ impl Config {
         let tick_ms = c.tick_ms.as_ref().map_or(10.min(hb), |t| *t.get_ref());
         if tick_ms == 0 || tick_ms > hb {
             let span = c.tick_ms.as_ref().map(|t| t.span());
-            return Err(err(span, format!("tick_ms {tick_ms} must be between 1 and heartbeat_interval_ms {hb}")));
+            return Err(err(
+                span,
+                format!("tick_ms {tick_ms} must be between 1 and heartbeat_interval_ms {hb}"),
+            ));
         }
         let cluster = ClusterConfig {
             name: c.name.get_ref().clone(),
@@ -170,7 +176,10 @@ impl Config {
         };
         let raw_nodes = raw.node.unwrap_or_default();
         if raw_nodes.is_empty() {
-            return Err(err(None, "no [[node]] entries: a cluster needs at least one node".into()));
+            return Err(err(
+                None,
+                "no [[node]] entries: a cluster needs at least one node".into(),
+            ));
         }
         let mut nodes: Vec<NodeConfig> = Vec::new();
         let mut lines: Vec<(usize, usize)> = Vec::new();
@@ -192,12 +201,20 @@ impl Config {
                 .to_socket_addrs()
                 .ok()
                 .and_then(|mut a| a.next())
-                .ok_or_else(|| err(Some(rn.addr.span()), format!("cannot resolve address {addr_text:?} (want host:port)")))?;
+                .ok_or_else(|| {
+                    err(
+                        Some(rn.addr.span()),
+                        format!("cannot resolve address {addr_text:?} (want host:port)"),
+                    )
+                })?;
             let addr_line = line_of(text, rn.addr.span());
             if let Some(i) = nodes.iter().position(|x| x.addr == addr) {
                 return Err(err(
                     Some(rn.addr.span()),
-                    format!("duplicate address {addr_text} (first at line {})", lines[i].1),
+                    format!(
+                        "duplicate address {addr_text} (first at line {})",
+                        lines[i].1
+                    ),
                 ));
             }
             let data_dir = match &rn.data_dir {
@@ -230,7 +247,11 @@ impl Config {
             line: None,
             message: format!(
                 "no node {id} in this config (it has {})",
-                self.nodes.iter().map(|n| n.id.to_string()).collect::<Vec<_>>().join(", ")
+                self.nodes
+                    .iter()
+                    .map(|n| n.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         })
     }
@@ -256,7 +277,9 @@ impl Config {
 pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
     let digits = s.strip_prefix('n').unwrap_or(s);
     match digits.parse::<u64>() {
-        Ok(0) | Err(_) => Err(format!("invalid node id {s:?}: expected a number like 1 or n1")),
+        Ok(0) | Err(_) => Err(format!(
+            "invalid node id {s:?}: expected a number like 1 or n1"
+        )),
         Ok(n) => Ok(NodeId(n)),
     }
 }

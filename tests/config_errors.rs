@@ -36,7 +36,10 @@ fn config_good_file_resolves_paths_against_its_directory() {
 #[test]
 fn config_duplicate_id_names_both_lines() {
     let bad = GOOD.replace("id = 2", "id = 1");
-    assert_eq!(parse(&bad).unwrap_err(), "/etc/rk/cluster.toml:12: duplicate node id 1 (first at line 8)");
+    assert_eq!(
+        parse(&bad).unwrap_err(),
+        "/etc/rk/cluster.toml:12: duplicate node id 1 (first at line 8)"
+    );
 }
 
 #[test]
@@ -57,9 +60,15 @@ fn config_syntax_error_has_line() {
 
 #[test]
 fn config_unknown_key_has_line() {
-    let bad = GOOD.replace("addr = \"127.0.0.1:7002\"", "addr = \"127.0.0.1:7002\"\nport = 3");
+    let bad = GOOD.replace(
+        "addr = \"127.0.0.1:7002\"",
+        "addr = \"127.0.0.1:7002\"\nport = 3",
+    );
     let e = parse(&bad).unwrap_err();
-    assert!(e.starts_with("/etc/rk/cluster.toml:14:") && e.contains("port"), "{e}");
+    assert!(
+        e.starts_with("/etc/rk/cluster.toml:14:") && e.contains("port"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -82,14 +91,20 @@ fn config_zero_id_and_bad_address() {
     let e = parse(&GOOD.replace("id = 2", "id = 0")).unwrap_err();
     assert!(e.starts_with("/etc/rk/cluster.toml:12:"), "{e}");
     let e = parse(&GOOD.replace("127.0.0.1:7002", "nowhere")).unwrap_err();
-    assert!(e.starts_with("/etc/rk/cluster.toml:13:") && e.contains("nowhere"), "{e}");
+    assert!(
+        e.starts_with("/etc/rk/cluster.toml:13:") && e.contains("nowhere"),
+        "{e}"
+    );
 }
 
 #[test]
 fn config_unknown_node_lists_ids() {
     let c = parse(GOOD).unwrap();
     let e = c.require_node(NodeId(9)).unwrap_err().to_string();
-    assert_eq!(e, "/etc/rk/cluster.toml: no node n9 in this config (it has n1, n2)");
+    assert_eq!(
+        e,
+        "/etc/rk/cluster.toml: no node n9 in this config (it has n1, n2)"
+    );
 }
 
 #[test]

@@ -1,1 +1,454 @@
-fn main() {}
+//! raft-ctl: the client and operator CLI of a raftkit cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use raftkit::client::{Client, ClientError};
+use raftkit::config::{parse_node_id, Config};
+use raftkit::kv::{Op, OpResult};
+use raftkit::raft::{Entry, EntryKind, LogIndex, NodeId};
+use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
+use serde_json::{json, Value};
+
+/// Exit codes (also listed in the README).
+const EXIT_ERROR: u8 = 1;
+const EXIT_NO_LEADER: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
+const EXIT_CAS_MISMATCH: u8 = 5;
+const EXIT_NOT_FOUND: u8 = 6;
+
+/// Client and operator CLI for a raftkit cluster.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The cluster description.
+    #[arg(long, global = true, default_value = "cluster.toml")]
+    config: PathBuf,
+    /// Node to contact first (1 or n1); requests follow the leader from there.
+    #[arg(long, global = true, value_parser = parse_node_id)]
+    node: Option<NodeId>,
+    /// Print JSON for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up after this many seconds without a leader.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print the value of KEY (linearizable unless --stale).
+    Get {
+        key: String,
+        /// Read the contacted node's local state without asking the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove KEY.
+    Delete { key: String },
+    /// Set KEY to NEW if its value is EXPECTED: `cas KEY EXPECTED NEW`, or
+    /// `cas --absent KEY NEW` to require that KEY has no value.
+    Cas {
+        /// KEY EXPECTED NEW (or KEY NEW with --absent).
+        #[arg(num_args = 2..=3, required = true, value_names = ["KEY", "EXPECTED", "NEW"])]
+        args: Vec<String>,
+        /// Require the key to be absent.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Append a raw entry to the log.
+    Append { data: String },
+    /// Show every node's role, term, leader, indexes and follower progress.
+    Status,
+    /// Show a node's log entries (--node), or all logs side by side (--all).
+    Log {
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        to: Option<u64>,
+        /// Draw every node's log, term by index, like the Raft paper's figures.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}
+
+fn client_fail(e: ClientError) -> ExitCode {
+    let code = match e {
+        ClientError::NoLeader { .. } => EXIT_NO_LEADER,
+        ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+        _ => EXIT_ERROR,
+    };
+    fail(code, e)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    if let Some(n) = args.node {
+        if let Err(e) = config.require_node(n) {
+            return fail(2, e);
+        }
+    }
+    let mut client = Client::new(config.clone(), args.node);
+    client.timeout = std::time::Duration::from_secs_f64(args.timeout.max(0.1));
+    match &args.cmd {
+        Cmd::Put { key, value } => write(
+            &mut client,
+            &args,
+            Op::Put {
+                key: key.clone().into(),
+                value: value.clone().into(),
+            },
+        ),
+        Cmd::Delete { key } => write(
+            &mut client,
+            &args,
+            Op::Delete {
+                key: key.clone().into(),
+            },
+        ),
+        Cmd::Append { data } => write(
+            &mut client,
+            &args,
+            Op::Append {
+                data: data.clone().into(),
+            },
+        ),
+        Cmd::Cas {
+            args: words,
+            absent,
+        } => {
+            let (key, expected, new) = match (words.as_slice(), absent) {
+                ([k, n], true) => (k, None, n),
+                ([k, e, n], false) => (k, Some(e.clone().into_bytes()), n),
+                _ => return fail(2, "usage: cas KEY EXPECTED NEW, or cas --absent KEY NEW"),
+            };
+            write(
+                &mut client,
+                &args,
+                Op::Cas {
+                    key: key.clone().into(),
+                    expected,
+                    new: new.clone().into(),
+                },
+            )
+        }
+        Cmd::Get { key, stale } => get(&mut client, &args, key, *stale),
+        Cmd::Status => status(&mut client, &config, args.json),
+        Cmd::Log { from, to, all } => {
+            if *all {
+                log_all(&mut client, &config, args.json)
+            } else {
+                let node = args.node.unwrap_or(config.nodes[0].id);
+                log_one(&mut client, node, *from, *to, args.json)
+            }
+        }
+    }
+}
+
+fn write(client: &mut Client, args: &Args, op: Op) -> ExitCode {
+    let key = op.key().map(text);
+    match client.kv(op, false) {
+        Ok((index, OpResult::CasMismatch(current))) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "index": index.0, "error": "cas mismatch", "current": current.as_deref().map(text)})
+                );
+            }
+            fail(
+                EXIT_CAS_MISMATCH,
+                format!(
+                    "cas mismatch on {:?}: current value is {}",
+                    key.unwrap_or_default(),
+                    current
+                        .as_deref()
+                        .map_or("absent".into(), |c| format!("{:?}", text(c)))
+                ),
+            )
+        }
+        Ok((index, result)) => {
+            if args.json {
+                let mut v = json!({"ok": true, "index": index.0});
+                if let OpResult::Deleted(existed) = result {
+                    v["existed"] = json!(existed);
+                }
+                println!("{v}");
+            } else {
+                match result {
+                    OpResult::Deleted(false) => println!("OK (index {index}; key was absent)"),
+                    _ => println!("OK (index {index})"),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => client_fail(e),
+    }
+}
+
+fn get(client: &mut Client, args: &Args, key: &str, stale: bool) -> ExitCode {
+    if stale && args.node.is_none() {
+        // A stale read is of one node's state: without --node, the first.
+    }
+    match client.kv(Op::Get { key: key.into() }, stale) {
+        Ok((_, OpResult::Value(v))) => {
+            if args.json {
+                println!("{}", json!({"key": key, "value": v.as_deref().map(text)}));
+            }
+            match v {
+                Some(v) => {
+                    if !args.json {
+                        println!("{}", text(&v));
+                    }
+                    ExitCode::SUCCESS
+                }
+                None => fail(EXIT_NOT_FOUND, format!("key {key:?} not found")),
+            }
+        }
+        Ok((_, other)) => fail(EXIT_ERROR, format!("unexpected answer {other:?}")),
+        Err(e) => client_fail(e),
+    }
+}
+
+fn fetch_status(client: &mut Client, node: NodeId) -> Option<NodeStatus> {
+    match client.call(node, RequestBody::Status) {
+        Ok(ResponseBody::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
+    let mut rows = Vec::new();
+    for n in &config.nodes {
+        rows.push((n, fetch_status(client, n.id)));
+    }
+    if json_out {
+        let arr: Vec<Value> = rows
+            .iter()
+            .map(|(n, s)| match s {
+                Some(ns) => {
+                    let s = &ns.status;
+                    json!({
+                        "id": n.id.0, "addr": n.addr_text, "reachable": true, "role": s.role.name(),
+                        "term": s.current_term.0, "leader": s.leader.map(|l| l.0),
+                        "commit_index": s.commit_index.0, "last_applied": s.last_applied.0,
+                        "first_index": s.first_index.0, "last_index": s.last_index.0,
+                        "voted_for": s.voted_for.map(|v| v.0), "uptime_ms": ns.uptime_ms,
+                        "fault": fault_json(&ns.fault),
+                        "peers": s.peers.iter().map(|p| json!({"id": p.id.0, "match_index": p.match_index.0, "next_index": p.next_index.0, "state": format!("{:?}", p.state).to_lowercase(), "inflight": p.inflight})).collect::<Vec<_>>(),
+                    })
+                }
+                None => json!({"id": n.id.0, "addr": n.addr_text, "reachable": false, "role": null, "term": null, "leader": null, "commit_index": null, "last_applied": null, "first_index": null, "last_index": null}),
+            })
+            .collect();
+        println!("{}", Value::Array(arr));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<4} {:<21} {:<12} {:>5} {:>6} {:>8} {:>8} {:>6} {:>6}  followers (match/next)",
+        "id", "addr", "role", "term", "leader", "commit", "applied", "first", "last"
+    );
+    for (n, s) in &rows {
+        match s {
+            Some(ns) => {
+                let s = &ns.status;
+                let followers: Vec<String> = s
+                    .peers
+                    .iter()
+                    .map(|p| format!("{}:{}/{}", p.id, p.match_index, p.next_index))
+                    .collect();
+                let mut extra = followers.join(" ");
+                if !ns.fault.is_none() {
+                    extra.push_str(&format!(" fault={}", fault_json(&ns.fault)));
+                }
+                println!(
+                    "{:<4} {:<21} {:<12} {:>5} {:>6} {:>8} {:>8} {:>6} {:>6}  {}",
+                    n.id.to_string(),
+                    n.addr_text,
+                    s.role.name(),
+                    s.current_term.0,
+                    s.leader.map_or("-".into(), |l| l.to_string()),
+                    s.commit_index.0,
+                    s.last_applied.0,
+                    s.first_index.0,
+                    s.last_index.0,
+                    extra
+                );
+            }
+            None => println!("{:<4} {:<21} {:<12}", n.id.to_string(), n.addr_text, "down"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn fault_json(f: &raftkit::wire::FaultSpec) -> Value {
+    json!({
+        "partition": f.partition.iter().map(|g| g.iter().map(|n| n.0).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "drop_rate": f.drop_rate_ppm as f64 / 1e6, "delay_ms": f.delay_ms, "jitter_ms": f.jitter_ms,
+    })
+}
+
+fn payload(e: &Entry) -> String {
+    match e.kind {
+        EntryKind::Noop => "(no-op)".into(),
+        EntryKind::Command => match raftkit::kv::Command::decode(&e.data) {
+            Ok(c) => match c.op {
+                Op::Put { key, value } => format!("put {} {}", text(&key), text(&value)),
+                Op::Get { key } => format!("get {}", text(&key)),
+                Op::Delete { key } => format!("delete {}", text(&key)),
+                Op::Cas { key, expected, new } => format!(
+                    "cas {} {} {}",
+                    text(&key),
+                    expected.as_deref().map_or("(absent)".into(), text),
+                    text(&new)
+                ),
+                Op::Append { data } => format!("append {}", text(&data)),
+            },
+            Err(_) => format!("({} raw bytes)", e.data.len()),
+        },
+    }
+}
+
+fn fetch_log(
+    client: &mut Client,
+    node: NodeId,
+    from: u64,
+    to: u64,
+) -> Result<(LogIndex, Vec<Entry>), ClientError> {
+    let mut entries = Vec::new();
+    let mut next = from.max(1);
+    loop {
+        let body = RequestBody::Log {
+            from: LogIndex(next),
+            to: LogIndex(to),
+            entries_max: 10_000,
+        };
+        match client.call(node, body)? {
+            ResponseBody::Log {
+                commit_index,
+                last_index,
+                entries: got,
+                ..
+            } => {
+                let done = got.is_empty()
+                    || got.last().map(|e| e.index)
+                        >= Some(if to == 0 { last_index } else { LogIndex(to) });
+                next = got.last().map_or(next, |e| e.index.0 + 1);
+                entries.extend(got);
+                if done {
+                    return Ok((commit_index, entries));
+                }
+            }
+            other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+fn log_one(
+    client: &mut Client,
+    node: NodeId,
+    from: Option<u64>,
+    to: Option<u64>,
+    json_out: bool,
+) -> ExitCode {
+    match fetch_log(client, node, from.unwrap_or(1), to.unwrap_or(0)) {
+        Ok((commit, entries)) => {
+            if json_out {
+                let arr: Vec<Value> = entries
+                    .iter()
+                    .map(|e| json!({"index": e.index.0, "term": e.term.0, "committed": e.index <= commit, "payload": payload(e)}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"node": node.0, "commit_index": commit.0, "entries": arr})
+                );
+            } else {
+                println!("{node}: commit index {commit}");
+                for e in &entries {
+                    let mark = if e.index <= commit { ' ' } else { '*' };
+                    println!("{:>7} t{:<4}{mark} {}", e.index.0, e.term.0, payload(e));
+                }
+                if entries.iter().any(|e| e.index > commit) {
+                    println!("(* = not yet committed)");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => client_fail(e),
+    }
+}
+
+/// All logs side by side, one row per node, one column per index, each
+/// cell the entry's term; `|` after the cell of each node's commit index.
+fn log_all(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
+    let mut logs = Vec::new();
+    for n in &config.nodes {
+        logs.push((n.id, fetch_log(client, n.id, 1, 0).ok()));
+    }
+    if json_out {
+        let arr: Vec<Value> = logs
+            .iter()
+            .map(|(id, l)| match l {
+                Some((c, es)) => json!({"id": id.0, "reachable": true, "commit_index": c.0, "terms": es.iter().map(|e| e.term.0).collect::<Vec<_>>()}),
+                None => json!({"id": id.0, "reachable": false}),
+            })
+            .collect();
+        println!("{}", Value::Array(arr));
+        return ExitCode::SUCCESS;
+    }
+    let last = logs
+        .iter()
+        .filter_map(|(_, l)| l.as_ref())
+        .map(|(_, es)| es.len())
+        .max()
+        .unwrap_or(0);
+    let first = last.saturating_sub(40) + 1;
+    let w = format!("{last}").len().max(2) + 1;
+    print!("{:<8}", "index");
+    for i in first..=last {
+        print!("{:>w$}", i);
+    }
+    println!();
+    for (id, l) in &logs {
+        print!("{:<8}", id.to_string());
+        match l {
+            None => println!("  (down)"),
+            Some((commit, es)) => {
+                for i in first..=last {
+                    let cell = es
+                        .get(i - 1)
+                        .map_or(String::from("."), |e| e.term.0.to_string());
+                    let mark = if i as u64 == commit.0 { "|" } else { "" };
+                    print!("{:>w$}", format!("{cell}{mark}"), w = w);
+                }
+                println!("   commit={commit}");
+            }
+        }
+    }
+    if first > 1 {
+        println!(
+            "(showing the last {} indexes; cells are terms, | marks each node's commit index)",
+            last - first + 1
+        );
+    } else {
+        println!("(cells are terms; | marks each node's commit index)");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,1 +1,63 @@
-fn main() {}
+//! raft-node: one Raft server of the cluster described by cluster.toml.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::LevelFilter;
+use raftkit::config::{parse_node_id, Config};
+use raftkit::node::{stop_on_signals, MemStore, Node};
+
+/// Runs one Raft server: elects leaders, replicates the log and applies it to
+/// a key-value store.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The cluster description.
+    #[arg(long, default_value = "cluster.toml")]
+    config: PathBuf,
+    /// This server's id in the config (1 or n1).
+    #[arg(long, value_parser = parse_node_id)]
+    id: raftkit::raft::NodeId,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: LevelFilter,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = simplelog::TermLogger::init(
+        args.log_level,
+        simplelog::ConfigBuilder::new()
+            .set_time_format_rfc3339()
+            .build(),
+        simplelog::TerminalMode::Stderr,
+        simplelog::ColorChoice::Never,
+    );
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = config.require_node(args.id) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let stop = stop_on_signals();
+    let mut node = match Node::new(config, args.id, Box::new(MemStore::default()), stop) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match node.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -98,8 +98,12 @@ impl Op {
                 key: r.bytes_vec("key")?,
                 value: r.bytes_vec("value")?,
             },
-            2 => Op::Get { key: r.bytes_vec("key")? },
-            3 => Op::Delete { key: r.bytes_vec("key")? },
+            2 => Op::Get {
+                key: r.bytes_vec("key")?,
+            },
+            3 => Op::Delete {
+                key: r.bytes_vec("key")?,
+            },
             4 => Op::Cas {
                 key: r.bytes_vec("key")?,
                 expected: r.opt_bytes("expected")?,
@@ -108,14 +112,21 @@ impl Op {
             5 => Op::Append {
                 data: r.bytes_vec("data")?,
             },
-            tag => return Err(DecodeError::BadTag { field: "op", tag: tag as u64 }),
+            tag => {
+                return Err(DecodeError::BadTag {
+                    field: "op",
+                    tag: tag as u64,
+                })
+            }
         })
     }
 
     /// The key acted on, if any.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Put { key, .. } | Op::Get { key } | Op::Delete { key } | Op::Cas { key, .. } => Some(key),
+            Op::Put { key, .. } | Op::Get { key } | Op::Delete { key } | Op::Cas { key, .. } => {
+                Some(key)
+            }
             Op::Append { .. } => None,
         }
     }
@@ -153,7 +164,12 @@ impl Command {
         let mut r = Reader::new(buf);
         match r.u8("format")? {
             COMMAND_FORMAT_V1 => {}
-            tag => return Err(DecodeError::BadTag { field: "format", tag: tag as u64 }),
+            tag => {
+                return Err(DecodeError::BadTag {
+                    field: "format",
+                    tag: tag as u64,
+                })
+            }
         }
         let c = Command::decode_fields(&mut r)?;
         r.finish()?;
@@ -188,7 +204,12 @@ impl OpResult {
             3 => OpResult::Deleted(r.bool("existed")?),
             4 => OpResult::CasOk,
             5 => OpResult::CasMismatch(r.opt_bytes("current")?),
-            tag => return Err(DecodeError::BadTag { field: "result", tag: tag as u64 }),
+            tag => {
+                return Err(DecodeError::BadTag {
+                    field: "result",
+                    tag: tag as u64,
+                })
+            }
         })
     }
 }

@@ -84,7 +84,8 @@ impl KvStore {
     /// applies as nothing and is reported as `Err`.
     pub fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<Applied, String> {
         self.last_applied = index;
-        let cmd = Command::decode(data).map_err(|e| format!("entry {index}: undecodable command: {e}"))?;
+        let cmd = Command::decode(data)
+            .map_err(|e| format!("entry {index}: undecodable command: {e}"))?;
         Ok(self.apply_command(index, cmd))
     }
 
@@ -103,7 +104,10 @@ impl KvStore {
                 return Applied {
                     client_id,
                     seq,
-                    result: Err(format!("request {seq} is older than the last one applied ({})", s.last_seq)),
+                    result: Err(format!(
+                        "request {seq} is older than the last one applied ({})",
+                        s.last_seq
+                    )),
                     duplicate: true,
                 };
             }
@@ -166,7 +170,12 @@ mod tests {
 
     fn entry(client: u64, seq: u64, op: Op) -> Vec<u8> {
         let mut out = Vec::new();
-        Command { client_id: client, seq, op }.encode(&mut out);
+        Command {
+            client_id: client,
+            seq,
+            op,
+        }
+        .encode(&mut out);
         out
     }
 
@@ -182,7 +191,9 @@ mod tests {
         let mut kv = KvStore::new();
         kv.apply(LogIndex(1), &entry(1, 1, put("a", "1"))).unwrap();
         assert_eq!(kv.get(b"a"), Some(&b"1"[..]));
-        let a = kv.apply(LogIndex(2), &entry(1, 2, Op::Delete { key: "a".into() })).unwrap();
+        let a = kv
+            .apply(LogIndex(2), &entry(1, 2, Op::Delete { key: "a".into() }))
+            .unwrap();
         assert_eq!(a.result, Ok(OpResult::Deleted(true)));
         assert_eq!(kv.get(b"a"), None);
     }
@@ -197,7 +208,9 @@ mod tests {
         };
         let a = kv.apply(LogIndex(1), &entry(1, 1, cas(None, "x"))).unwrap();
         assert_eq!(a.result, Ok(OpResult::CasOk));
-        let a = kv.apply(LogIndex(2), &entry(1, 2, cas(Some("y"), "z"))).unwrap();
+        let a = kv
+            .apply(LogIndex(2), &entry(1, 2, cas(Some("y"), "z")))
+            .unwrap();
         assert_eq!(a.result, Ok(OpResult::CasMismatch(Some(b"x".to_vec()))));
         assert_eq!(kv.get(b"k"), Some(&b"x"[..]));
     }
@@ -205,11 +218,21 @@ mod tests {
     #[test]
     fn kv_retried_request_applies_once() {
         let mut kv = KvStore::new();
-        let app = entry(7, 1, Op::Append { data: b"d".to_vec() });
+        let app = entry(
+            7,
+            1,
+            Op::Append {
+                data: b"d".to_vec(),
+            },
+        );
         kv.apply(LogIndex(1), &app).unwrap();
         let again = kv.apply(LogIndex(2), &app).unwrap();
         assert!(again.duplicate);
-        assert_eq!(kv.appends_applied(), 1, "a retried append never applies twice");
+        assert_eq!(
+            kv.appends_applied(),
+            1,
+            "a retried append never applies twice"
+        );
         let cas = entry(
             7,
             2,
@@ -219,10 +242,21 @@ mod tests {
                 new: "1".into(),
             },
         );
-        assert_eq!(kv.apply(LogIndex(3), &cas).unwrap().result, Ok(OpResult::CasOk));
+        assert_eq!(
+            kv.apply(LogIndex(3), &cas).unwrap().result,
+            Ok(OpResult::CasOk)
+        );
         let retry = kv.apply(LogIndex(4), &cas).unwrap();
-        assert_eq!(retry.result, Ok(OpResult::CasOk), "the first answer again, not a mismatch");
-        assert!(kv.apply(LogIndex(5), &entry(7, 1, put("a", "b"))).unwrap().result.is_err());
+        assert_eq!(
+            retry.result,
+            Ok(OpResult::CasOk),
+            "the first answer again, not a mismatch"
+        );
+        assert!(kv
+            .apply(LogIndex(5), &entry(7, 1, put("a", "b")))
+            .unwrap()
+            .result
+            .is_err());
     }
 
     #[test]

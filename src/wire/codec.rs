@@ -10,7 +10,11 @@ use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// A field runs past the end of the body.
-    Truncated { field: &'static str, need: usize, have: usize },
+    Truncated {
+        field: &'static str,
+        need: usize,
+        have: usize,
+    },
     /// An enum tag with no meaning.
     BadTag { field: &'static str, tag: u64 },
     /// A string that is not UTF-8.
@@ -23,11 +27,16 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::Truncated { field, need, have } => {
-                write!(f, "truncated field `{field}`: needs {need} bytes, {have} left")
+                write!(
+                    f,
+                    "truncated field `{field}`: needs {need} bytes, {have} left"
+                )
             }
             DecodeError::BadTag { field, tag } => write!(f, "unknown tag {tag} for `{field}`"),
             DecodeError::BadUtf8 { field } => write!(f, "invalid UTF-8 in `{field}`"),
-            DecodeError::Trailing { bytes } => write!(f, "{bytes} trailing bytes after the last field"),
+            DecodeError::Trailing { bytes } => {
+                write!(f, "{bytes} trailing bytes after the last field")
+            }
         }
     }
 }
@@ -71,7 +80,10 @@ impl<'a> Reader<'a> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
-            t => Err(DecodeError::BadTag { field, tag: t as u64 }),
+            t => Err(DecodeError::BadTag {
+                field,
+                tag: t as u64,
+            }),
         }
     }
 
@@ -124,7 +136,11 @@ impl<'a> Reader<'a> {
 
     /// A u32 count of items each at least `item_bytes_min` long, checked
     /// against the bytes left before anything is allocated.
-    pub fn count(&mut self, field: &'static str, item_bytes_min: usize) -> Result<usize, DecodeError> {
+    pub fn count(
+        &mut self,
+        field: &'static str,
+        item_bytes_min: usize,
+    ) -> Result<usize, DecodeError> {
         let n = self.u32(field)? as usize;
         let need = n.saturating_mul(item_bytes_min.max(1));
         if need > self.remaining() {

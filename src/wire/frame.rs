@@ -9,7 +9,8 @@ use super::codec::{
 };
 use crate::kv::{Command, OpResult};
 use crate::raft::{
-    Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState, RejectHint, Role, Status, Term,
+    Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState,
+    RejectHint, Role, Status, Term,
 };
 
 /// First two bytes of every frame: "RK".
@@ -114,20 +115,41 @@ pub struct NodeStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestBody {
-    Kv { command: Command, stale_read: bool },
+    Kv {
+        command: Command,
+        stale_read: bool,
+    },
     Status,
     /// Entries `from..=to` (`to` 0: up to the last), at most `entries_max`.
-    Log { from: LogIndex, to: LogIndex, entries_max: u32 },
+    Log {
+        from: LogIndex,
+        to: LogIndex,
+        entries_max: u32,
+    },
     Fault(FaultSpec),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseBody {
-    Kv { index: LogIndex, result: OpResult },
-    NotLeader { leader: Option<NodeId>, leader_addr: String },
-    Error { code: ErrorCode, message: String },
+    Kv {
+        index: LogIndex,
+        result: OpResult,
+    },
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_addr: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     Status(NodeStatus),
-    Log { commit_index: LogIndex, first_index: LogIndex, last_index: LogIndex, entries: Vec<Entry> },
+    Log {
+        commit_index: LogIndex,
+        first_index: LogIndex,
+        last_index: LogIndex,
+        entries: Vec<Entry>,
+    },
     FaultOk,
 }
 
@@ -156,13 +178,23 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::BadMagic(m) => write!(f, "bad magic 0x{m:04x} (expected 0x{MAGIC:04x})"),
-            FrameError::UnsupportedVersion(v) => write!(f, "unsupported protocol version {v} (this node speaks {VERSION})"),
+            FrameError::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported protocol version {v} (this node speaks {VERSION})"
+            ),
             FrameError::UnknownType(t) => write!(f, "unknown frame type {t}"),
-            FrameError::TooLarge { length, max } => write!(f, "frame body of {length} bytes exceeds the maximum {max}"),
-            FrameError::Crc { expected, actual } => {
-                write!(f, "CRC mismatch: header says 0x{expected:08x}, body has 0x{actual:08x}")
+            FrameError::TooLarge { length, max } => {
+                write!(f, "frame body of {length} bytes exceeds the maximum {max}")
             }
-            FrameError::Body { frame_type, error } => write!(f, "bad body of frame type {frame_type}: {error}"),
+            FrameError::Crc { expected, actual } => {
+                write!(
+                    f,
+                    "CRC mismatch: header says 0x{expected:08x}, body has 0x{actual:08x}"
+                )
+            }
+            FrameError::Body { frame_type, error } => {
+                write!(f, "bad body of frame type {frame_type}: {error}")
+            }
         }
     }
 }
@@ -221,7 +253,8 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     if expected != actual {
         return Err(FrameError::Crc { expected, actual });
     }
-    let frame = decode_body(frame_type, body).map_err(|error| FrameError::Body { frame_type, error })?;
+    let frame =
+        decode_body(frame_type, body).map_err(|error| FrameError::Body { frame_type, error })?;
     Ok(Some((frame, HEADER_BYTES + length)))
 }
 
@@ -272,7 +305,12 @@ fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, DecodeError> {
             let from = match r.u8("sender")? {
                 1 => Sender::Peer(NodeId(r.u64("peer_id")?)),
                 2 => Sender::Client,
-                tag => return Err(DecodeError::BadTag { field: "sender", tag: tag as u64 }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        field: "sender",
+                        tag: tag as u64,
+                    })
+                }
             };
             Frame::Hello { cluster, from }
         }
@@ -292,7 +330,12 @@ fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, DecodeError> {
             request_id: r.u64("request_id")?,
             body: decode_response(&mut r)?,
         },
-        t => return Err(DecodeError::BadTag { field: "frame_type", tag: t as u64 }),
+        t => {
+            return Err(DecodeError::BadTag {
+                field: "frame_type",
+                tag: t as u64,
+            })
+        }
     };
     r.finish()?;
     Ok(frame)
@@ -355,7 +398,10 @@ fn encode_message(m: &Message, out: &mut Vec<u8>) {
             put_u64(out, last_log_index.0);
             put_u64(out, last_log_term.0);
         }
-        MessageBody::RequestVoteResponse { pre_vote, vote_granted } => {
+        MessageBody::RequestVoteResponse {
+            pre_vote,
+            vote_granted,
+        } => {
             put_u8(out, 2);
             put_bool(out, *pre_vote);
             put_bool(out, *vote_granted);
@@ -438,9 +484,19 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
                 read_round,
             }
         }
-        tag => return Err(DecodeError::BadTag { field: "message", tag: tag as u64 }),
+        tag => {
+            return Err(DecodeError::BadTag {
+                field: "message",
+                tag: tag as u64,
+            })
+        }
     };
-    Ok(Message { from, to, term, body })
+    Ok(Message {
+        from,
+        to,
+        term,
+        body,
+    })
 }
 
 fn encode_fault(f: &FaultSpec, out: &mut Vec<u8>) {
@@ -477,13 +533,20 @@ fn decode_fault(r: &mut Reader<'_>) -> Result<FaultSpec, DecodeError> {
 
 fn encode_request(body: &RequestBody, out: &mut Vec<u8>) {
     match body {
-        RequestBody::Kv { command, stale_read } => {
+        RequestBody::Kv {
+            command,
+            stale_read,
+        } => {
             put_u8(out, 1);
             put_bool(out, *stale_read);
             command.encode_fields(out);
         }
         RequestBody::Status => put_u8(out, 2),
-        RequestBody::Log { from, to, entries_max } => {
+        RequestBody::Log {
+            from,
+            to,
+            entries_max,
+        } => {
             put_u8(out, 3);
             put_u64(out, from.0);
             put_u64(out, to.0);
@@ -512,7 +575,12 @@ fn decode_request(r: &mut Reader<'_>) -> Result<RequestBody, DecodeError> {
             entries_max: r.u32("entries_max")?,
         },
         4 => RequestBody::Fault(decode_fault(r)?),
-        tag => return Err(DecodeError::BadTag { field: "request", tag: tag as u64 }),
+        tag => {
+            return Err(DecodeError::BadTag {
+                field: "request",
+                tag: tag as u64,
+            })
+        }
     })
 }
 
@@ -532,7 +600,10 @@ fn encode_response(body: &ResponseBody, out: &mut Vec<u8>) {
             put_u64(out, index.0);
             result.encode(out);
         }
-        ResponseBody::NotLeader { leader, leader_addr } => {
+        ResponseBody::NotLeader {
+            leader,
+            leader_addr,
+        } => {
             put_u8(out, 2);
             put_opt_u64(out, leader.map(|l| l.0));
             put_bytes(out, leader_addr.as_bytes());
@@ -559,7 +630,14 @@ fn encode_response(body: &ResponseBody, out: &mut Vec<u8>) {
                 put_u64(out, p.id.0);
                 put_u64(out, p.match_index.0);
                 put_u64(out, p.next_index.0);
-                put_u8(out, if p.state == ProgressState::Probe { 1 } else { 2 });
+                put_u8(
+                    out,
+                    if p.state == ProgressState::Probe {
+                        1
+                    } else {
+                        2
+                    },
+                );
                 put_u32(out, p.inflight);
             }
             put_bytes(out, ns.addr.as_bytes());
@@ -603,7 +681,12 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
                 2 => Role::PreCandidate,
                 3 => Role::Candidate,
                 4 => Role::Leader,
-                tag => return Err(DecodeError::BadTag { field: "role", tag: tag as u64 }),
+                tag => {
+                    return Err(DecodeError::BadTag {
+                        field: "role",
+                        tag: tag as u64,
+                    })
+                }
             };
             let current_term = Term(r.u64("term")?);
             let voted_for = r.opt_u64("voted_for")?.map(NodeId);
@@ -621,7 +704,12 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
                 let state = match r.u8("peer.state")? {
                     1 => ProgressState::Probe,
                     2 => ProgressState::Replicate,
-                    tag => return Err(DecodeError::BadTag { field: "peer.state", tag: tag as u64 }),
+                    tag => {
+                        return Err(DecodeError::BadTag {
+                            field: "peer.state",
+                            tag: tag as u64,
+                        })
+                    }
                 };
                 let inflight = r.u32("peer.inflight")?;
                 peers.push(PeerStatus {
@@ -660,6 +748,11 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
             entries: decode_entries(r)?,
         },
         6 => ResponseBody::FaultOk,
-        tag => return Err(DecodeError::BadTag { field: "response", tag: tag as u64 }),
+        tag => {
+            return Err(DecodeError::BadTag {
+                field: "response",
+                tag: tag as u64,
+            })
+        }
     })
 }

@@ -8,6 +8,6 @@ pub mod codec;
 pub mod frame;
 
 pub use frame::{
-    decode_frame, encode_frame, ErrorCode, FaultSpec, Frame, FrameError, NodeStatus, RequestBody, ResponseBody, Sender,
-    FRAME_BYTES_MAX, HEADER_BYTES, MAGIC, VERSION,
+    decode_frame, encode_frame, ErrorCode, FaultSpec, Frame, FrameError, NodeStatus, RequestBody,
+    ResponseBody, Sender, FRAME_BYTES_MAX, HEADER_BYTES, MAGIC, VERSION,
 };

@@ -1,0 +1,259 @@
+//! A blocking client for raft-ctl and tests: leader discovery, redirects,
+//! and retries that reuse the request's (client id, sequence number) so a
+//! retried write applies once.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::kv::{ClientId, Command, Op, OpResult};
+use crate::raft::{LogIndex, NodeId};
+use crate::wire::{
+    decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
+};
+
+/// Why a request failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The node could not be reached.
+    Unreachable {
+        node: NodeId,
+        addr: String,
+        source: io::Error,
+    },
+    /// No leader answered within the timeout.
+    NoLeader { waited: Duration, last: String },
+    /// The node refused the connection or answered nonsense.
+    Protocol(String),
+    /// The node answered with an error.
+    Server { code: ErrorCode, message: String },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Unreachable { node, addr, source } => {
+                write!(f, "{node} at {addr} is unreachable: {source}")
+            }
+            ClientError::NoLeader { waited, last } => {
+                write!(
+                    f,
+                    "no leader answered within {:.1}s (last: {last})",
+                    waited.as_secs_f64()
+                )
+            }
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Server { code, message } => write!(f, "node error {code:?}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A connection-per-node blocking client.
+pub struct Client {
+    config: Config,
+    pub client_id: ClientId,
+    seq: u64,
+    next_request_id: u64,
+    /// Node to contact first (the last known leader).
+    pub target: NodeId,
+    conn: Option<(NodeId, TcpStream)>,
+    pub timeout: Duration,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(config: Config, first: Option<NodeId>) -> Client {
+        let target = first.unwrap_or_else(|| config.nodes[0].id);
+        let client_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ ((std::process::id() as u64) << 40);
+        Client {
+            config,
+            client_id,
+            seq: 0,
+            next_request_id: 1,
+            target,
+            conn: None,
+            timeout: Duration::from_secs(10),
+            buf: Vec::new(),
+        }
+    }
+
+    fn connect(&mut self, node: NodeId) -> Result<&mut TcpStream, ClientError> {
+        if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
+            self.conn = None;
+            let nc = self
+                .config
+                .node(node)
+                .ok_or_else(|| ClientError::Protocol(format!("{node} is not in the config")))?;
+            let addr = nc.addr;
+            let unreachable = |source| ClientError::Unreachable {
+                node,
+                addr: addr.to_string(),
+                source,
+            };
+            let mut s =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(unreachable)?;
+            s.set_nodelay(true).map_err(unreachable)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(unreachable)?;
+            let mut out = Vec::new();
+            let hello = Frame::Hello {
+                cluster: self.config.cluster.name.clone(),
+                from: Sender::Client,
+            };
+            encode_frame(&hello, &mut out);
+            s.write_all(&out).map_err(unreachable)?;
+            self.buf.clear();
+            match read_frame(&mut s, &mut self.buf).map_err(unreachable)? {
+                Frame::HelloOk { .. } => {}
+                Frame::HelloReject { code, reason } => {
+                    return Err(ClientError::Server {
+                        code,
+                        message: reason,
+                    })
+                }
+                other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            }
+            self.conn = Some((node, s));
+        }
+        Ok(&mut self.conn.as_mut().expect("just set").1)
+    }
+
+    /// One request to one node, no retries.
+    pub fn call(&mut self, node: NodeId, body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut out = Vec::new();
+        encode_frame(&Frame::Request { request_id, body }, &mut out);
+        let addr = self
+            .config
+            .node(node)
+            .map(|n| n.addr.to_string())
+            .unwrap_or_default();
+        let result = (|| {
+            let s = self.connect(node)?;
+            s.write_all(&out)
+                .map_err(|source| ClientError::Unreachable {
+                    node,
+                    addr: addr.clone(),
+                    source,
+                })?;
+            loop {
+                let mut buf = std::mem::take(&mut self.buf);
+                let s = &mut self.conn.as_mut().expect("connected").1;
+                let frame = read_frame(s, &mut buf);
+                self.buf = buf;
+                match frame.map_err(|source| ClientError::Unreachable {
+                    node,
+                    addr: addr.clone(),
+                    source,
+                })? {
+                    Frame::Response {
+                        request_id: r,
+                        body,
+                    } if r == request_id => return Ok(body),
+                    Frame::Response { .. } => continue,
+                    other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+                }
+            }
+        })();
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// A key-value operation, following redirects and retrying (with the
+    /// same sequence number) until a leader answers or the timeout passes.
+    pub fn kv(&mut self, op: Op, stale_read: bool) -> Result<(LogIndex, OpResult), ClientError> {
+        self.seq += 1;
+        let command = Command {
+            client_id: self.client_id,
+            seq: self.seq,
+            op,
+        };
+        let start = Instant::now();
+        let ids = self.config.ids();
+        let mut last = String::from("nothing tried");
+        let mut attempt = 0usize;
+        while start.elapsed() < self.timeout {
+            let node = self.target;
+            let body = RequestBody::Kv {
+                command: command.clone(),
+                stale_read,
+            };
+            match self.call(node, body) {
+                Ok(ResponseBody::Kv { index, result }) => return Ok((index, result)),
+                Ok(ResponseBody::NotLeader { leader, .. }) => {
+                    last = format!("{node} is not the leader");
+                    match leader {
+                        Some(l) if l != node => {
+                            self.target = l;
+                            continue;
+                        }
+                        _ => {
+                            self.target = ids
+                                [(ids.iter().position(|&i| i == node).unwrap_or(0) + 1) % ids.len()]
+                        }
+                    }
+                }
+                Ok(ResponseBody::Error { code, message }) => {
+                    if matches!(
+                        code,
+                        ErrorCode::Unavailable | ErrorCode::TooBusy | ErrorCode::Timeout
+                    ) {
+                        last = format!("{node}: {message}");
+                    } else {
+                        return Err(ClientError::Server { code, message });
+                    }
+                }
+                Ok(other) => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected answer {other:?}"
+                    )))
+                }
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    last = e.to_string();
+                    self.target =
+                        ids[(ids.iter().position(|&i| i == node).unwrap_or(0) + 1) % ids.len()];
+                }
+                Err(e) => return Err(e),
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_millis((20 * attempt as u64).min(200)));
+        }
+        Err(ClientError::NoLeader {
+            waited: start.elapsed(),
+            last,
+        })
+    }
+}
+
+/// Reads one whole frame (blocking).
+fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Frame> {
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        match decode_frame(buf) {
+            Ok(Some((frame, used))) => {
+                buf.drain(..used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
