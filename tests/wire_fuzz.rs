@@ -18,7 +18,7 @@ impl Rng {
 }
 
 fn samples() -> Vec<Vec<u8>> {
-    let frames = vec![
+    let frames = [
         Frame::Hello {
             cluster: "demo".into(),
             from: Sender::Peer(NodeId(2)),
