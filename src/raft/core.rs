@@ -936,6 +936,22 @@ impl Raft {
             // handled before this.
             return;
         };
+        if hint.rejected_prev_index == pr.match_index && hint.conflict_index <= pr.match_index {
+            // A heartbeat at the acknowledged index failed: the follower lost
+            // entries it had acknowledged (a lost or in-memory disk). Start
+            // over from what it has now rather than wait forever.
+            log::warn!(
+                "{} t{}: {from} lost acknowledged entries (had {}); re-probing from {}",
+                self.config.id,
+                self.current_term,
+                pr.match_index,
+                hint.conflict_index
+            );
+            pr.match_index = hint.conflict_index.prev();
+            pr.become_probe(hint.conflict_index);
+            self.confirm_reads();
+            return;
+        }
         if hint.rejected_prev_index <= pr.match_index {
             debug!(
                 "{} t{}: stale rejection from {from}",
