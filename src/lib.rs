@@ -4,4 +4,5 @@ pub mod kv;
 pub mod node;
 pub mod raft;
 pub mod sim;
+pub mod storage;
 pub mod wire;

@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::kv::{ClientId, Command, KvStore, Op, OpResult};
 use crate::raft::rng::Rng;
-use crate::raft::{
-    self, Entry, EntryKind, HardState, LogIndex, Message, NodeId, NotLeader, Raft, Role,
-};
+use crate::raft::{self, Entry, EntryKind, LogIndex, Message, NodeId, NotLeader, Raft, Role};
+use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
 use crate::wire::{
     decode_frame, encode_frame, ErrorCode, FaultSpec, Frame, NodeStatus, RequestBody, ResponseBody,
     Sender,
@@ -55,6 +54,9 @@ pub enum NodeError {
     Storage(String),
 }
 
+/// Wakes the event loop when the storage thread has made a batch durable.
+const WAKER: Token = Token(usize::MAX - 1);
+
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -70,40 +72,6 @@ impl std::error::Error for NodeError {}
 impl From<io::Error> for NodeError {
     fn from(e: io::Error) -> Self {
         NodeError::Io(e)
-    }
-}
-
-/// Where the log and hard state live. The node writes through it before it
-/// sends anything that promises durability.
-pub trait LogStore {
-    /// What was stored before (term, vote, log), for a restart.
-    fn recover(&mut self) -> Result<(HardState, Vec<Entry>), String>;
-    /// Stores `hard_state` and the entries (truncating the stored log from
-    /// the first one's index) durably before returning.
-    fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), String>;
-}
-
-/// A log kept in memory: lost when the process ends.
-#[derive(Default)]
-pub struct MemStore {
-    hard_state: HardState,
-    entries: Vec<Entry>,
-}
-
-impl LogStore for MemStore {
-    fn recover(&mut self) -> Result<(HardState, Vec<Entry>), String> {
-        Ok((self.hard_state, self.entries.clone()))
-    }
-
-    fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), String> {
-        if let Some(hs) = hard_state {
-            self.hard_state = hs;
-        }
-        if let Some(first) = entries.first() {
-            self.entries.truncate(first.index.0 as usize - 1);
-            self.entries.extend_from_slice(entries);
-        }
-        Ok(())
     }
 }
 
@@ -156,7 +124,13 @@ pub struct Node {
     id: NodeId,
     addr: SocketAddr,
     raft: Raft,
-    store: Box<dyn LogStore>,
+    storage: StorageThread,
+    /// Jobs sent to the storage thread, and the highest one known durable.
+    storage_seq: u64,
+    storage_durable: u64,
+    /// Per storage job: the last entry it writes, and the messages that
+    /// wait for it (acknowledgements, votes).
+    after_durable: std::collections::VecDeque<(u64, Option<(LogIndex, raft::Term)>, Vec<Message>)>,
     kv: KvStore,
     poll: Poll,
     listener: TcpListener,
@@ -186,14 +160,19 @@ impl Node {
     pub fn new(
         config: Config,
         id: NodeId,
-        mut store: Box<dyn LogStore>,
+        recovered: Recovered,
+        store: Box<dyn LogStore>,
         stop: Arc<AtomicBool>,
     ) -> Result<Node, NodeError> {
         let me = config
             .require_node(id)
             .map_err(|e| NodeError::Storage(e.to_string()))?
             .clone();
-        let (hard_state, entries) = store.recover().map_err(NodeError::Storage)?;
+        let Recovered {
+            hard_state,
+            entries,
+            ..
+        } = recovered;
         let (emin, emax) = config.election_timeout_ticks();
         let mut rc = raft::Config::new(id, config.ids());
         rc.election_timeout_ticks_min = emin;
@@ -223,6 +202,13 @@ impl Node {
         })?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let storage = StorageThread::spawn(
+            store,
+            Some(Box::new(move || {
+                let _ = waker.wake();
+            })),
+        )?;
         let now = Instant::now();
         let peers = config
             .nodes
@@ -244,7 +230,10 @@ impl Node {
             id,
             addr: me.addr,
             raft,
-            store,
+            storage,
+            storage_seq: 0,
+            storage_durable: 0,
+            after_durable: std::collections::VecDeque::new(),
             kv: KvStore::new(),
             poll,
             listener,
@@ -290,6 +279,7 @@ impl Node {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
+                    WAKER => self.storage_done()?,
                     t => self.conn_event(t, ev.is_readable(), ev.is_writable()),
                 }
             }
@@ -901,15 +891,33 @@ impl Node {
                 self.send_message(m);
             }
             if must_persist {
-                self.store
-                    .write(rd.hard_state, &rd.entries)
-                    .map_err(NodeError::Storage)?;
-                if let Some(last) = rd.entries.last() {
-                    self.raft.persisted(last.index, last.term);
+                // Replication to followers (sent above) runs in parallel
+                // with the leader's own write.
+                self.storage_seq += 1;
+                let last = rd.entries.last().map(|e| (e.index, e.term));
+                let job = Job {
+                    seq: self.storage_seq,
+                    hard_state: rd.hard_state,
+                    entries: rd.entries,
+                };
+                if !self.storage.submit(job) {
+                    return Err(NodeError::Storage("the storage thread has stopped".into()));
                 }
-            }
-            for m in rd.messages_after_persist {
-                self.send_message(m);
+                self.after_durable
+                    .push_back((self.storage_seq, last, rd.messages_after_persist));
+            } else if !rd.messages_after_persist.is_empty() {
+                if self.storage_seq > self.storage_durable {
+                    // They may speak for entries still on their way to disk.
+                    self.after_durable.push_back((
+                        self.storage_seq,
+                        None,
+                        rd.messages_after_persist,
+                    ));
+                } else {
+                    for m in rd.messages_after_persist {
+                        self.send_message(m);
+                    }
+                }
             }
             for e in rd.committed_entries {
                 self.apply(e);
@@ -920,6 +928,32 @@ impl Node {
                 }
             }
             self.answer_reads();
+        }
+        Ok(())
+    }
+
+    /// The storage thread reported: send what waited, tell the core.
+    fn storage_done(&mut self) -> Result<(), NodeError> {
+        while let Ok(d) = self.storage.done().try_recv() {
+            match d {
+                Durable::Upto(seq) => self.storage_durable = seq,
+                Durable::Failed(e) => return Err(NodeError::Storage(e)),
+            }
+        }
+        while self
+            .after_durable
+            .front()
+            .is_some_and(|(seq, _, _)| *seq <= self.storage_durable)
+        {
+            let Some((_, last, msgs)) = self.after_durable.pop_front() else {
+                break;
+            };
+            if let Some((index, term)) = last {
+                self.raft.persisted(index, term);
+            }
+            for m in msgs {
+                self.send_message(m);
+            }
         }
         Ok(())
     }

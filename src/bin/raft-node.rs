@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::LevelFilter;
 use raftkit::config::{parse_node_id, Config};
-use raftkit::node::{stop_on_signals, MemStore, Node};
+use raftkit::node::{stop_on_signals, Node};
+use raftkit::storage::{DiskStore, Meta, WalOptions};
 
 /// Runs one Raft server: elects leaders, replicates the log and applies it to
 /// a key-value store.
@@ -41,12 +42,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = config.require_node(args.id) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    let me = match config.require_node(args.id) {
+        Ok(n) => n.clone(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let owner = Meta {
+        node_id: args.id,
+        cluster: config.cluster.name.clone(),
+    };
+    let opts = WalOptions {
+        segment_bytes_max: config.cluster.segment_bytes_max,
+        fsync: config.cluster.fsync,
+    };
+    let (store, recovered) = match DiskStore::open(&me.data_dir, &owner, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let stop = stop_on_signals();
-    let mut node = match Node::new(config, args.id, Box::new(MemStore::default()), stop) {
+    let mut node = match Node::new(config, args.id, recovered, Box::new(store), stop) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");

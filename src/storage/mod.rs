@@ -1,0 +1,319 @@
+//! Durable state of one node: the Raft log as a segmented write-ahead log,
+//! the hard state (term and vote), and a `meta` file naming the node and
+//! cluster the data dir belongs to.
+//!
+//! ```text
+//! <data_dir>/meta        which node of which cluster (written once)
+//! <data_dir>/hardstate   current term and vote (replaced atomically)
+//! <data_dir>/wal/*.wal   log segments, named by their first index
+//! ```
+//!
+//! Writes go through a [`StorageThread`]: the event loop hands it jobs and
+//! goes on; the thread batches every job that queued up while its previous
+//! `fdatasync` ran into one write and one `fdatasync` (group commit), then
+//! reports the batch durable and wakes the event loop. docs/STORAGE.md has
+//! the byte layout and the recovery rules.
+
+pub mod files;
+pub mod thread;
+pub mod wal;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use log::info;
+
+pub use files::Meta;
+pub use thread::{Durable, Job, StorageStats, StorageThread};
+pub use wal::{ScanMode, Wal, WalOptions, WalStats};
+
+use crate::raft::{Entry, HardState};
+
+/// Storage that cannot be read or written.
+#[derive(Debug)]
+pub enum StorageError {
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Damaged data: the file, the byte offset and what is wrong.
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    /// The data dir was made by another node or for another cluster.
+    WrongOwner {
+        dir: PathBuf,
+        found: Meta,
+        expected: Meta,
+    },
+}
+
+impl StorageError {
+    pub fn io(path: &Path, source: io::Error) -> StorageError {
+        StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> StorageError {
+        StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            what: what.into(),
+        }
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StorageError::Corrupt { path, offset, what } => write!(
+                f,
+                "{}: offset {offset}: {what}.\n  The node refuses to start: the data from here on may hold \
+                 committed entries, and dropping them silently could lose acknowledged writes.\n  \
+                 What you can do: restore the data dir from a backup; or inspect it with \
+                 `raft-ctl wal-dump DIR`, and if you accept losing this node's entries from \
+                 this point on (the cluster still has every committed entry while a majority of \
+                 nodes is healthy), cut them with `raft-ctl wal-repair DIR` and restart.",
+                path.display()
+            ),
+            StorageError::WrongOwner {
+                dir,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{}: this data dir belongs to node {} of cluster {:?}, not to node {} of cluster {:?}; \
+                 point the node at its own data_dir (cluster.toml) or move this one away",
+                dir.display(),
+                found.node_id,
+                found.cluster,
+                expected.node_id,
+                expected.cluster
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// What a restarting node gets back.
+#[derive(Debug)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    pub entries: Vec<Entry>,
+    /// The data dir was new (missing or empty).
+    pub fresh: bool,
+}
+
+/// Where a node's writes go; the storage thread owns it.
+pub trait LogStore: Send + 'static {
+    /// Replaces the hard state, durably, before returning.
+    fn save_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError>;
+    /// Appends entries (truncating on conflict); durable after `sync`.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
+    /// Makes every append so far durable.
+    fn sync(&mut self) -> Result<(), StorageError>;
+}
+
+/// A node's data dir on disk.
+pub struct DiskStore {
+    dir: PathBuf,
+    wal: Wal,
+    fsync: bool,
+}
+
+const WAL_DIR: &str = "wal";
+
+impl DiskStore {
+    /// Opens `dir` for the node `owner`, creating it if missing or empty, and
+    /// recovers its state. Refuses a dir of another node or cluster, and
+    /// damaged data, with an error that says where and what to do.
+    pub fn open(
+        dir: &Path,
+        owner: &Meta,
+        opts: WalOptions,
+    ) -> Result<(DiskStore, Recovered), StorageError> {
+        let meta_bytes = files::read_optional(dir, files::META_FILE)?;
+        let fresh = meta_bytes.is_none();
+        match meta_bytes {
+            Some(b) => {
+                let found = files::decode_meta(&dir.join(files::META_FILE), &b)?;
+                if &found != owner {
+                    return Err(StorageError::WrongOwner {
+                        dir: dir.to_path_buf(),
+                        found,
+                        expected: owner.clone(),
+                    });
+                }
+            }
+            None => Self::init(dir, owner, opts)?,
+        }
+        let hs_path = dir.join(files::HARDSTATE_FILE);
+        let hard_state = match files::read_optional(dir, files::HARDSTATE_FILE)? {
+            Some(b) => files::decode_hardstate(&hs_path, &b)?,
+            None => {
+                return Err(StorageError::corrupt(
+                    &hs_path,
+                    0,
+                    "the hard state file is missing (it is written before `meta`)",
+                ))
+            }
+        };
+        let (wal, entries) = Wal::open(&dir.join(WAL_DIR), opts)?;
+        if let Some(last) = entries.last() {
+            if last.term > hard_state.current_term {
+                return Err(StorageError::corrupt(
+                    &hs_path,
+                    16,
+                    format!(
+                        "current term {} is older than the last log entry's term {} (entry {})",
+                        hard_state.current_term, last.term, last.index
+                    ),
+                ));
+            }
+        }
+        Ok((
+            DiskStore {
+                dir: dir.to_path_buf(),
+                wal,
+                fsync: opts.fsync,
+            },
+            Recovered {
+                hard_state,
+                entries,
+                fresh,
+            },
+        ))
+    }
+
+    /// A new data dir: the log dir and the hard state first, `meta` last, so
+    /// a dir without `meta` never holds anything a node acknowledged.
+    fn init(dir: &Path, owner: &Meta, opts: WalOptions) -> Result<(), StorageError> {
+        let wal_dir = dir.join(WAL_DIR);
+        if let Ok(scan) = wal::scan(&wal_dir, ScanMode::Strict) {
+            if !scan.entries.is_empty() {
+                return Err(StorageError::corrupt(
+                    &dir.join(files::META_FILE),
+                    0,
+                    format!(
+                        "the meta file is missing but {} holds {} log entries",
+                        wal_dir.display(),
+                        scan.entries.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(b) = files::read_optional(dir, files::HARDSTATE_FILE)? {
+            let path = dir.join(files::HARDSTATE_FILE);
+            let hs = files::decode_hardstate(&path, &b)?;
+            if hs.current_term.0 > 0 {
+                return Err(StorageError::corrupt(
+                    &dir.join(files::META_FILE),
+                    0,
+                    format!(
+                        "the meta file is missing but the hard state holds term {}",
+                        hs.current_term
+                    ),
+                ));
+            }
+        }
+        info!(
+            "{}: new data dir for node {} of cluster {:?}",
+            dir.display(),
+            owner.node_id,
+            owner.cluster
+        );
+        fs::create_dir_all(&wal_dir).map_err(|e| StorageError::io(&wal_dir, e))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if opts.fsync {
+                files::fsync_dir(parent).map_err(|e| StorageError::io(parent, e))?;
+            }
+        }
+        files::atomic_write(
+            dir,
+            files::HARDSTATE_FILE,
+            &files::encode_hardstate(&HardState::default()),
+            opts.fsync,
+        )
+        .map_err(|e| StorageError::io(&dir.join(files::HARDSTATE_FILE), e))?;
+        files::atomic_write(
+            dir,
+            files::META_FILE,
+            &files::encode_meta(owner),
+            opts.fsync,
+        )
+        .map_err(|e| StorageError::io(&dir.join(files::META_FILE), e))?;
+        Ok(())
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+}
+
+impl LogStore for DiskStore {
+    fn save_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
+        files::atomic_write(
+            &self.dir,
+            files::HARDSTATE_FILE,
+            &files::encode_hardstate(hs),
+            self.fsync,
+        )
+        .map_err(|e| StorageError::io(&self.dir.join(files::HARDSTATE_FILE), e))
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.wal.append(entries)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.wal.sync()
+    }
+}
+
+/// Reads a stopped node's data dir without changing it.
+pub fn inspect(dir: &Path) -> Result<Inspection, StorageError> {
+    let meta = match files::read_optional(dir, files::META_FILE)? {
+        Some(b) => Some(files::decode_meta(&dir.join(files::META_FILE), &b)?),
+        None => None,
+    };
+    let hard_state = match files::read_optional(dir, files::HARDSTATE_FILE)? {
+        Some(b) => Some(files::decode_hardstate(
+            &dir.join(files::HARDSTATE_FILE),
+            &b,
+        )?),
+        None => None,
+    };
+    let scan = wal::scan(&dir.join(WAL_DIR), ScanMode::Strict)?;
+    Ok(Inspection {
+        meta,
+        hard_state,
+        scan,
+    })
+}
+
+/// Cuts the log at its first bad record (operator repair), keeping the
+/// hard state. Returns the entries kept.
+pub fn repair(dir: &Path) -> Result<usize, StorageError> {
+    let (_, entries) = Wal::open_with(
+        &dir.join(WAL_DIR),
+        WalOptions::default(),
+        ScanMode::CutAtFirstError,
+    )?;
+    Ok(entries.len())
+}
+
+/// What `inspect` found.
+#[derive(Debug)]
+pub struct Inspection {
+    pub meta: Option<Meta>,
+    pub hard_state: Option<HardState>,
+    pub scan: wal::Scan,
+}

@@ -1,0 +1,156 @@
+//! The storage thread: group commit off the event loop.
+//!
+//! The event loop sends numbered [`Job`]s down a channel and carries on. The
+//! thread takes the first job, then every job that queued up behind it,
+//! writes them all (the newest hard state first, then the entries in
+//! order), issues one `fdatasync`, and reports the highest job number as
+//! [`Durable`], waking the event loop through a `mio::Waker`. Jobs become
+//! durable in the order they were sent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use log::error;
+
+use super::LogStore;
+use crate::raft::{Entry, HardState};
+
+/// Jobs (and bytes) written under one `fdatasync` at most; the rest wait
+/// for the next round.
+const BATCH_JOBS_MAX: usize = 4096;
+const BATCH_BYTES_MAX: usize = 64 << 20;
+
+/// One unit of work: make this hard state and these entries durable.
+#[derive(Debug, Default)]
+pub struct Job {
+    pub seq: u64,
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+}
+
+/// Every job up to and including `seq` is durable, or storage failed.
+#[derive(Debug)]
+pub enum Durable {
+    Upto(u64),
+    Failed(String),
+}
+
+/// Counters the thread keeps, readable from any thread.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    pub syncs: AtomicU64,
+    pub jobs: AtomicU64,
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+pub struct StorageThread {
+    tx: Option<Sender<Job>>,
+    done: Receiver<Durable>,
+    handle: Option<JoinHandle<()>>,
+    stats: Arc<StorageStats>,
+}
+
+impl StorageThread {
+    /// Starts the thread. `wake` is called after each report (a
+    /// `mio::Waker`, or nothing when the caller blocks on `done`).
+    pub fn spawn(
+        mut store: Box<dyn LogStore>,
+        wake: Option<Box<dyn Fn() + Send>>,
+    ) -> std::io::Result<StorageThread> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let stats = Arc::new(StorageStats::default());
+        let st = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name("storage".into())
+            .spawn(move || {
+                let mut batch: Vec<Job> = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    batch.clear();
+                    let mut bytes = job_bytes(&first);
+                    batch.push(first);
+                    while batch.len() < BATCH_JOBS_MAX && bytes < BATCH_BYTES_MAX {
+                        match rx.try_recv() {
+                            Ok(j) => {
+                                bytes += job_bytes(&j);
+                                batch.push(j);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let report = match write_batch(store.as_mut(), &batch) {
+                        Ok(()) => {
+                            st.syncs.fetch_add(1, Ordering::Relaxed);
+                            st.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            let n: usize = batch.iter().map(|j| j.entries.len()).sum();
+                            st.entries.fetch_add(n as u64, Ordering::Relaxed);
+                            st.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                            Durable::Upto(batch[batch.len() - 1].seq)
+                        }
+                        Err(e) => {
+                            error!("storage: {e}");
+                            Durable::Failed(e.to_string())
+                        }
+                    };
+                    let failed = matches!(report, Durable::Failed(_));
+                    if done_tx.send(report).is_err() {
+                        return;
+                    }
+                    if let Some(w) = &wake {
+                        w();
+                    }
+                    if failed {
+                        return; // nothing after a failed write may claim durability
+                    }
+                }
+            })?;
+        Ok(StorageThread {
+            tx: Some(tx),
+            done,
+            handle: Some(handle),
+            stats,
+        })
+    }
+
+    /// Queues a job; `false` if the thread has stopped (after a failure).
+    pub fn submit(&self, job: Job) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    }
+
+    /// Reports of finished batches.
+    pub fn done(&self) -> &Receiver<Durable> {
+        &self.done
+    }
+
+    pub fn stats(&self) -> &Arc<StorageStats> {
+        &self.stats
+    }
+}
+
+impl Drop for StorageThread {
+    /// Lets the thread finish what was queued, then joins it.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn job_bytes(j: &Job) -> usize {
+    j.entries.iter().map(|e| e.data.len() + 25).sum()
+}
+
+fn write_batch(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::StorageError> {
+    // The term must never lag the log: the hard state goes first.
+    if let Some(hs) = batch.iter().rev().find_map(|j| j.hard_state) {
+        store.save_hard_state(&hs)?;
+    }
+    for j in batch {
+        store.append(&j.entries)?;
+    }
+    store.sync()
+}

@@ -1,0 +1,675 @@
+//! The write-ahead log: Raft log entries as records in segment files.
+//!
+//! A segment `wal/<first index, 20 digits>.wal` starts with a 24-byte header
+//! and holds consecutive records; a new segment starts once the current one
+//! has reached `segment_bytes_max`. A record is
+//! `len u32 | crc u32 | index u64 | term u64 | kind u8 | data`, little
+//! endian, where `len` counts the bytes after the CRC and the CRC-32C covers
+//! the `len` field and everything after it. docs/STORAGE.md has the details
+//! and the rules recovery follows.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use byteorder::{ByteOrder, LittleEndian};
+use log::warn;
+
+use super::files::{fsync_dir, FORMAT_VERSION};
+use super::StorageError;
+use crate::raft::{Entry, EntryKind, LogIndex, Term};
+
+pub const SEGMENT_MAGIC: &[u8; 8] = b"RAFTKWAL";
+/// magic(8) version(4) reserved(4) first_index(8)
+pub const SEGMENT_HEADER_BYTES: u64 = 24;
+/// len(4) crc(4)
+pub const RECORD_HEADER_BYTES: usize = 8;
+/// index(8) term(8) kind(1)
+pub const RECORD_FIXED_BYTES: usize = 17;
+/// Largest entry payload a record may hold (the wire's frame limit).
+pub const ENTRY_DATA_BYTES_MAX: usize = 64 << 20;
+/// Pending bytes past which `append` writes them out before `sync`.
+const WRITE_BUF_FLUSH_BYTES: usize = 4 << 20;
+
+/// Bytes one entry takes on disk.
+pub fn record_bytes(data_len: usize) -> u64 {
+    (RECORD_HEADER_BYTES + RECORD_FIXED_BYTES + data_len) as u64
+}
+
+/// The segment file name for a segment whose first entry is `first`.
+pub fn segment_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".wal")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Appends the record for `e` to `out`.
+pub fn encode_record(e: &Entry, out: &mut Vec<u8>) {
+    let len = (RECORD_FIXED_BYTES + e.data.len()) as u32;
+    let start = out.len();
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&e.index.0.to_le_bytes());
+    out.extend_from_slice(&e.term.0.to_le_bytes());
+    out.push(e.kind as u8);
+    out.extend_from_slice(&e.data);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 4]), &out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the record at `off` in `b`: the entry and the offset after it,
+/// or why it is not a whole, intact record.
+pub fn decode_record(b: &[u8], off: usize) -> Result<(Entry, usize), String> {
+    let left = b.len() - off.min(b.len());
+    if left < RECORD_HEADER_BYTES {
+        return Err(format!("incomplete record header ({left} bytes left)"));
+    }
+    let len = LittleEndian::read_u32(&b[off..off + 4]) as usize;
+    if !(RECORD_FIXED_BYTES..=RECORD_FIXED_BYTES + ENTRY_DATA_BYTES_MAX).contains(&len) {
+        return Err(format!("impossible record length {len}"));
+    }
+    if len > left - RECORD_HEADER_BYTES {
+        return Err(format!(
+            "record length {len} runs past the end of the file ({} bytes left)",
+            left - RECORD_HEADER_BYTES
+        ));
+    }
+    let stored = LittleEndian::read_u32(&b[off + 4..off + 8]);
+    let body = &b[off + 8..off + 8 + len];
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[off..off + 4]), body);
+    if crc != stored {
+        return Err(format!(
+            "CRC mismatch (stored {stored:08x}, computed {crc:08x})"
+        ));
+    }
+    let kind = EntryKind::from_u8(body[16]).ok_or(format!("unknown entry kind {}", body[16]))?;
+    let entry = Entry {
+        index: LogIndex(LittleEndian::read_u64(&body[..8])),
+        term: Term(LittleEndian::read_u64(&body[8..16])),
+        kind,
+        data: body[RECORD_FIXED_BYTES..].to_vec(),
+    };
+    Ok((entry, off + 8 + len))
+}
+
+fn encode_segment_header(first: u64) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_BYTES as usize];
+    h[..8].copy_from_slice(SEGMENT_MAGIC);
+    LittleEndian::write_u32(&mut h[8..12], FORMAT_VERSION);
+    LittleEndian::write_u64(&mut h[16..24], first);
+    h
+}
+
+fn check_segment_header(b: &[u8], first: u64) -> Result<(), String> {
+    if b.len() < SEGMENT_HEADER_BYTES as usize {
+        return Err(format!("incomplete segment header ({} bytes)", b.len()));
+    }
+    if &b[..8] != SEGMENT_MAGIC {
+        return Err("not a raftkit log segment (bad magic)".into());
+    }
+    let version = LittleEndian::read_u32(&b[8..12]);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, this build reads {FORMAT_VERSION}"
+        ));
+    }
+    let stored = LittleEndian::read_u64(&b[16..24]);
+    if stored != first {
+        return Err(format!(
+            "header says the segment starts at index {stored}, its name says {first}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a whole, intact record starts anywhere in `b` after `from`.
+fn intact_record_after(b: &[u8], from: usize) -> Option<usize> {
+    let min = RECORD_HEADER_BYTES + RECORD_FIXED_BYTES;
+    (from..b.len().saturating_sub(min - 1)).find(|&p| decode_record(b, p).is_ok())
+}
+
+/// Settings for writing.
+#[derive(Clone, Copy, Debug)]
+pub struct WalOptions {
+    pub segment_bytes_max: u64,
+    /// `false` only for experiments: appends then survive a process crash
+    /// but not a power loss.
+    pub fsync: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes_max: 64 << 20,
+            fsync: true,
+        }
+    }
+}
+
+/// One segment as found on disk.
+#[derive(Clone, Debug)]
+pub struct SegmentScan {
+    pub path: PathBuf,
+    pub first_index: u64,
+    /// Offset of each record, in index order.
+    pub offsets: Vec<u64>,
+    /// Bytes of valid data (header and intact records).
+    pub valid_bytes: u64,
+    pub file_bytes: u64,
+}
+
+/// An incomplete last write found at the end of the log.
+#[derive(Clone, Debug)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+    pub why: String,
+    /// The whole segment goes (its header was never completed).
+    pub whole_segment: bool,
+}
+
+/// What reading a log directory found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub segments: Vec<SegmentScan>,
+    pub entries: Vec<Entry>,
+    pub torn: Option<TornTail>,
+    /// Files in the directory that are not segments.
+    pub strangers: Vec<PathBuf>,
+}
+
+/// How `scan` treats a bad record before the tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanMode {
+    /// Refuse: committed entries may be behind it.
+    Strict,
+    /// Treat the first bad record as the end of the log (operator repair).
+    CutAtFirstError,
+}
+
+/// Reads every segment in `dir` and decides where the log ends. A bad
+/// record is a torn tail (the crash interrupted the last write) only if it
+/// is in the last segment and no intact record follows it; anything else is
+/// corruption and an error naming the file and the offset.
+pub fn scan(dir: &Path, mode: ScanMode) -> Result<Scan, StorageError> {
+    let mut names = Vec::new();
+    let mut strangers = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Scan::default()),
+        Err(e) => return Err(StorageError::io(dir, e)),
+    };
+    for ent in rd {
+        let ent = ent.map_err(|e| StorageError::io(dir, e))?;
+        let name = ent.file_name();
+        match name.to_str().and_then(parse_segment_name) {
+            Some(first) => names.push((first, ent.path())),
+            None => strangers.push(ent.path()),
+        }
+    }
+    names.sort();
+    let mut out = Scan {
+        strangers,
+        ..Scan::default()
+    };
+    let mut expected = 1u64;
+    let count = names.len();
+    for (i, (first, path)) in names.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        let b = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
+        let file_bytes = b.len() as u64;
+        if let Err(why) = check_segment_header(&b, first) {
+            let rec_at_header_end = b.len() > SEGMENT_HEADER_BYTES as usize
+                && decode_record(&b, SEGMENT_HEADER_BYTES as usize).is_ok();
+            if is_last && !rec_at_header_end {
+                // Created, but the crash came before its header was durable:
+                // no record in it was ever written, let alone acknowledged.
+                out.torn = Some(TornTail {
+                    path,
+                    offset: 0,
+                    bytes: file_bytes,
+                    why,
+                    whole_segment: true,
+                });
+                break;
+            }
+            if mode == ScanMode::CutAtFirstError {
+                out.torn = Some(TornTail {
+                    path,
+                    offset: 0,
+                    bytes: file_bytes,
+                    why,
+                    whole_segment: true,
+                });
+                break;
+            }
+            return Err(StorageError::corrupt(
+                &path,
+                0,
+                format!("bad segment header: {why}"),
+            ));
+        }
+        if first != expected {
+            let what = if i == 0 {
+                format!("the log starts at index {first}, not 1: earlier segments are missing")
+            } else {
+                format!(
+                    "segment starts at index {first} but the previous one ends at {}: a segment is missing or misplaced",
+                    expected - 1
+                )
+            };
+            if mode == ScanMode::CutAtFirstError {
+                out.torn = Some(TornTail {
+                    path,
+                    offset: 0,
+                    bytes: file_bytes,
+                    why: what,
+                    whole_segment: true,
+                });
+                break;
+            }
+            return Err(StorageError::corrupt(&path, 0, what));
+        }
+        let mut seg = SegmentScan {
+            path: path.clone(),
+            first_index: first,
+            offsets: Vec::new(),
+            valid_bytes: SEGMENT_HEADER_BYTES,
+            file_bytes,
+        };
+        let mut off = SEGMENT_HEADER_BYTES as usize;
+        let mut bad: Option<(usize, String)> = None;
+        while off < b.len() {
+            match decode_record(&b, off) {
+                Ok((e, next)) if e.index.0 == expected => {
+                    seg.offsets.push(off as u64);
+                    out.entries.push(e);
+                    expected += 1;
+                    off = next;
+                }
+                Ok((e, _)) => {
+                    bad = Some((
+                        off,
+                        format!("record holds index {}, expected {expected}", e.index),
+                    ));
+                    break;
+                }
+                Err(why) => {
+                    bad = Some((off, why));
+                    break;
+                }
+            }
+        }
+        seg.valid_bytes = off as u64;
+        let path_for_err = seg.path.clone();
+        out.segments.push(seg);
+        if let Some((off, why)) = bad {
+            let torn = is_last && intact_record_after(&b, off + 1).is_none();
+            if !torn && mode == ScanMode::Strict {
+                let follows = if is_last {
+                    "intact records follow it".to_string()
+                } else {
+                    "later segments follow it".to_string()
+                };
+                return Err(StorageError::corrupt(
+                    &path_for_err,
+                    off as u64,
+                    format!("{why}; {follows}, so this is not a torn last write"),
+                ));
+            }
+            out.torn = Some(TornTail {
+                path: path_for_err,
+                offset: off as u64,
+                bytes: file_bytes - off as u64,
+                why,
+                whole_segment: false,
+            });
+            break;
+        }
+    }
+    Ok(out)
+}
+
+struct Segment {
+    first_index: u64,
+    path: PathBuf,
+    offsets: Vec<u64>,
+    /// Logical length, including bytes still in `Wal::buf`.
+    len: u64,
+}
+
+/// Counters for the benchmark and `status`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WalStats {
+    pub syncs: u64,
+    pub bytes_written: u64,
+    pub segments_created: u64,
+}
+
+/// The open log, positioned for appends.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    segments: Vec<Segment>,
+    /// The last segment, open for writing.
+    file: File,
+    /// Bytes of the last segment already written to `file`.
+    written: u64,
+    /// Encoded records not yet written.
+    buf: Vec<u8>,
+    /// Written (or truncated) since the last sync.
+    dirty: bool,
+    last_index: u64,
+    stats: WalStats,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir`, cuts a torn tail with a
+    /// warning, and returns the entries it holds.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Vec<Entry>), StorageError> {
+        Self::open_with(dir, opts, ScanMode::Strict)
+    }
+
+    /// `open`, choosing how a bad record before the tail is treated.
+    pub fn open_with(
+        dir: &Path,
+        opts: WalOptions,
+        mode: ScanMode,
+    ) -> Result<(Wal, Vec<Entry>), StorageError> {
+        fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let mut scan = scan(dir, mode)?;
+        if let Some(t) = scan.torn.clone() {
+            warn!(
+                "{}: offset {}: {}; cutting {} bytes of an incomplete last write{}",
+                t.path.display(),
+                t.offset,
+                t.why,
+                t.bytes,
+                if mode == ScanMode::CutAtFirstError {
+                    " and everything after it (repair)"
+                } else {
+                    ""
+                }
+            );
+            cut_tail(dir, &mut scan, t)?;
+        }
+        let entries = std::mem::take(&mut scan.entries);
+        let mut segments: Vec<Segment> = scan
+            .segments
+            .into_iter()
+            .map(|s| Segment {
+                first_index: s.first_index,
+                path: s.path,
+                len: s.valid_bytes,
+                offsets: s.offsets,
+            })
+            .collect();
+        let mut stats = WalStats::default();
+        if segments.is_empty() {
+            segments.push(create_segment(dir, 1, opts.fsync)?);
+            stats.segments_created += 1;
+        }
+        let last = segments
+            .last()
+            .ok_or_else(|| StorageError::io(dir, io::ErrorKind::NotFound.into()))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&last.path)
+            .map_err(|e| StorageError::io(&last.path, e))?;
+        let written = last.len;
+        let last_index = entries.last().map_or(0, |e| e.index.0);
+        Ok((
+            Wal {
+                dir: dir.to_path_buf(),
+                opts,
+                segments,
+                file,
+                written,
+                buf: Vec::with_capacity(1 << 20),
+                dirty: false,
+                last_index,
+                stats,
+            },
+            entries,
+        ))
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.stats
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn current(&self) -> &Segment {
+        // `open` guarantees at least one segment and nothing removes the
+        // first.
+        &self.segments[self.segments.len() - 1]
+    }
+
+    /// Appends `entries`, first truncating the log from the first one's
+    /// index if it already holds that index (a conflict). Not durable until
+    /// `sync`.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        for e in entries {
+            if e.index.0 <= self.last_index {
+                self.truncate_from(e.index.0)?;
+            }
+            if e.index.0 != self.last_index + 1 {
+                return Err(StorageError::corrupt(
+                    &self.current().path,
+                    self.current().len,
+                    format!(
+                        "append of index {} after {}: the log would have a gap",
+                        e.index, self.last_index
+                    ),
+                ));
+            }
+            if e.data.len() > ENTRY_DATA_BYTES_MAX {
+                return Err(StorageError::corrupt(
+                    &self.current().path,
+                    self.current().len,
+                    format!(
+                        "entry {} holds {} bytes, more than a record may",
+                        e.index,
+                        e.data.len()
+                    ),
+                ));
+            }
+            let cur = self.current();
+            if cur.len >= self.opts.segment_bytes_max && !cur.offsets.is_empty() {
+                self.roll(e.index.0)?;
+            }
+            let before = self.buf.len();
+            encode_record(e, &mut self.buf);
+            let n = self.segments.len() - 1;
+            let seg = &mut self.segments[n];
+            seg.offsets.push(seg.len);
+            seg.len += (self.buf.len() - before) as u64;
+            self.last_index = e.index.0;
+            if self.buf.len() >= WRITE_BUF_FLUSH_BYTES {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes buffered records to the file (not yet durable).
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let path = &self.segments[self.segments.len() - 1].path;
+        self.file
+            .write_all_at(&self.buf, self.written)
+            .map_err(|e| StorageError::io(path, e))?;
+        self.written += self.buf.len() as u64;
+        self.stats.bytes_written += self.buf.len() as u64;
+        self.buf.clear();
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes every append and truncation so far durable: one `fdatasync`.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.flush()?;
+        if self.dirty {
+            if self.opts.fsync {
+                let path = &self.segments[self.segments.len() - 1].path;
+                self.file
+                    .sync_data()
+                    .map_err(|e| StorageError::io(path, e))?;
+            }
+            self.stats.syncs += 1;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment for index `first`. The old one is made durable
+    /// first, so only the last segment can ever end in a torn write.
+    fn roll(&mut self, first: u64) -> Result<(), StorageError> {
+        self.sync()?;
+        let seg = create_segment(&self.dir, first, self.opts.fsync)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg.path)
+            .map_err(|e| StorageError::io(&seg.path, e))?;
+        self.written = seg.len;
+        self.segments.push(seg);
+        self.stats.segments_created += 1;
+        Ok(())
+    }
+
+    /// Drops entries from `index` on. Removed segments are unlinked and the
+    /// directory is fsynced at once; the cut inside the remaining segment is
+    /// durable with the next `sync`, which comes before anything appended
+    /// after it is acknowledged.
+    pub fn truncate_from(&mut self, index: u64) -> Result<(), StorageError> {
+        if index > self.last_index {
+            return Ok(());
+        }
+        self.flush()?;
+        let Some(pos) = self.segments.iter().rposition(|s| s.first_index <= index) else {
+            return Err(StorageError::corrupt(
+                &self.dir,
+                0,
+                format!("truncation at index {index}, before the log's start"),
+            ));
+        };
+        if pos + 1 < self.segments.len() {
+            for s in self.segments.drain(pos + 1..) {
+                fs::remove_file(&s.path).map_err(|e| StorageError::io(&s.path, e))?;
+            }
+            fsync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
+            let path = &self.segments[pos].path;
+            self.file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| StorageError::io(path, e))?;
+        }
+        let seg = &mut self.segments[pos];
+        let k = (index - seg.first_index) as usize;
+        let cut = seg.offsets.get(k).copied().unwrap_or(seg.len);
+        self.file
+            .set_len(cut)
+            .map_err(|e| StorageError::io(&seg.path, e))?;
+        seg.offsets.truncate(k);
+        seg.len = cut;
+        self.written = cut;
+        self.last_index = index - 1;
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+fn create_segment(dir: &Path, first: u64, fsync: bool) -> Result<Segment, StorageError> {
+    let path = dir.join(segment_name(first));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, e))?;
+    f.write_all_at(&encode_segment_header(first), 0)
+        .map_err(|e| StorageError::io(&path, e))?;
+    if fsync {
+        f.sync_all().map_err(|e| StorageError::io(&path, e))?;
+        fsync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    }
+    Ok(Segment {
+        first_index: first,
+        path,
+        offsets: Vec::new(),
+        len: SEGMENT_HEADER_BYTES,
+    })
+}
+
+/// Removes a torn tail found by `scan`, durably.
+fn cut_tail(dir: &Path, scan: &mut Scan, t: TornTail) -> Result<(), StorageError> {
+    // With `CutAtFirstError` the bad spot may be followed by later segments.
+    let keep =
+        scan.segments
+            .iter()
+            .position(|s| s.path == t.path)
+            .map_or(
+                scan.segments.len(),
+                |p| if t.whole_segment { p } else { p + 1 },
+            );
+    let later: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| StorageError::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_segment_name)
+                .is_some_and(|first| {
+                    let t_first = t
+                        .path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(parse_segment_name)
+                        .unwrap_or(u64::MAX);
+                    first > t_first || (t.whole_segment && first == t_first)
+                })
+        })
+        .collect();
+    for p in &later {
+        fs::remove_file(p).map_err(|e| StorageError::io(p, e))?;
+    }
+    scan.segments.truncate(keep);
+    if !t.whole_segment {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&t.path)
+            .map_err(|e| StorageError::io(&t.path, e))?;
+        f.set_len(t.offset)
+            .map_err(|e| StorageError::io(&t.path, e))?;
+        f.sync_all().map_err(|e| StorageError::io(&t.path, e))?;
+    }
+    fsync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    // Entries past the cut (possible only in repair mode) go too.
+    let last = scan
+        .segments
+        .last()
+        .map_or(0, |s| s.first_index + s.offsets.len() as u64 - 1);
+    scan.entries.truncate(last as usize);
+    Ok(())
+}
