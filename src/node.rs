@@ -6,7 +6,7 @@
 //! `ready()`: send, persist, send what waited for the persist, apply, answer.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -107,6 +107,10 @@ struct PeerLink {
     backoff: Duration,
 }
 
+/// A storage job's number, the last entry it writes, and the messages
+/// that wait for it.
+type AfterDurable = (u64, Option<(LogIndex, raft::Term)>, Vec<Message>);
+
 struct Waiter {
     token: Token,
     request_id: u64,
@@ -130,7 +134,7 @@ pub struct Node {
     storage_durable: u64,
     /// Per storage job: the last entry it writes, and the messages that
     /// wait for it (acknowledgements, votes).
-    after_durable: std::collections::VecDeque<(u64, Option<(LogIndex, raft::Term)>, Vec<Message>)>,
+    after_durable: VecDeque<AfterDurable>,
     kv: KvStore,
     poll: Poll,
     listener: TcpListener,
@@ -233,7 +237,7 @@ impl Node {
             storage,
             storage_seq: 0,
             storage_durable: 0,
-            after_durable: std::collections::VecDeque::new(),
+            after_durable: VecDeque::new(),
             kv: KvStore::new(),
             poll,
             listener,
