@@ -1,0 +1,415 @@
+//! The write-ahead log, the hard state and recovery, on real files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use raftkit::raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
+use raftkit::storage::wal::{self, decode_record, encode_record, segment_name, ScanMode};
+use raftkit::storage::{
+    DiskStore, Durable, Job, LogStore, Meta, StorageError, StorageThread, Wal, WalOptions,
+};
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    Entry {
+        index: LogIndex(index),
+        term: Term(term),
+        kind: if data.is_empty() {
+            EntryKind::Noop
+        } else {
+            EntryKind::Command
+        },
+        data: data.to_vec(),
+    }
+}
+
+fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to)
+        .map(|i| entry(i, term, format!("value-{i}-t{term}").as_bytes()))
+        .collect()
+}
+
+fn small(segment_bytes_max: u64) -> WalOptions {
+    WalOptions {
+        segment_bytes_max,
+        fsync: true,
+    }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn owner(id: u64) -> Meta {
+    Meta {
+        node_id: NodeId(id),
+        cluster: "test".into(),
+    }
+}
+
+#[test]
+fn record_round_trip_and_damage() {
+    let e = entry(7, 3, b"hello");
+    let mut buf = Vec::new();
+    encode_record(&e, &mut buf);
+    assert_eq!(buf.len() as u64, wal::record_bytes(5));
+    let (back, next) = decode_record(&buf, 0).unwrap();
+    assert_eq!(back, e);
+    assert_eq!(next, buf.len());
+    // Every single-bit flip is caught (length, CRC or body).
+    for byte in 0..buf.len() {
+        for bit in 0..8 {
+            let mut b = buf.clone();
+            b[byte] ^= 1 << bit;
+            assert!(
+                decode_record(&b, 0).is_err(),
+                "flip at {byte}.{bit} not caught"
+            );
+        }
+    }
+    // Every truncation is caught.
+    for len in 0..buf.len() {
+        assert!(decode_record(&buf[..len], 0).is_err());
+    }
+    // An empty entry (a leader's no-op) is a record too.
+    let mut b = Vec::new();
+    encode_record(&entry(1, 1, b""), &mut b);
+    assert_eq!(decode_record(&b, 0).unwrap().0.kind, EntryKind::Noop);
+}
+
+#[test]
+fn appends_survive_reopen_and_segments_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, got) = Wal::open(dir.path(), small(512)).unwrap();
+    assert!(got.is_empty());
+    let want = entries(1, 200, 1);
+    for chunk in want.chunks(7) {
+        w.append(chunk).unwrap();
+        w.sync().unwrap();
+    }
+    let n = segments(dir.path()).len();
+    assert!(n > 5, "expected several segments, got {n}");
+    assert_eq!(w.segment_count(), n);
+    drop(w);
+    let (w, got) = Wal::open(dir.path(), small(512)).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(w.last_index(), 200);
+    // Each segment is named by its first index and starts where the last ended.
+    let scan = wal::scan(dir.path(), ScanMode::Strict).unwrap();
+    let mut next = 1;
+    for s in &scan.segments {
+        assert_eq!(s.first_index, next);
+        assert_eq!(
+            s.path.file_name().unwrap().to_str().unwrap(),
+            segment_name(next)
+        );
+        next += s.offsets.len() as u64;
+    }
+    assert_eq!(next, 201);
+}
+
+#[test]
+fn truncation_across_segment_boundaries() {
+    // Cut at the first entry, inside a segment, exactly at a segment's
+    // first entry, and at the last entry.
+    let probe = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(probe.path(), small(400)).unwrap();
+    w.append(&entries(1, 100, 1)).unwrap();
+    w.sync().unwrap();
+    let firsts: Vec<u64> = wal::scan(probe.path(), ScanMode::Strict)
+        .unwrap()
+        .segments
+        .iter()
+        .map(|s| s.first_index)
+        .collect();
+    assert!(firsts.len() > 4);
+    let cuts = [
+        1,
+        2,
+        firsts[2],
+        firsts[2] + 1,
+        firsts[firsts.len() - 1],
+        57,
+        100,
+    ];
+    for &cut in &cuts {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path(), small(400)).unwrap();
+        w.append(&entries(1, 100, 1)).unwrap();
+        w.sync().unwrap();
+        // A new leader's entries conflict from `cut` on.
+        let replacement = entries(cut, cut + 9, 2);
+        w.append(&replacement).unwrap();
+        w.sync().unwrap();
+        assert_eq!(w.last_index(), cut + 9);
+        drop(w);
+        let (mut w, got) = Wal::open(dir.path(), small(400)).unwrap();
+        let mut want = entries(1, cut - 1, 1);
+        want.extend(replacement.clone());
+        assert_eq!(got, want, "cut at {cut}");
+        // No segment starts past the new end.
+        for s in segments(dir.path()) {
+            let first: u64 = s.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            assert!(
+                first <= cut + 9,
+                "stale segment {} after cut {cut}",
+                s.display()
+            );
+        }
+        // And the log goes on from there.
+        w.append(&entries(cut + 10, cut + 20, 2)).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let (_, got) = Wal::open(dir.path(), small(400)).unwrap();
+        assert_eq!(got.len() as u64, cut + 20);
+    }
+}
+
+#[test]
+fn torn_last_record_is_cut_at_every_byte_offset() {
+    let src = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(src.path(), small(1 << 20)).unwrap();
+    let want = entries(1, 20, 1);
+    w.append(&want).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let seg = segments(src.path())[0].clone();
+    let full = fs::read(&seg).unwrap();
+    let scan = wal::scan(src.path(), ScanMode::Strict).unwrap();
+    let last_off = *scan.segments[0].offsets.last().unwrap() as usize;
+    for len in last_off..full.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = seg.file_name().unwrap();
+        fs::write(dir.path().join(name), &full[..len]).unwrap();
+        let (mut w, got) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+        assert_eq!(got, want[..19], "torn at byte {len}");
+        assert_eq!(
+            fs::metadata(dir.path().join(name)).unwrap().len() as usize,
+            last_off,
+            "the torn bytes are cut"
+        );
+        // Appending after the cut works and survives.
+        w.append(&entries(20, 21, 1)).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let (_, got) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+        assert_eq!(got.len(), 21);
+    }
+    // Garbage or zeros after the last record (blocks allocated, data never
+    // written) are a torn tail too.
+    for tail in [vec![0u8; 300], vec![0xAB; 5], vec![0xFF; 64]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = full.clone();
+        b.extend(&tail);
+        fs::write(dir.path().join(seg.file_name().unwrap()), &b).unwrap();
+        let (_, got) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_flipped_bit_before_the_tail_refuses_to_start() {
+    let src = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(src.path(), small(600)).unwrap();
+    w.append(&entries(1, 60, 1)).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let scan = wal::scan(src.path(), ScanMode::Strict).unwrap();
+    assert!(scan.segments.len() >= 3);
+    // A record in the middle of the last segment, and the last record of an
+    // earlier segment (followed by later segments).
+    let last = scan.segments.last().unwrap();
+    let mid = &scan.segments[1];
+    let targets = [
+        (last.path.clone(), last.offsets[last.offsets.len() / 2]),
+        (mid.path.clone(), *mid.offsets.last().unwrap()),
+        (mid.path.clone(), mid.offsets[0]),
+    ];
+    for (path, off) in targets {
+        for flip_at in [off + 2, off + 6, off + 12, off + 30] {
+            let dir = tempfile::tempdir().unwrap();
+            for s in &scan.segments {
+                fs::copy(&s.path, dir.path().join(s.path.file_name().unwrap())).unwrap();
+            }
+            let victim = dir.path().join(path.file_name().unwrap());
+            let mut b = fs::read(&victim).unwrap();
+            b[flip_at as usize] ^= 0x10;
+            fs::write(&victim, &b).unwrap();
+            match Wal::open(dir.path(), small(600)) {
+                Err(StorageError::Corrupt {
+                    path: p,
+                    offset,
+                    what,
+                }) => {
+                    assert_eq!(p, victim);
+                    assert_eq!(offset, off, "{what}");
+                    let msg = StorageError::Corrupt {
+                        path: p,
+                        offset,
+                        what,
+                    }
+                    .to_string();
+                    assert!(msg.contains("wal-repair"), "{msg}");
+                }
+                Err(e) => panic!("wrong error for flip at {flip_at}: {e}"),
+                Ok(_) => panic!("flip at {} offset {flip_at} accepted", victim.display()),
+            }
+            // The files are untouched by the refusal.
+            assert_eq!(fs::read(&victim).unwrap(), b);
+        }
+    }
+}
+
+#[test]
+fn repair_cuts_at_the_first_bad_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("n1");
+    let (mut s, _) = DiskStore::open(&store_dir, &owner(1), small(600)).unwrap();
+    s.save_hard_state(&HardState {
+        current_term: Term(1),
+        voted_for: Some(NodeId(1)),
+    })
+    .unwrap();
+    s.append(&entries(1, 60, 1)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let scan = wal::scan(&store_dir.join("wal"), ScanMode::Strict).unwrap();
+    let seg = &scan.segments[1];
+    let victim = seg.path.clone();
+    let mut b = fs::read(&victim).unwrap();
+    b[seg.offsets[1] as usize + 20] ^= 1;
+    fs::write(&victim, &b).unwrap();
+    assert!(DiskStore::open(&store_dir, &owner(1), small(600)).is_err());
+    let kept = raftkit::storage::repair(&store_dir).unwrap();
+    assert_eq!(kept as u64, seg.first_index);
+    let (_, rec) = DiskStore::open(&store_dir, &owner(1), small(600)).unwrap();
+    assert_eq!(rec.entries.len(), kept);
+    assert_eq!(rec.hard_state.current_term, Term(1));
+}
+
+#[test]
+fn hard_state_is_replaced_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n2");
+    let (mut s, rec) = DiskStore::open(&d, &owner(2), small(1 << 20)).unwrap();
+    assert!(rec.fresh);
+    assert_eq!(rec.hard_state, HardState::default());
+    for t in 1..=50u64 {
+        s.save_hard_state(&HardState {
+            current_term: Term(t),
+            voted_for: (t % 3 != 0).then_some(NodeId(t % 3)),
+        })
+        .unwrap();
+    }
+    drop(s);
+    // A crash while writing the next one leaves a partial temp file; the
+    // hard state is still the last complete one.
+    fs::write(d.join("hardstate.tmp"), b"RAFTKHST\x01\x00").unwrap();
+    let (_, rec) = DiskStore::open(&d, &owner(2), small(1 << 20)).unwrap();
+    assert!(!rec.fresh);
+    assert_eq!(
+        rec.hard_state,
+        HardState {
+            current_term: Term(50),
+            voted_for: Some(NodeId(2)),
+        }
+    );
+    // A damaged hard state file is refused, naming it.
+    let mut b = fs::read(d.join("hardstate")).unwrap();
+    b[20] ^= 4;
+    fs::write(d.join("hardstate"), &b).unwrap();
+    let e = DiskStore::open(&d, &owner(2), small(1 << 20))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("hardstate"), "{e}");
+}
+
+#[test]
+fn data_dir_ownership_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("nested").join("n1");
+    let (mut s, rec) = DiskStore::open(&d, &owner(1), small(1 << 20)).unwrap();
+    assert!(rec.fresh);
+    s.append(&entries(1, 3, 0)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let e = DiskStore::open(&d, &owner(2), small(1 << 20))
+        .err()
+        .unwrap();
+    assert!(matches!(e, StorageError::WrongOwner { .. }), "{e}");
+    let other = Meta {
+        node_id: NodeId(1),
+        cluster: "other".into(),
+    };
+    let e = DiskStore::open(&d, &other, small(1 << 20)).err().unwrap();
+    assert!(e.to_string().contains("cluster \"test\""), "{e}");
+    // Entries but no meta: refused rather than treated as new.
+    fs::remove_file(d.join("meta")).unwrap();
+    assert!(DiskStore::open(&d, &owner(1), small(1 << 20)).is_err());
+    // An empty dir is a new node.
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let (_, rec) = DiskStore::open(&empty, &owner(1), small(1 << 20)).unwrap();
+    assert!(rec.fresh && rec.entries.is_empty());
+}
+
+#[test]
+fn a_term_behind_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let (mut s, _) = DiskStore::open(&d, &owner(1), small(1 << 20)).unwrap();
+    s.append(&entries(1, 3, 4)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let e = DiskStore::open(&d, &owner(1), small(1 << 20))
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("older than the last log entry"),
+        "{e}"
+    );
+}
+
+#[test]
+fn storage_thread_group_commits_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let (s, _) = DiskStore::open(&d, &owner(1), small(4096)).unwrap();
+    let t = StorageThread::spawn(Box::new(s), None).unwrap();
+    let mut seq = 0;
+    for i in 1..=500u64 {
+        seq += 1;
+        let hs = (i % 100 == 0).then_some(HardState {
+            current_term: Term(i / 100 + 1),
+            voted_for: None,
+        });
+        assert!(t.submit(Job {
+            seq,
+            hard_state: hs,
+            entries: vec![entry(i, 1, b"x")],
+        }));
+    }
+    let mut last = 0;
+    while last < seq {
+        match t.done().recv().unwrap() {
+            Durable::Upto(s) => {
+                assert!(s > last, "reports go forward");
+                last = s;
+            }
+            Durable::Failed(e) => panic!("{e}"),
+        }
+    }
+    let stats = t.stats();
+    let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stats.jobs.load(std::sync::atomic::Ordering::Relaxed), 500);
+    assert!(syncs < 500, "queued jobs share an fsync ({syncs} syncs)");
+    drop(t);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(4096)).unwrap();
+    assert_eq!(rec.entries.len(), 500);
+    assert_eq!(rec.hard_state.current_term, Term(6));
+}
