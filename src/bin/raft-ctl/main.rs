@@ -11,8 +11,10 @@ use raftkit::raft::{Entry, EntryKind, LogIndex, NodeId};
 use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
+mod wal;
+
 /// Exit codes (also listed in the README).
-const EXIT_ERROR: u8 = 1;
+pub(crate) const EXIT_ERROR: u8 = 1;
 const EXIT_NO_LEADER: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
 const EXIT_CAS_MISMATCH: u8 = 5;
@@ -75,9 +77,24 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Print a stopped node's data dir: hard state, segments, entries (offline).
+    WalDump {
+        dir: PathBuf,
+        /// Only the summary, not every entry.
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Cut a damaged log at its first bad record (offline; loses the entries
+    /// from there on).
+    WalRepair {
+        dir: PathBuf,
+        /// Really do it.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(code)
 }
@@ -97,6 +114,12 @@ fn text(b: &[u8]) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Offline commands need no cluster.toml.
+    match &args.cmd {
+        Cmd::WalDump { dir, summary } => return wal::dump(dir, args.json, !summary),
+        Cmd::WalRepair { dir, yes } => return wal::repair(dir, *yes),
+        _ => {}
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => return fail(2, e),
@@ -160,6 +183,7 @@ fn main() -> ExitCode {
                 log_one(&mut client, node, *from, *to, args.json)
             }
         }
+        Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above
     }
 }
 
@@ -305,7 +329,7 @@ fn fault_json(f: &raftkit::wire::FaultSpec) -> Value {
     })
 }
 
-fn payload(e: &Entry) -> String {
+pub(crate) fn payload(e: &Entry) -> String {
     match e.kind {
         EntryKind::Noop => "(no-op)".into(),
         EntryKind::Command => match raftkit::kv::Command::decode(&e.data) {
