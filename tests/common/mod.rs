@@ -1,0 +1,167 @@
+//! Shared by the process tests: a cluster of real raft-node processes on
+//! free loopback ports with data in a temp dir. Every child is killed by
+//! PID when the cluster is dropped, also on panic.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftkit::client::Client;
+use raftkit::config::Config;
+use raftkit::kv::{Op, OpResult};
+use raftkit::raft::{NodeId, Role};
+use raftkit::wire::{RequestBody, ResponseBody};
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub children: Vec<Option<Child>>,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = signal(c.id(), libc::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) -> i32 {
+    // SAFETY: sending a signal to our own child by PID.
+    unsafe { libc::kill(pid as i32, sig) }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl TestCluster {
+    pub fn start(n: u64) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut text = String::from(
+            "[cluster]\nname = \"test\"\ndata_dir = \"data\"\nelection_timeout_ms = [300, 600]\nheartbeat_interval_ms = 50\n",
+        );
+        for id in 1..=n {
+            text.push_str(&format!(
+                "\n[[node]]\nid = {id}\naddr = \"127.0.0.1:{}\"\n",
+                free_port()
+            ));
+        }
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let config = Config::load(&config_path).expect("config");
+        let mut c = TestCluster {
+            dir,
+            config_path,
+            config,
+            children: (0..n).map(|_| None).collect(),
+        };
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("n{id}.log"))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raft-node");
+        self.children[id as usize - 1] = Some(child);
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.children[id as usize - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self, id: u64) -> u32 {
+        self.children[id as usize - 1]
+            .as_ref()
+            .expect("running")
+            .id()
+    }
+
+    pub fn client(&self) -> Client {
+        let mut c = Client::new(self.config.clone(), None);
+        c.timeout = Duration::from_secs(30);
+        c
+    }
+
+    pub fn status(&self, client: &mut Client, id: u64) -> Option<raftkit::raft::Status> {
+        match client.call(NodeId(id), RequestBody::Status) {
+            Ok(ResponseBody::Status(s)) => Some(s.status),
+            _ => None,
+        }
+    }
+
+    /// Waits for a leader among `among` that all of them agree on.
+    pub fn wait_leader(&self, among: &[u64]) -> u64 {
+        let mut client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let st: Vec<_> = among
+                .iter()
+                .filter_map(|&i| self.status(&mut client, i))
+                .collect();
+            if let Some(l) = st.iter().find(|s| s.role == Role::Leader) {
+                if st.len() == among.len()
+                    && st
+                        .iter()
+                        .all(|s| s.leader == Some(l.id) && s.current_term == l.current_term)
+                {
+                    return l.id.0;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader among {among:?} within 60 s");
+    }
+
+    pub fn wait_value_everywhere(&self, nodes: &[u64], key: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for &id in nodes {
+            let mut c = Client::new(self.config.clone(), Some(NodeId(id)));
+            c.timeout = Duration::from_secs(5);
+            loop {
+                if let Ok((_, OpResult::Value(Some(v)))) = c.kv(Op::Get { key: key.into() }, true) {
+                    if v == want.as_bytes() {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "n{id} never showed {key}={want}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+pub fn put(c: &mut Client, k: &str, v: &str) {
+    let r = c.kv(
+        Op::Put {
+            key: k.into(),
+            value: v.into(),
+        },
+        false,
+    );
+    assert!(matches!(r, Ok((_, OpResult::Done))), "put {k}: {r:?}");
+}
