@@ -120,6 +120,11 @@ impl StorageThread {
         self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
     }
 
+    /// Jobs sent and not yet picked up by the thread.
+    pub fn queued(&self) -> usize {
+        self.tx.as_ref().map_or(0, |tx| tx.len())
+    }
+
     /// Reports of finished batches.
     pub fn done(&self) -> &Receiver<Durable> {
         &self.done
