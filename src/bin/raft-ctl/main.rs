@@ -11,12 +11,13 @@ use raftkit::raft::{Entry, EntryKind, LogIndex, NodeId};
 use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
+mod fault;
 mod wal;
 
 /// Exit codes (also listed in the README).
 pub(crate) const EXIT_ERROR: u8 = 1;
 const EXIT_NO_LEADER: u8 = 3;
-const EXIT_UNREACHABLE: u8 = 4;
+pub(crate) const EXIT_UNREACHABLE: u8 = 4;
 const EXIT_CAS_MISMATCH: u8 = 5;
 const EXIT_NOT_FOUND: u8 = 6;
 
@@ -76,6 +77,12 @@ enum Cmd {
         /// Draw every node's log, term by index, like the Raft paper's figures.
         #[arg(long)]
         all: bool,
+    },
+    /// Inject network faults (applied by the nodes; client traffic is never
+    /// blocked): partition, heal, drop, delay.
+    Fault {
+        #[command(subcommand)]
+        action: fault::FaultCmd,
     },
     /// Print a stopped node's data dir: hard state, segments, entries (offline).
     WalDump {
@@ -183,6 +190,7 @@ fn main() -> ExitCode {
                 log_one(&mut client, node, *from, *to, args.json)
             }
         }
+        Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above
     }
 }
@@ -251,7 +259,7 @@ fn get(client: &mut Client, args: &Args, key: &str, stale: bool) -> ExitCode {
     }
 }
 
-fn fetch_status(client: &mut Client, node: NodeId) -> Option<NodeStatus> {
+pub(crate) fn fetch_status(client: &mut Client, node: NodeId) -> Option<NodeStatus> {
     match client.call(node, RequestBody::Status) {
         Ok(ResponseBody::Status(s)) => Some(s),
         _ => None,
@@ -300,7 +308,7 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
                     .collect();
                 let mut extra = followers.join(" ");
                 if !ns.fault.is_none() {
-                    extra.push_str(&format!(" fault={}", fault_json(&ns.fault)));
+                    extra.push_str(&format!("  [{}]", fault::describe(&ns.fault)));
                 }
                 println!(
                     "{:<4} {:<21} {:<12} {:>5} {:>6} {:>8} {:>8} {:>6} {:>6}  {}",
