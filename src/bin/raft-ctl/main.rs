@@ -11,6 +11,7 @@ use raftkit::raft::{Entry, EntryKind, LogIndex, NodeId};
 use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
+mod bench;
 mod fault;
 mod wal;
 
@@ -78,6 +79,9 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Closed-loop load: throughput, latency percentiles, errors; --record
+    /// writes the history for `check`.
+    Bench(bench::BenchArgs),
     /// Inject network faults (applied by the nodes; client traffic is never
     /// blocked): partition, heal, drop, delay.
     Fault {
@@ -190,6 +194,7 @@ fn main() -> ExitCode {
                 log_one(&mut client, node, *from, *to, args.json)
             }
         }
+        Cmd::Bench(b) => bench::run(&config, b, args.json),
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above
     }

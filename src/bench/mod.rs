@@ -1,0 +1,853 @@
+//! A closed-loop load generator: many clients, each with one request in
+//! flight, over nonblocking `mio` connections from one or a few threads.
+//!
+//! Each client follows "not the leader" hints, retries a write with the same
+//! sequence number (the state machine applies it once), and gives up on an
+//! operation after `op_timeout`, recording its outcome as unknown. Every
+//! operation can be recorded as one JSON line for `raft-ctl check`
+//! (docs/HISTORY.md).
+
+pub mod hist;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::kv::{Command, Op, OpResult};
+use crate::raft::rng::Rng;
+use crate::wire::{
+    decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
+};
+pub use hist::Histogram;
+
+/// Which operations the clients send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpMix {
+    Put,
+    Get,
+    /// Gets (`read_pct` %) and puts.
+    Mixed {
+        read_pct: u32,
+    },
+    /// Gets (`read_pct` %), the rest puts, cas and deletes (6:3:1): the
+    /// drills' workload.
+    Kv {
+        read_pct: u32,
+    },
+}
+
+/// Where clients connect first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Leader,
+    Spread,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub clients: usize,
+    pub threads: usize,
+    pub op: OpMix,
+    pub keys: u64,
+    pub value_size: usize,
+    /// Stop after this long past the warmup…
+    pub duration: Option<Duration>,
+    /// …or after this many operations.
+    pub total: Option<u64>,
+    pub warmup: Duration,
+    pub target: Target,
+    /// An operation without an answer after this long has an unknown
+    /// outcome.
+    pub op_timeout: Duration,
+    /// Record every operation for the linearizability check.
+    pub record: bool,
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            clients: 8,
+            threads: 1,
+            op: OpMix::Put,
+            keys: 1000,
+            value_size: 100,
+            duration: Some(Duration::from_secs(10)),
+            total: None,
+            warmup: Duration::from_secs(1),
+            target: Target::Leader,
+            op_timeout: Duration::from_secs(5),
+            record: false,
+            seed: 1,
+        }
+    }
+}
+
+/// Counters the threads update as they go, for live progress.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub completed: AtomicU64,
+    pub errors: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct BenchResult {
+    /// Operations that succeeded / failed definitely (cas mismatch, refused)
+    /// / had no answer in time.
+    pub ok: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    /// Completed operations invoked after the warmup and before the end.
+    pub measured_ops: u64,
+    pub measured_secs: f64,
+    pub hist: Histogram,
+    pub errors: BTreeMap<String, u64>,
+    pub redirects: u64,
+    pub retries: u64,
+    pub reconnects: u64,
+    /// Nodes that answered a write successfully.
+    pub leaders_seen: BTreeSet<u64>,
+    /// Longest stretch without a successful write completing (after the
+    /// first one, and to the end).
+    pub max_write_gap: Duration,
+    /// History lines (when recording).
+    pub history: Vec<u8>,
+    pub wall_secs: f64,
+}
+
+impl BenchResult {
+    pub fn ops_per_s(&self) -> f64 {
+        if self.measured_secs > 0.0 {
+            self.measured_ops as f64 / self.measured_secs
+        } else {
+            0.0
+        }
+    }
+
+    fn merge(&mut self, o: BenchResult) {
+        self.ok += o.ok;
+        self.failed += o.failed;
+        self.unknown += o.unknown;
+        self.measured_ops += o.measured_ops;
+        self.measured_secs = self.measured_secs.max(o.measured_secs);
+        self.hist.merge(&o.hist);
+        for (k, v) in o.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.redirects += o.redirects;
+        self.retries += o.retries;
+        self.reconnects += o.reconnects;
+        self.leaders_seen.extend(o.leaders_seen);
+        self.history.extend(o.history);
+        self.wall_secs = self.wall_secs.max(o.wall_secs);
+    }
+}
+
+/// Runs the load; blocks until done. `live` may be watched from another
+/// thread (and its `stop` set to end early).
+pub fn run(config: &Config, opts: &BenchOptions, live: Arc<Live>) -> io::Result<BenchResult> {
+    let first_node = match opts.target {
+        Target::Leader => find_leader(config).unwrap_or(0),
+        Target::Spread => 0,
+    };
+    let threads = opts.threads.clamp(1, opts.clients.max(1));
+    let start = Instant::now();
+    let base_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ ((std::process::id() as u64) << 40);
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let clients: Vec<usize> = (0..opts.clients).filter(|c| c % threads == t).collect();
+        let total = opts
+            .total
+            .map(|n| n / threads as u64 + u64::from((t as u64) < n % threads as u64));
+        let (config, opts, live) = (config.clone(), opts.clone(), Arc::clone(&live));
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("bench-{t}"))
+                .spawn(move || -> io::Result<(BenchResult, Vec<Instant>)> {
+                    let mut e =
+                        Engine::new(&config, &opts, &clients, first_node, start, base_id, live)?;
+                    e.total = total;
+                    e.run()?;
+                    let times = std::mem::take(&mut e.write_done);
+                    Ok((e.result, times))
+                })?,
+        );
+    }
+    let mut result = BenchResult::default();
+    let mut writes: Vec<Instant> = Vec::new();
+    for h in handles {
+        let (r, w) = h
+            .join()
+            .map_err(|_| io::Error::other("a bench thread panicked"))??;
+        result.merge(r);
+        writes.extend(w);
+    }
+    let end = Instant::now();
+    writes.sort();
+    if let Some(&first) = writes.first() {
+        let mut prev = first;
+        let mut gap = Duration::ZERO;
+        for &w in &writes[1..] {
+            gap = gap.max(w - prev);
+            prev = w;
+        }
+        result.max_write_gap = gap.max(end - prev);
+    } else {
+        result.max_write_gap = end - start;
+    }
+    Ok(result)
+}
+
+/// The node that says it leads, by index in the config.
+pub fn find_leader(config: &Config) -> Option<usize> {
+    let mut client = crate::client::Client::new(config.clone(), None);
+    client.timeout = Duration::from_secs(2);
+    for (i, n) in config.nodes.iter().enumerate() {
+        if let Ok(ResponseBody::Status(s)) = client.call(n.id, RequestBody::Status) {
+            if s.status.role == crate::raft::Role::Leader {
+                return Some(i);
+            }
+            if let Some(l) = s.status.leader {
+                return config.nodes.iter().position(|n| n.id == l);
+            }
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Put,
+    Get,
+    Cas,
+    Delete,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Put => "put",
+            Kind::Get => "get",
+            Kind::Cas => "cas",
+            Kind::Delete => "delete",
+        }
+    }
+}
+
+struct Pending {
+    kind: Kind,
+    key: u64,
+    value: Option<String>,
+    expected: Option<Option<String>>,
+    request_id: u64,
+    invoke: Instant,
+    deadline: Instant,
+}
+
+struct Conn {
+    stream: TcpStream,
+    node: usize,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    want_write: bool,
+}
+
+struct ClientState {
+    /// Number in the history (`client` field).
+    number: u64,
+    client_id: u64,
+    seq: u64,
+    node: usize,
+    conn: Option<Conn>,
+    pending: Option<Pending>,
+    retry_at: Option<Instant>,
+    attempts: u32,
+    /// Last value this client saw per key (for cas).
+    seen: HashMap<u64, Option<String>>,
+    done: bool,
+}
+
+/// Outcome of one operation.
+enum Outcome {
+    Ok(Option<String>),
+    Failed(Option<String>),
+    Unknown,
+}
+
+struct Engine<'a> {
+    config: &'a Config,
+    opts: &'a BenchOptions,
+    poll: Poll,
+    clients: Vec<ClientState>,
+    rng: Rng,
+    start: Instant,
+    warm_end: Instant,
+    end: Option<Instant>,
+    total: Option<u64>,
+    issued: u64,
+    stopping: bool,
+    next_request_id: u64,
+    live: Arc<Live>,
+    result: BenchResult,
+    write_done: Vec<Instant>,
+    filler: String,
+}
+
+const RETRY_DELAY: Duration = Duration::from_millis(20);
+const SCAN_EVERY: Duration = Duration::from_millis(5);
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+impl<'a> Engine<'a> {
+    fn new(
+        config: &'a Config,
+        opts: &'a BenchOptions,
+        numbers: &[usize],
+        first_node: usize,
+        start: Instant,
+        base_id: u64,
+        live: Arc<Live>,
+    ) -> io::Result<Engine<'a>> {
+        let n = config.nodes.len();
+        let clients = numbers
+            .iter()
+            .map(|&i| ClientState {
+                number: i as u64,
+                client_id: base_id.wrapping_add(i as u64 + 1),
+                seq: 0,
+                node: match opts.target {
+                    Target::Leader => first_node,
+                    Target::Spread => i % n,
+                },
+                conn: None,
+                pending: None,
+                retry_at: None,
+                attempts: 0,
+                seen: HashMap::new(),
+                done: false,
+            })
+            .collect();
+        Ok(Engine {
+            config,
+            opts,
+            poll: Poll::new()?,
+            clients,
+            rng: Rng::new(opts.seed ^ base_id ^ numbers.first().copied().unwrap_or(0) as u64),
+            start,
+            warm_end: start + opts.warmup,
+            end: opts.duration.map(|d| start + opts.warmup + d),
+            total: None,
+            issued: 0,
+            stopping: false,
+            next_request_id: 1,
+            live,
+            result: BenchResult::default(),
+            write_done: Vec::new(),
+            filler: "x".repeat(opts.value_size),
+        })
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        (t - self.start).as_nanos() as u64
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        for c in 0..self.clients.len() {
+            self.next_op(c, Instant::now());
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut next_scan = Instant::now() + SCAN_EVERY;
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if !self.stopping
+                && (self.end.is_some_and(|e| now >= e) || self.live.stop.load(Ordering::Relaxed))
+            {
+                self.stopping = true;
+            }
+            if self.stopping {
+                let until = *drain_until.get_or_insert(now + DRAIN_MAX.min(self.opts.op_timeout));
+                if self.clients.iter().all(|c| c.pending.is_none()) || now >= until {
+                    break;
+                }
+            }
+            let timeout = next_scan.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                let c = ev.token().0;
+                if c >= self.clients.len() {
+                    continue;
+                }
+                if ev.is_writable() {
+                    self.flush(c);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.read(c)?;
+                }
+            }
+            let now = Instant::now();
+            if now >= next_scan {
+                next_scan = now + SCAN_EVERY;
+                self.scan(now);
+            }
+        }
+        // Whatever is still waiting has an unknown outcome.
+        let now = Instant::now();
+        for c in 0..self.clients.len() {
+            if self.clients[c].pending.is_some() {
+                self.complete(c, Outcome::Unknown, now);
+            }
+        }
+        self.result.measured_secs = match self.end {
+            Some(e) => (e.min(now) - self.warm_end.min(now)).as_secs_f64(),
+            None => (now - self.warm_end.min(now)).as_secs_f64(),
+        };
+        self.result.wall_secs = (now - self.start).as_secs_f64();
+        Ok(())
+    }
+
+    /// Timeouts and scheduled retries.
+    fn scan(&mut self, now: Instant) {
+        for c in 0..self.clients.len() {
+            let Some(p) = &self.clients[c].pending else {
+                continue;
+            };
+            if now >= p.deadline {
+                *self.result.errors.entry("timeout".into()).or_default() += 1;
+                self.drop_conn(c);
+                self.complete(c, Outcome::Unknown, now);
+                continue;
+            }
+            if self.clients[c].retry_at.is_some_and(|t| now >= t) {
+                self.clients[c].retry_at = None;
+                self.send(c);
+            }
+        }
+    }
+
+    fn choose(&mut self) -> Kind {
+        let pct = self.rng.range(0, 100) as u32;
+        match self.opts.op {
+            OpMix::Put => Kind::Put,
+            OpMix::Get => Kind::Get,
+            OpMix::Mixed { read_pct } => {
+                if pct < read_pct {
+                    Kind::Get
+                } else {
+                    Kind::Put
+                }
+            }
+            OpMix::Kv { read_pct } => {
+                if pct < read_pct {
+                    Kind::Get
+                } else {
+                    match self.rng.range(0, 10) {
+                        0..=5 => Kind::Put,
+                        6..=8 => Kind::Cas,
+                        _ => Kind::Delete,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the client's next operation, unless the run is ending.
+    fn next_op(&mut self, c: usize, now: Instant) {
+        if self.stopping || self.total.is_some_and(|t| self.issued >= t) {
+            self.clients[c].done = true;
+            if self.total.is_some_and(|t| self.issued >= t)
+                && self.clients.iter().all(|c| c.pending.is_none())
+            {
+                self.stopping = true;
+            }
+            return;
+        }
+        self.issued += 1;
+        let kind = self.choose();
+        let key = self.rng.range(0, self.opts.keys.max(1));
+        let cl = &mut self.clients[c];
+        cl.seq += 1;
+        cl.attempts = 0;
+        let unique = format!("c{}-s{}", cl.number, cl.seq);
+        let value = match kind {
+            Kind::Put | Kind::Cas => {
+                let mut v = unique;
+                if v.len() < self.opts.value_size {
+                    v.push('-');
+                    let pad = self.opts.value_size - v.len();
+                    v.push_str(&self.filler[..pad]);
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        let expected = (kind == Kind::Cas).then(|| cl.seen.get(&key).cloned().flatten());
+        cl.pending = Some(Pending {
+            kind,
+            key,
+            value,
+            expected,
+            request_id: 0,
+            invoke: now,
+            deadline: now + self.opts.op_timeout,
+        });
+        self.send(c);
+    }
+
+    fn key_name(key: u64) -> String {
+        format!("key-{key}")
+    }
+
+    /// Sends (or re-sends, same sequence number) the pending operation.
+    fn send(&mut self, c: usize) {
+        if self.clients[c].conn.is_none() && !self.connect(c) {
+            self.retry_later(c, "connect");
+            return;
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let cl = &mut self.clients[c];
+        let Some(p) = cl.pending.as_mut() else {
+            return;
+        };
+        p.request_id = request_id;
+        let key = Self::key_name(p.key).into_bytes();
+        let op = match p.kind {
+            Kind::Put => Op::Put {
+                key,
+                value: p.value.clone().unwrap_or_default().into_bytes(),
+            },
+            Kind::Get => Op::Get { key },
+            Kind::Delete => Op::Delete { key },
+            Kind::Cas => Op::Cas {
+                key,
+                expected: p.expected.clone().flatten().map(String::into_bytes),
+                new: p.value.clone().unwrap_or_default().into_bytes(),
+            },
+        };
+        let frame = Frame::Request {
+            request_id,
+            body: RequestBody::Kv {
+                command: Command {
+                    client_id: cl.client_id,
+                    seq: cl.seq,
+                    op,
+                },
+                stale_read: false,
+            },
+        };
+        if let Some(conn) = cl.conn.as_mut() {
+            encode_frame(&frame, &mut conn.wbuf);
+        }
+        self.flush(c);
+    }
+
+    fn connect(&mut self, c: usize) -> bool {
+        let node = self.clients[c].node;
+        let addr = self.config.nodes[node].addr;
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = stream.set_nodelay(true);
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(c),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let mut wbuf = Vec::with_capacity(256);
+        encode_frame(
+            &Frame::Hello {
+                cluster: self.config.cluster.name.clone(),
+                from: Sender::Client,
+            },
+            &mut wbuf,
+        );
+        self.clients[c].conn = Some(Conn {
+            stream,
+            node,
+            rbuf: Vec::with_capacity(4096),
+            wbuf,
+            wpos: 0,
+            want_write: true,
+        });
+        true
+    }
+
+    fn drop_conn(&mut self, c: usize) {
+        if let Some(mut conn) = self.clients[c].conn.take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// The connection failed: try the next node after a pause.
+    fn conn_failed(&mut self, c: usize) {
+        self.drop_conn(c);
+        self.result.reconnects += 1;
+        let n = self.config.nodes.len();
+        let cl = &mut self.clients[c];
+        cl.node = (cl.node + 1) % n;
+        if cl.pending.is_some() {
+            self.retry_later(c, "connection");
+        }
+    }
+
+    fn retry_later(&mut self, c: usize, why: &str) {
+        *self.result.errors.entry(why.to_string()).or_default() += 1;
+        self.live.errors.fetch_add(1, Ordering::Relaxed);
+        self.result.retries += 1;
+        let cl = &mut self.clients[c];
+        cl.attempts += 1;
+        let backoff = RETRY_DELAY * cl.attempts.min(10);
+        cl.retry_at = Some(Instant::now() + backoff);
+    }
+
+    fn flush(&mut self, c: usize) {
+        let Some(conn) = self.clients[c].conn.as_mut() else {
+            return;
+        };
+        let mut failed = false;
+        while conn.wpos < conn.wbuf.len() {
+            match conn.stream.write(&conn.wbuf[conn.wpos..]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => conn.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.conn_failed(c);
+            return;
+        }
+        if conn.wpos == conn.wbuf.len() {
+            conn.wbuf.clear();
+            conn.wpos = 0;
+            if conn.want_write {
+                conn.want_write = false;
+                let _ =
+                    self.poll
+                        .registry()
+                        .reregister(&mut conn.stream, Token(c), Interest::READABLE);
+            }
+        } else if !conn.want_write {
+            conn.want_write = true;
+            let _ = self.poll.registry().reregister(
+                &mut conn.stream,
+                Token(c),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+        }
+    }
+
+    fn read(&mut self, c: usize) -> io::Result<()> {
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            let Some(conn) = self.clients[c].conn.as_mut() else {
+                return Ok(());
+            };
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.conn_failed(c);
+                    return Ok(());
+                }
+                Ok(n) => conn.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.conn_failed(c);
+                    return Ok(());
+                }
+            }
+        }
+        loop {
+            let Some(conn) = self.clients[c].conn.as_mut() else {
+                return Ok(());
+            };
+            let (frame, used) = match decode_frame(&conn.rbuf) {
+                Ok(Some(x)) => x,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    self.conn_failed(c);
+                    return Ok(());
+                }
+            };
+            conn.rbuf.drain(..used);
+            let node = conn.node;
+            match frame {
+                Frame::HelloOk { .. } => {}
+                Frame::HelloReject { reason, .. } => {
+                    return Err(io::Error::other(format!(
+                        "{} refused the connection: {reason}",
+                        self.config.nodes[node].id
+                    )));
+                }
+                Frame::Response { request_id, body } => {
+                    let matches = self.clients[c]
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.request_id == request_id);
+                    if matches {
+                        self.response(c, node, body);
+                    }
+                }
+                _ => {
+                    self.conn_failed(c);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn response(&mut self, c: usize, node: usize, body: ResponseBody) {
+        let now = Instant::now();
+        match body {
+            ResponseBody::Kv { result, .. } => {
+                let outcome = match result {
+                    OpResult::Done | OpResult::CasOk | OpResult::Deleted(_) => Outcome::Ok(None),
+                    OpResult::Value(v) => {
+                        Outcome::Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                    }
+                    OpResult::CasMismatch(cur) => {
+                        Outcome::Failed(cur.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                    }
+                };
+                if matches!(outcome, Outcome::Ok(_))
+                    && self.clients[c]
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.kind != Kind::Get)
+                {
+                    self.result
+                        .leaders_seen
+                        .insert(self.config.nodes[node].id.0);
+                    self.write_done.push(now);
+                }
+                self.complete(c, outcome, now);
+            }
+            ResponseBody::NotLeader { leader, .. } => {
+                self.result.redirects += 1;
+                let to = leader.and_then(|l| self.config.nodes.iter().position(|n| n.id == l));
+                let cl = &mut self.clients[c];
+                match to {
+                    Some(i) if i != cl.node => {
+                        cl.node = i;
+                        self.drop_conn(c);
+                        self.send(c);
+                    }
+                    _ => {
+                        // No leader known yet (an election is on): wait.
+                        cl.node = (cl.node + 1) % self.config.nodes.len();
+                        self.drop_conn(c);
+                        self.retry_later(c, "no leader");
+                    }
+                }
+            }
+            ResponseBody::Error { code, message } => match code {
+                ErrorCode::Unavailable | ErrorCode::TooBusy | ErrorCode::Timeout => {
+                    let why = format!("{code:?}").to_lowercase();
+                    self.retry_later(c, &why);
+                }
+                _ => {
+                    *self
+                        .result
+                        .errors
+                        .entry(format!("{code:?}: {message}"))
+                        .or_default() += 1;
+                    self.live.errors.fetch_add(1, Ordering::Relaxed);
+                    self.complete(c, Outcome::Failed(None), now);
+                }
+            },
+            _ => self.conn_failed(c),
+        }
+    }
+
+    fn complete(&mut self, c: usize, outcome: Outcome, now: Instant) {
+        let Some(p) = self.clients[c].pending.take() else {
+            return;
+        };
+        self.clients[c].retry_at = None;
+        let measured = p.invoke >= self.warm_end && self.end.is_none_or(|e| now <= e);
+        match &outcome {
+            Outcome::Ok(_) => self.result.ok += 1,
+            Outcome::Failed(_) => self.result.failed += 1,
+            Outcome::Unknown => self.result.unknown += 1,
+        }
+        if measured && !matches!(outcome, Outcome::Unknown) {
+            self.result.measured_ops += 1;
+            self.result.hist.record((now - p.invoke).as_micros() as u64);
+        }
+        self.live.completed.fetch_add(1, Ordering::Relaxed);
+        // What this client now knows of the key (for its next cas).
+        let cl = &mut self.clients[c];
+        match (&outcome, p.kind) {
+            (Outcome::Ok(v), Kind::Get) => {
+                cl.seen.insert(p.key, v.clone());
+            }
+            (Outcome::Ok(_), Kind::Put | Kind::Cas) => {
+                cl.seen.insert(p.key, p.value.clone());
+            }
+            (Outcome::Ok(_), Kind::Delete) => {
+                cl.seen.insert(p.key, None);
+            }
+            (Outcome::Failed(cur), Kind::Cas) => {
+                cl.seen.insert(p.key, cur.clone());
+            }
+            _ => {}
+        }
+        if self.opts.record {
+            let (ok, complete) = match &outcome {
+                Outcome::Ok(_) => (Some(true), Some(self.ns(now))),
+                Outcome::Failed(_) => (Some(false), Some(self.ns(now))),
+                Outcome::Unknown => (None, None),
+            };
+            let result = match (&outcome, p.kind) {
+                (Outcome::Ok(v), Kind::Get) => v.clone(),
+                _ => None,
+            };
+            let line = json!({
+                "client": self.clients[c].number,
+                "op": p.kind.name(),
+                "key": Self::key_name(p.key),
+                "value": p.value,
+                "expected": if p.kind == Kind::Cas { json!(p.expected.clone().flatten()) } else { json!(null) },
+                "invoke_ns": self.ns(p.invoke),
+                "complete_ns": complete,
+                "ok": ok,
+                "result": result,
+            });
+            let _ = writeln!(self.result.history, "{line}");
+        }
+        self.next_op(c, now);
+    }
+}
