@@ -27,6 +27,21 @@ use crate::wire::{
 };
 pub use hist::Histogram;
 
+/// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`), shared
+/// by every process on the machine: histories recorded by different
+/// processes line up.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Which operations the clients send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpMix {
@@ -160,6 +175,7 @@ pub fn run(config: &Config, opts: &BenchOptions, live: Arc<Live>) -> io::Result<
         Target::Spread => 0,
     };
     let threads = opts.threads.clamp(1, opts.clients.max(1));
+    let clock_base = monotonic_ns();
     let start = Instant::now();
     let base_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -179,6 +195,7 @@ pub fn run(config: &Config, opts: &BenchOptions, live: Arc<Live>) -> io::Result<
                     let mut e =
                         Engine::new(&config, &opts, &clients, first_node, start, base_id, live)?;
                     e.total = total;
+                    e.clock_base = clock_base;
                     e.run()?;
                     let times = std::mem::take(&mut e.write_done);
                     Ok((e.result, times))
@@ -304,6 +321,8 @@ struct Engine<'a> {
     result: BenchResult,
     write_done: Vec<Instant>,
     filler: String,
+    /// `monotonic_ns()` at `start`.
+    clock_base: u64,
 }
 
 const RETRY_DELAY: Duration = Duration::from_millis(20);
@@ -356,11 +375,13 @@ impl<'a> Engine<'a> {
             result: BenchResult::default(),
             write_done: Vec::new(),
             filler: "x".repeat(opts.value_size),
+            clock_base: 0,
         })
     }
 
+    /// `t` on the monotonic clock of `monotonic_ns`.
     fn ns(&self, t: Instant) -> u64 {
-        (t - self.start).as_nanos() as u64
+        self.clock_base + (t - self.start).as_nanos() as u64
     }
 
     fn run(&mut self) -> io::Result<()> {

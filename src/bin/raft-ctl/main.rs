@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 mod bench;
 mod fault;
+mod settle;
 mod wal;
 
 /// Exit codes (also listed in the README).
@@ -82,6 +83,18 @@ enum Cmd {
     /// Closed-loop load: throughput, latency percentiles, errors; --record
     /// writes the history for `check`.
     Bench(bench::BenchArgs),
+    /// Wait until the cluster has converged, compare every node's log and
+    /// the keys of a history on every node; append final reads to it.
+    Settle {
+        /// A history written by `bench --record`.
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// Seconds to wait for convergence.
+        #[arg(long, default_value_t = 60.0)]
+        wait: f64,
+    },
+    /// Print the monotonic clock (ns), the clock histories use.
+    Now,
     /// Inject network faults (applied by the nodes; client traffic is never
     /// blocked): partition, heal, drop, delay.
     Fault {
@@ -193,6 +206,11 @@ fn main() -> ExitCode {
                 let node = args.node.unwrap_or(config.nodes[0].id);
                 log_one(&mut client, node, *from, *to, args.json)
             }
+        }
+        Cmd::Settle { history, wait } => settle::run(&config, history.as_deref(), *wait, args.json),
+        Cmd::Now => {
+            println!("{}", raftkit::bench::monotonic_ns());
+            ExitCode::SUCCESS
         }
         Cmd::Bench(b) => bench::run(&config, b, args.json),
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
