@@ -1,3 +1,4 @@
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod kv;
