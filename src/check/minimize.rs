@@ -1,17 +1,25 @@
 //! Shrinking a non-linearizable key history to a small counterexample.
 //!
-//! First the shortest failing prefix by call time is looked for (by
-//! doubling, then bisection, so it is a prefix one operation shorter than
-//! which no longer fails), then operations are removed from it, in
-//! halving chunks and finally one by one, for as long as what remains is
-//! still not linearizable.
+//! The key's operations are taken in call order. First the shortest
+//! failing prefix is found, then the shortest failing window at the end of
+//! that prefix (each by doubling, then bisection); then the writes of the
+//! values that the window reads are added, and operations are removed, in
+//! halving chunks and finally one by one, for as long as what remains
+//! still fails.
 //!
-//! A write is never removed while a remaining operation needs the value it
-//! wrote (a `get` that returned it, a `cas` that expected it): otherwise a
-//! read would be "explained" as reading a value nobody wrote, which is a
-//! valid but useless counterexample.
+//! "Fails" is checked with every write of the key that is left out kept as
+//! optional: it takes effect within its interval (any time after its call
+//! if its outcome is unknown) or not at all. Leaving out a read (a `get`,
+//! a failed `cas`) and making a write optional only remove constraints, so
+//! a set that fails this way proves the whole history of the key wrong,
+//! whatever the other writes did; and adding operations to a failing set
+//! keeps it failing, which makes the bisections exact.
+//!
+//! A write is not removed while a remaining operation needs the value it
+//! wrote (a `get` that returned it, a `cas` that expected it), so that the
+//! counterexample shows where the values it reads come from.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use super::history::{OpKind, Operation};
 use super::search::{check_key, Limits, Outcome};
@@ -54,23 +62,40 @@ fn needs(op: &Operation) -> Option<Option<&str>> {
     }
 }
 
-struct Shrinker<'l> {
+/// Runs the checks of one shrinking, within a step budget.
+struct Shrinker<'a, 'l> {
+    /// The key's operations that the checker looks at, in call order.
+    all: Vec<&'a Operation>,
     limits: &'l Limits,
     budget: u64,
     steps: u64,
 }
 
-impl Shrinker<'_> {
+impl<'a> Shrinker<'a, '_> {
     fn out_of_budget(&self) -> bool {
         self.steps >= self.budget
     }
 
-    /// True only when the set is shown not linearizable within the limits.
-    fn fails(&mut self, ops: &[&Operation]) -> bool {
+    /// True only when the operations `set` (indices into `all`, ascending)
+    /// are shown not linearizable within the limits, even with the writes
+    /// left out of `set` allowed to take effect at any time after their
+    /// call, or not at all.
+    fn fails(&mut self, set: &[usize]) -> bool {
         if self.out_of_budget() {
             return false;
         }
-        let run = check_key(ops, self.limits);
+        let mut ops = Vec::with_capacity(set.len());
+        let mut rest = Vec::with_capacity(self.all.len() - set.len());
+        let mut next = set.iter().peekable();
+        for (i, op) in self.all.iter().enumerate() {
+            if next.peek() == Some(&&i) {
+                next.next();
+                ops.push(*op);
+            } else {
+                rest.push(*op);
+            }
+        }
+        let run = check_key(&ops, &rest, self.limits);
         self.steps += run.steps;
         run.outcome == Outcome::Violation
     }
@@ -79,22 +104,30 @@ impl Shrinker<'_> {
 /// Shrinks `ops` (one key's operations, not linearizable) to a small set
 /// that is still not linearizable, spending at most about `budget` search
 /// steps.
+///
+/// Every reduction is checked with the writes left out made optional (they
+/// may take effect at any time after their call, or not at all), which
+/// only relaxes the history: so the result proves the whole key history
+/// wrong, whatever the other writes did.
 pub(crate) fn shrink<'a>(ops: &[&'a Operation], limits: &Limits, budget: u64) -> Shrunk<'a> {
-    let mut set: Vec<&'a Operation> = ops.iter().copied().filter(|op| relevant(op)).collect();
-    set.sort_by_key(|op| op.invoke_ns);
+    let mut all: Vec<&'a Operation> = ops.iter().copied().filter(|op| relevant(op)).collect();
+    all.sort_by_key(|op| op.invoke_ns);
+    let n = all.len();
     let mut s = Shrinker {
+        all,
         limits,
         budget,
         steps: 0,
     };
 
-    // A short failing prefix: double, then bisect between a passing and a
-    // failing length. The whole set fails.
-    let n = set.len();
+    // The shortest failing prefix. With the writes left out kept as
+    // optional, adding operations only adds constraints, so failure is
+    // monotone: double, then bisect. The whole set fails.
+    let range = |a: usize, b: usize| (a..b).collect::<Vec<usize>>();
     let (mut lo, mut hi) = (0, n);
     let mut k = 1;
     while k < n {
-        if s.fails(&set[..k]) {
+        if s.fails(&range(0, k)) {
             hi = k;
             break;
         }
@@ -103,13 +136,51 @@ pub(crate) fn shrink<'a>(ops: &[&'a Operation], limits: &Limits, budget: u64) ->
     }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if s.fails(&set[..mid]) {
+        if s.fails(&range(0, mid)) {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    set.truncate(hi);
+    let end = hi;
+
+    // The shortest failing window ending there, the same way from the end.
+    let (mut short, mut long) = (0, end);
+    let mut w = 1;
+    while w < end {
+        if s.fails(&range(end - w, end)) {
+            long = w;
+            break;
+        }
+        short = w;
+        w *= 2;
+    }
+    while long - short > 1 {
+        let mid = short + (long - short) / 2;
+        if s.fails(&range(end - mid, end)) {
+            long = mid;
+        } else {
+            short = mid;
+        }
+    }
+    let mut set = range(end - long, end);
+
+    // Add the writes of the values the window reads (adding operations
+    // keeps it failing), so that the counterexample shows where they come
+    // from.
+    let mut wanted: Vec<&str> = set
+        .iter()
+        .filter_map(|&i| needs(s.all[i]).flatten())
+        .collect();
+    while let Some(v) = wanted.pop() {
+        for i in 0..end {
+            if writes(s.all[i]) == Some(Some(v)) && !set.contains(&i) {
+                set.push(i);
+                wanted.extend(needs(s.all[i]).flatten());
+            }
+        }
+    }
+    set.sort_unstable();
 
     // Remove chunks, halving their size, then single operations until
     // nothing more can go.
@@ -138,42 +209,39 @@ pub(crate) fn shrink<'a>(ops: &[&'a Operation], limits: &Limits, budget: u64) ->
     }
     Shrunk {
         finished: !s.out_of_budget(),
-        ops: set,
+        ops: set.iter().map(|&i| s.all[i]).collect(),
         steps: s.steps,
     }
 }
 
-/// The set without the operations in `set[start..end]` (less any write a
+/// The set without the operations at `set[start..end]` (less any write a
 /// remaining operation needs), if that still fails.
-fn try_remove<'a>(
-    s: &mut Shrinker<'_>,
-    set: &[&'a Operation],
+fn try_remove(
+    s: &mut Shrinker<'_, '_>,
+    set: &[usize],
     start: usize,
     end: usize,
-) -> Option<Vec<&'a Operation>> {
+) -> Option<Vec<usize>> {
+    let op = |j: usize| s.all[set[j]];
     let mut keep = vec![true; set.len()];
     keep[start..end].iter_mut().for_each(|k| *k = false);
-    let mut needed: HashMap<Option<&str>, usize> = HashMap::new();
-    for (op, _) in set.iter().zip(&keep).filter(|(_, &k)| k) {
-        if let Some(v) = needs(op) {
-            *needed.entry(v).or_default() += 1;
-        }
+    let mut needed: HashSet<&str> = HashSet::new();
+    for j in (0..set.len()).filter(|&j| keep[j]) {
+        needed.extend(needs(op(j)).flatten());
     }
     // Put back writes that remaining operations need, and whatever those
     // writes need in turn.
     loop {
         let mut changed = false;
-        for i in start..end {
-            if keep[i] {
+        for (j, kept) in keep.iter_mut().enumerate().take(end).skip(start) {
+            if *kept {
                 continue;
             }
-            if let Some(v) = writes(set[i]) {
-                if needed.contains_key(&v) {
-                    keep[i] = true;
+            if let Some(Some(v)) = writes(op(j)) {
+                if needed.contains(v) {
+                    *kept = true;
                     changed = true;
-                    if let Some(w) = needs(set[i]) {
-                        *needed.entry(w).or_default() += 1;
-                    }
+                    needed.extend(needs(op(j)).flatten());
                 }
             }
         }
@@ -184,11 +252,9 @@ fn try_remove<'a>(
     if keep[start..end].iter().all(|&k| k) {
         return None;
     }
-    let candidate: Vec<&Operation> = set
-        .iter()
-        .zip(&keep)
-        .filter(|(_, &k)| k)
-        .map(|(op, _)| *op)
+    let candidate: Vec<usize> = (0..set.len())
+        .filter(|&j| keep[j])
+        .map(|j| set[j])
         .collect();
     s.fails(&candidate).then_some(candidate)
 }

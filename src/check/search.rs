@@ -25,7 +25,8 @@
 //! the search without changing the answer:
 //!
 //! * such a write whose value is read by a `get` or compared by a
-//!   successful `cas`, and is written by no other operation on the key,
+//!   successful `cas` (one that must take effect), and is written by no
+//!   other operation on the key,
 //!   must have happened before the earliest of those readers completed:
 //!   it gets that completion as its return and becomes a definite write;
 //! * such a write whose value nobody compares with (no `get` result, no
@@ -33,6 +34,11 @@
 //!   after it the register holds a value that no read can accept, so only
 //!   an unconditional `put` or `delete` can follow it, and leaving it out
 //!   changes nothing.
+//!
+//! And unknown-outcome operations with the same effect (deletes; writes of
+//! values nobody compares with) are interchangeable once called, so they
+//! are only ever linearized in call order: a later one is tried only after
+//! every earlier twin has been linearized.
 //!
 //! # Memoisation
 //!
@@ -91,7 +97,7 @@ pub(crate) struct Run {
 }
 
 /// What an operation does to the register, with values as small ids.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Effect {
     /// `put` or `delete`: set the register.
     Write(u32),
@@ -123,6 +129,9 @@ struct Prepared {
     invoke: u64,
     /// `None`: outcome unknown, no return event.
     ret: Option<u64>,
+    /// May be left out although it has a return: it takes effect within
+    /// its interval or not at all.
+    optional: bool,
     /// Position in the input, to break ties deterministically.
     order: usize,
 }
@@ -136,10 +145,24 @@ struct Prepared {
 /// of an answered operation means "completed at the end of time", a
 /// completion before the call is moved to the call, a missing value is the
 /// absent value.
-fn prepare(ops: &[&Operation]) -> Vec<Prepared> {
+///
+/// The writes in `optional` may be left out: they take effect within their
+/// interval (any time after their call, if their outcome is unknown) or not
+/// at all. Reads in `optional` are ignored.
+fn prepare(ops: &[&Operation], optional: &[&Operation]) -> Vec<Prepared> {
+    let writes = |op: &&&Operation| match (op.kind, op.ok) {
+        (OpKind::Get, _) | (_, Some(false)) => false,
+        (OpKind::Put | OpKind::Delete | OpKind::Cas, _) => true,
+    };
+    let ops: Vec<(&Operation, bool)> = ops
+        .iter()
+        .map(|op| (*op, false))
+        .chain(optional.iter().filter(writes).map(|op| (*op, true)))
+        .collect();
+
     // Values that some operation compares the register with.
     let mut ids: HashMap<&str, u32> = HashMap::new();
-    for op in ops {
+    for &(op, _) in &ops {
         let compared = match (op.kind, op.ok) {
             (OpKind::Get, Some(true)) => op.result.as_deref(),
             (OpKind::Cas, _) => op.expected.as_deref(),
@@ -157,7 +180,7 @@ fn prepare(ops: &[&Operation]) -> Vec<Prepared> {
 
     let mut out = Vec::with_capacity(ops.len());
     let mut has_failed_cas = false;
-    for (order, op) in ops.iter().enumerate() {
+    for (order, &(op, optional)) in ops.iter().enumerate() {
         let effect = match (op.kind, op.ok) {
             // Failed or unanswered reads and failed writes change nothing
             // and constrain nothing.
@@ -175,14 +198,14 @@ fn prepare(ops: &[&Operation]) -> Vec<Prepared> {
                 new: id(&op.value),
             },
         };
-        let ret = match op.ok {
-            None => None,
-            Some(_) => Some(op.complete_ns.unwrap_or(u64::MAX).max(op.invoke_ns)),
-        };
+        let ret = op
+            .ok
+            .map(|_| op.complete_ns.unwrap_or(u64::MAX).max(op.invoke_ns));
         out.push(Prepared {
             effect,
             invoke: op.invoke_ns,
             ret,
+            optional: optional && ret.is_some(),
             order,
         });
     }
@@ -197,6 +220,8 @@ fn prepare(ops: &[&Operation]) -> Vec<Prepared> {
             _ => {}
         }
         let needs = match p.effect {
+            // An optional operation forces nothing.
+            _ if p.optional => None,
             Effect::Read(v) | Effect::Cas { expected: v, .. } => Some(v),
             _ => None,
         };
@@ -223,9 +248,11 @@ fn prepare(ops: &[&Operation]) -> Vec<Prepared> {
     out
 }
 
-/// Decides whether the operations (all on one key) are linearizable.
-pub(crate) fn check_key(ops: &[&Operation], limits: &Limits) -> Run {
-    Search::new(prepare(ops)).run(limits)
+/// Decides whether the operations (all on one key) are linearizable when
+/// the writes in `optional` (on the same key) may also take effect within
+/// their interval, or not at all.
+pub(crate) fn check_key(ops: &[&Operation], optional: &[&Operation], limits: &Limits) -> Run {
+    Search::new(prepare(ops, optional)).run(limits)
 }
 
 /// SplitMix64: a tiny, good-quality generator for hashing constants.
@@ -239,17 +266,23 @@ fn splitmix(mut x: u64) -> u64 {
 /// A choice made by the search, to undo on backtracking.
 #[derive(Clone, Copy)]
 struct Frame {
+    /// The call node linearized.
     node: u32,
+    /// 0: with its effect; 1: without (an optional operation left out).
+    alt: u8,
+    /// The search state before the choice.
     state: u32,
     first_open: u32,
     top: u32,
 }
 
 struct Search {
-    /// Operations numbered by rank: definite ones by return order, then the
-    /// unknown-outcome ones.
+    /// Operations numbered by rank: those with a return by return order,
+    /// then the unknown-outcome ones by call order.
     effects: Vec<Effect>,
-    definite: u32,
+    optional: Vec<bool>,
+    /// How many operations have a return.
+    timed: u32,
     /// Event list; node 0 is the head sentinel.
     next: Vec<u32>,
     prev: Vec<u32>,
@@ -257,7 +290,27 @@ struct Search {
     node_is_call: Vec<bool>,
     /// For a call node: its return node, or `NIL` without one.
     node_match: Vec<u32>,
+    /// For an unknown-outcome operation: the previous one (by call time)
+    /// with the same effect, or `NIL`.
+    twin: Vec<u32>,
     zobrist: Vec<u64>,
+}
+
+/// The set of linearized operations and the register: what the search
+/// memoises.
+struct Position {
+    /// Linearized operations with a return, by rank.
+    timed_bits: Vec<u64>,
+    /// Linearized unknown-outcome operations, by rank minus `timed`.
+    unknown_bits: Vec<u64>,
+    /// Zobrist hash of the set.
+    hash: u64,
+    state: u32,
+    /// The first operation with a return not linearized; all earlier ones
+    /// are.
+    first_open: u32,
+    /// One past the highest operation with a return linearized.
+    top: u32,
 }
 
 impl Search {
@@ -266,7 +319,7 @@ impl Search {
             Some(r) => (0, r, p.invoke, p.order),
             None => (1, 0, p.invoke, p.order),
         });
-        let definite = ops.iter().filter(|p| p.ret.is_some()).count() as u32;
+        let timed = ops.iter().filter(|p| p.ret.is_some()).count() as u32;
         let mut events: Vec<(u64, u8, u32)> = Vec::with_capacity(2 * ops.len());
         for (rank, p) in ops.iter().enumerate() {
             events.push((p.invoke, 0, rank as u32));
@@ -274,6 +327,7 @@ impl Search {
                 events.push((r, 1, rank as u32));
             }
         }
+        // At equal times calls come first: intervals are closed.
         events.sort_unstable();
         let nodes = events.len() + 1;
         let mut next = vec![NIL; nodes];
@@ -298,14 +352,23 @@ impl Search {
             }
         }
         let zobrist = (0..ops.len() as u64).map(splitmix).collect();
+        let mut twin = vec![NIL; ops.len()];
+        let mut last: HashMap<Effect, u32> = HashMap::new();
+        for rank in timed as usize..ops.len() {
+            if let Some(prev) = last.insert(ops[rank].effect, rank as u32) {
+                twin[rank] = prev;
+            }
+        }
         Search {
             effects: ops.iter().map(|p| p.effect).collect(),
-            definite,
+            optional: ops.iter().map(|p| p.optional).collect(),
+            timed,
             next,
             prev,
             node_rank,
             node_is_call,
             node_match,
+            twin,
             zobrist,
         }
     }
@@ -344,120 +407,163 @@ impl Search {
         }
     }
 
-    fn run(mut self, limits: &Limits) -> Run {
-        let definite = self.definite;
-        if definite == 0 {
-            return Run {
-                outcome: Outcome::Linearizable,
-                steps: 0,
+    /// Adds operation `rank` to the set, with the register becoming
+    /// `state`; false (and nothing changed) if that position was seen
+    /// before.
+    fn advance(
+        &self,
+        pos: &mut Position,
+        rank: u32,
+        state: u32,
+        cache: &mut Cache,
+        record: &mut Vec<u64>,
+    ) -> bool {
+        let timed = self.timed;
+        let (first_open, top) = if rank < timed {
+            set_bit(&mut pos.timed_bits, rank);
+            let f = if rank == pos.first_open {
+                first_zero(&pos.timed_bits, rank + 1, timed)
+            } else {
+                pos.first_open
             };
+            (f, pos.top.max(rank + 1))
+        } else {
+            set_bit(&mut pos.unknown_bits, rank - timed);
+            (pos.first_open, pos.top)
+        };
+        let hash = pos.hash ^ self.zobrist[rank as usize];
+        encode(
+            record,
+            state,
+            first_open,
+            top,
+            &pos.timed_bits,
+            &pos.unknown_bits,
+        );
+        if cache.insert(hash ^ splitmix(u64::from(state)), record) {
+            pos.hash = hash;
+            pos.state = state;
+            pos.first_open = first_open;
+            pos.top = top;
+            true
+        } else {
+            self.clear(pos, rank);
+            false
         }
-        let unknown = self.effects.len() - definite as usize;
-        let mut def_bits = vec![0u64; (definite as usize).div_ceil(64)];
-        let mut unk_bits = vec![0u64; unknown.div_ceil(64)];
+    }
+
+    fn clear(&self, pos: &mut Position, rank: u32) {
+        if rank < self.timed {
+            clear_bit(&mut pos.timed_bits, rank);
+        } else {
+            clear_bit(&mut pos.unknown_bits, rank - self.timed);
+        }
+    }
+
+    fn run(mut self, limits: &Limits) -> Run {
+        let timed = self.timed;
+        let done = |outcome, steps| Run { outcome, steps };
+        if timed == 0 {
+            return done(Outcome::Linearizable, 0);
+        }
+        let unknown = self.effects.len() - timed as usize;
+        let mut pos = Position {
+            timed_bits: vec![0; (timed as usize).div_ceil(64)],
+            unknown_bits: vec![0; unknown.div_ceil(64)],
+            hash: 0,
+            state: ABSENT,
+            first_open: 0,
+            top: 0,
+        };
         let mut cache = Cache::new();
         let mut record: Vec<u64> = Vec::new();
         let mut stack: Vec<Frame> = Vec::new();
 
-        let mut hash = 0u64;
-        let mut state = ABSENT;
-        // The first definite operation not linearized; every earlier one is.
-        let mut first_open = 0u32;
-        // One past the highest definite operation linearized.
-        let mut top = 0u32;
-
         let mut node = self.next[HEAD as usize];
+        // The first alternative to try at `node`.
+        let mut alt = 0u8;
         let mut steps = 0u64;
         loop {
             steps += 1;
             if steps > limits.steps {
-                return Run {
-                    outcome: Outcome::Unknown(Exhausted::Steps(limits.steps)),
-                    steps,
-                };
+                return done(Outcome::Unknown(Exhausted::Steps(limits.steps)), steps);
             }
             if cache.bytes() > limits.cache_bytes {
-                return Run {
-                    outcome: Outcome::Unknown(Exhausted::Cache(limits.cache_bytes)),
+                return done(
+                    Outcome::Unknown(Exhausted::Cache(limits.cache_bytes)),
                     steps,
-                };
+                );
             }
             if node != NIL && self.node_is_call[node as usize] {
                 let rank = self.node_rank[node as usize];
-                if let Some(new_state) = self.effects[rank as usize].apply(state) {
-                    let (new_first, new_top) = if rank < definite {
-                        set_bit(&mut def_bits, rank);
-                        let f = if rank == first_open {
-                            first_zero(&def_bits, rank + 1, definite)
+                let last_alt = u8::from(self.optional[rank as usize]);
+                let before = (pos.state, pos.first_open, pos.top);
+                let mut chosen = None;
+                for a in alt..=last_alt {
+                    let new_state = if a == 1 {
+                        // Left out: no effect.
+                        Some(pos.state)
+                    } else {
+                        let twin = self.twin[rank as usize];
+                        if twin != NIL && !bit(&pos.unknown_bits, twin - timed) {
+                            // Interchangeable with an earlier unknown-outcome
+                            // operation not yet used: use that one first.
+                            None
                         } else {
-                            first_open
-                        };
-                        (f, top.max(rank + 1))
-                    } else {
-                        set_bit(&mut unk_bits, rank - definite);
-                        (first_open, top)
-                    };
-                    let new_hash = hash ^ self.zobrist[rank as usize];
-                    encode(
-                        &mut record,
-                        new_state,
-                        new_first,
-                        new_top,
-                        &def_bits,
-                        &unk_bits,
-                    );
-                    if cache.insert(new_hash ^ splitmix(u64::from(new_state)), &record) {
-                        stack.push(Frame {
-                            node,
-                            state,
-                            first_open,
-                            top,
-                        });
-                        hash = new_hash;
-                        state = new_state;
-                        first_open = new_first;
-                        top = new_top;
-                        self.lift(node);
-                        if first_open == definite {
-                            return Run {
-                                outcome: Outcome::Linearizable,
-                                steps,
-                            };
+                            self.effects[rank as usize].apply(pos.state)
                         }
-                        node = self.next[HEAD as usize];
-                        continue;
-                    }
-                    if rank < definite {
-                        clear_bit(&mut def_bits, rank);
-                    } else {
-                        clear_bit(&mut unk_bits, rank - definite);
+                    };
+                    if let Some(s) = new_state {
+                        if self.advance(&mut pos, rank, s, &mut cache, &mut record) {
+                            chosen = Some(a);
+                            break;
+                        }
                     }
                 }
-                node = self.next[node as usize];
+                alt = 0;
+                if let Some(a) = chosen {
+                    stack.push(Frame {
+                        node,
+                        alt: a,
+                        state: before.0,
+                        first_open: before.1,
+                        top: before.2,
+                    });
+                    self.lift(node);
+                    if pos.first_open == timed {
+                        return done(Outcome::Linearizable, steps);
+                    }
+                    node = self.next[HEAD as usize];
+                } else {
+                    node = self.next[node as usize];
+                }
             } else {
                 // A return whose operation is not linearized (or nothing
                 // left to try): undo the last choice.
                 let Some(f) = stack.pop() else {
-                    return Run {
-                        outcome: Outcome::Violation,
-                        steps,
-                    };
+                    return done(Outcome::Violation, steps);
                 };
                 let rank = self.node_rank[f.node as usize];
-                if rank < definite {
-                    clear_bit(&mut def_bits, rank);
-                } else {
-                    clear_bit(&mut unk_bits, rank - definite);
-                }
-                hash ^= self.zobrist[rank as usize];
-                state = f.state;
-                first_open = f.first_open;
-                top = f.top;
+                self.clear(&mut pos, rank);
+                pos.hash ^= self.zobrist[rank as usize];
+                pos.state = f.state;
+                pos.first_open = f.first_open;
+                pos.top = f.top;
                 self.unlift(f.node);
-                node = self.next[f.node as usize];
+                if f.alt == 0 && self.optional[rank as usize] {
+                    // Try leaving it out next.
+                    node = f.node;
+                    alt = 1;
+                } else {
+                    node = self.next[f.node as usize];
+                }
             }
         }
     }
+}
+
+fn bit(bits: &[u64], i: u32) -> bool {
+    bits[(i / 64) as usize] & (1 << (i % 64)) != 0
 }
 
 fn set_bit(bits: &mut [u64], i: u32) {
@@ -492,27 +598,27 @@ fn first_zero(bits: &[u64], from: u32, end: u32) -> u32 {
 
 /// The canonical cache record of (state, set of linearized operations):
 /// `[state << 32 | first_open, n, n window words, unknown-outcome words]`,
-/// the window being the words of `def_bits` from `first_open` to `top - 1`.
-/// Every definite operation below `first_open` is linearized and none at
+/// the window being the words of `timed_bits` from `first_open` to
+/// `top - 1`. Every timed operation below `first_open` is linearized and none at
 /// or above `top` is, so the record determines the set.
 fn encode(
     record: &mut Vec<u64>,
     state: u32,
     first_open: u32,
     top: u32,
-    def_bits: &[u64],
-    unk_bits: &[u64],
+    timed_bits: &[u64],
+    unknown_bits: &[u64],
 ) {
     record.clear();
     record.push(u64::from(state) << 32 | u64::from(first_open));
     if top > first_open {
         let (lo, hi) = ((first_open / 64) as usize, ((top - 1) / 64) as usize);
         record.push((hi - lo + 1) as u64);
-        record.extend_from_slice(&def_bits[lo..=hi]);
+        record.extend_from_slice(&timed_bits[lo..=hi]);
     } else {
         record.push(0);
     }
-    record.extend_from_slice(unk_bits);
+    record.extend_from_slice(unknown_bits);
 }
 
 /// A set of records in a flat arena behind an open-addressing hash table.
@@ -615,7 +721,7 @@ mod tests {
             steps: 1_000_000,
             cache_bytes: 1 << 26,
         };
-        check_key(&refs, &limits).outcome
+        check_key(&refs, &[], &limits).outcome
     }
 
     #[test]
@@ -659,7 +765,7 @@ mod tests {
             .chain([op(OpKind::Get, None, (500, Some(501)), Some(true))])
             .collect();
         let refs: Vec<&Operation> = ops.iter().collect();
-        assert_eq!(prepare(&refs).len(), 1);
+        assert_eq!(prepare(&refs, &[]).len(), 1);
         assert_eq!(run(&ops), Outcome::Linearizable);
     }
 
@@ -682,7 +788,7 @@ mod tests {
             cache_bytes: 1 << 26,
         };
         assert_eq!(
-            check_key(&refs, &limits).outcome,
+            check_key(&refs, &[], &limits).outcome,
             Outcome::Unknown(Exhausted::Steps(50))
         );
     }
