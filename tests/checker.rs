@@ -765,6 +765,130 @@ fn random_histories_pass_and_corrupted_reads_fail() {
 }
 
 // ---------------------------------------------------------------------------
+// Small arbitrary histories against a brute-force oracle.
+
+/// Whether `ops` (one key) is linearizable, by trying every subset of the
+/// unknown-outcome writes and every order of the operations that respects
+/// real time (`a` before `b` when `a` completed before `b` was called).
+fn brute_force(ops: &[Operation]) -> bool {
+    // Operations that count: answered gets, writes that did not fail, and
+    // all cas (a failed one must see a value other than `expected`).
+    let ops: Vec<&Operation> = ops
+        .iter()
+        .filter(|op| match (op.kind, op.ok) {
+            (OpKind::Get, ok) => ok == Some(true),
+            (OpKind::Put | OpKind::Delete, ok) => ok != Some(false),
+            (OpKind::Cas, _) => true,
+        })
+        .collect();
+    let unknown: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].ok.is_none()).collect();
+    for mask in 0..1u32 << unknown.len() {
+        let chosen: Vec<&Operation> = (0..ops.len())
+            .filter(|&i| match unknown.iter().position(|&u| u == i) {
+                Some(bit) => mask & (1 << bit) != 0,
+                None => true,
+            })
+            .map(|i| ops[i])
+            .collect();
+        if any_order(&chosen, &mut vec![false; chosen.len()], None) {
+            return true;
+        }
+    }
+    false
+}
+
+fn any_order(ops: &[&Operation], placed: &mut Vec<bool>, state: Option<String>) -> bool {
+    if placed.iter().all(|&p| p) {
+        return true;
+    }
+    let end = |op: &Operation| match op.ok {
+        None => u64::MAX,
+        Some(_) => op.complete_ns.unwrap_or(u64::MAX),
+    };
+    for i in 0..ops.len() {
+        if placed[i] {
+            continue;
+        }
+        // Every operation that must come before this one is placed.
+        let ready = (0..ops.len()).all(|j| placed[j] || j == i || end(ops[j]) >= ops[i].invoke_ns);
+        if !ready {
+            continue;
+        }
+        let op = ops[i];
+        let next = match (op.kind, op.ok) {
+            (OpKind::Put, _) => Some(op.value.clone()),
+            (OpKind::Delete, _) => Some(None),
+            (OpKind::Get, _) => (op.result == state).then(|| state.clone()),
+            (OpKind::Cas, Some(false)) => (op.expected != state).then(|| state.clone()),
+            (OpKind::Cas, _) => (op.expected == state).then(|| op.value.clone()),
+        };
+        if let Some(next) = next {
+            placed[i] = true;
+            let found = any_order(ops, placed, next);
+            placed[i] = false;
+            if found {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A small arbitrary history on one key: few values (so some repeat),
+/// arbitrary answers, overlapping intervals, all kinds of outcomes.
+fn arbitrary_history(rng: &mut Rng) -> Vec<Operation> {
+    let values = ["a", "b", "c"];
+    let value = |rng: &mut Rng| values[rng.below(3) as usize];
+    let maybe = |rng: &mut Rng| {
+        if rng.chance(30) {
+            None
+        } else {
+            Some(value(rng))
+        }
+    };
+    let n = 1 + rng.below(8);
+    (0..n)
+        .map(|i| {
+            let invoke = rng.below(20);
+            let t = (invoke, invoke + rng.below(12));
+            let op = match rng.below(4) {
+                0 => put(i, "k", value(rng), t),
+                1 => get(i, "k", maybe(rng), t),
+                2 => delete(i, "k", t),
+                _ => cas(i, "k", maybe(rng), value(rng), t),
+            };
+            match rng.below(10) {
+                0 | 1 => unknown(op),
+                2 => failed(op),
+                _ => op,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn small_histories_agree_with_brute_force() {
+    let mut failing = 0;
+    for seed in 0..5000u64 {
+        let mut rng = Rng(seed);
+        let ops = arbitrary_history(&mut rng);
+        let expected = brute_force(&ops);
+        let v = check(&ops, &CheckOptions::default());
+        assert!(v.unknown.is_empty(), "seed {seed}:\n{v}");
+        assert_eq!(v.is_linearizable(), expected, "seed {seed}: {ops:#?}\n{v}");
+        if let Some(fail) = v.failures.first() {
+            failing += 1;
+            assert!(
+                !brute_force(&fail.ops),
+                "seed {seed}: counterexample passes: {ops:#?}\n{v}"
+            );
+        }
+    }
+    // Both answers are well represented.
+    assert!((1000..4000).contains(&failing), "{failing} failing");
+}
+
+// ---------------------------------------------------------------------------
 // Speed.
 
 fn timed_check(seed: u64, shape: &Shape) -> Verdict {
