@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod kv;
