@@ -14,6 +14,6 @@ if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
   kill -TERM "$(cat "$pidf")"; for _ in $(seq 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
 fi
 mkdir -p "$d/n$id"
-nohup "$root/target/debug/raft-node" --config "$config" --id "$id" >>"$d/n$id/node.log" 2>&1 &
+nohup "$root/target/${RAFTKIT_PROFILE:-debug}/raft-node" --config "$config" --id "$id" >>"$d/n$id/node.log" 2>&1 &
 echo $! >"$pidf"
 echo "restarted n$id (pid $!)"

@@ -12,6 +12,7 @@ use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
 mod bench;
+mod check;
 mod fault;
 mod settle;
 mod wal;
@@ -93,6 +94,18 @@ enum Cmd {
         #[arg(long, default_value_t = 60.0)]
         wait: f64,
     },
+    /// Is a recorded history linearizable? Prints `linearizable` (exit 0) or
+    /// a counterexample (exit 1); exit 3 when the search ran out of budget.
+    Check {
+        file: PathBuf,
+        /// Also fail if a write was acknowledged between these two instants
+        /// (ns on the history's clock).
+        #[arg(long, num_args = 2, value_names = ["FROM_NS", "TO_NS"])]
+        no_acks_between: Option<Vec<u64>>,
+        /// Also fail unless some write was acknowledged after this instant.
+        #[arg(long, value_name = "NS")]
+        acks_after: Option<u64>,
+    },
     /// Print the monotonic clock (ns), the clock histories use.
     Now,
     /// Inject network faults (applied by the nodes; client traffic is never
@@ -140,6 +153,21 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Offline commands need no cluster.toml.
     match &args.cmd {
+        Cmd::Check {
+            file,
+            no_acks_between,
+            acks_after,
+        } => {
+            let windows = check::Windows {
+                no_acks_between: no_acks_between.as_ref().map(|v| (v[0], v[1])),
+                acks_after: *acks_after,
+            };
+            return check::run(file, &windows, args.json);
+        }
+        Cmd::Now => {
+            println!("{}", raftkit::bench::monotonic_ns());
+            return ExitCode::SUCCESS;
+        }
         Cmd::WalDump { dir, summary } => return wal::dump(dir, args.json, !summary),
         Cmd::WalRepair { dir, yes } => return wal::repair(dir, *yes),
         _ => {}
@@ -208,10 +236,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Settle { history, wait } => settle::run(&config, history.as_deref(), *wait, args.json),
-        Cmd::Now => {
-            println!("{}", raftkit::bench::monotonic_ns());
-            ExitCode::SUCCESS
-        }
+        Cmd::Now | Cmd::Check { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Bench(b) => bench::run(&config, b, args.json),
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above

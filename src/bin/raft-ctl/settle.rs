@@ -54,7 +54,9 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
     let mut client = Client::new(config.clone(), None);
     client.timeout = Duration::from_secs(5);
     let deadline = Instant::now() + Duration::from_secs_f64(timeout);
-    // 1. One leader that everyone follows; every node applied everything.
+    // 1. One leader that everyone follows; every node applied everything,
+    //    and no node holds an uncommitted entry (a deposed leader's are
+    //    gone).
     let (leader, term, commit) = loop {
         let st: Vec<_> = config
             .nodes
@@ -70,8 +72,9 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
                         && s.current_term == l.current_term
                         && s.commit_index == l.commit_index
                         && s.last_applied == l.commit_index
+                        && s.last_index == l.commit_index
                 });
-            if agreed && l.last_index == l.commit_index {
+            if agreed {
                 break (l.id, l.current_term, l.commit_index);
             }
         }

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Failure drills: a fresh local cluster, a recorded load, a fault schedule,
+# heal, settle, verify every node, check the history for linearizability.
+#
+#   scripts/drill.sh NAME [--seconds S] [--release] [--keep]
+#
+# NAME: leader-kill rolling-restart minority-partition leader-isolated
+#       flaky-network pause crash-all majority-down, or all.
+# --seconds S   how long faults are injected (default 60; CI uses 10)
+# --release     use release binaries
+# --keep        keep the drill's directory (kept anyway when a drill fails)
+#
+# Ends with one verdict line per drill; exits 0 only if every drill passed.
+# Nodes are started and stopped by PID only.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+all_drills=(leader-kill rolling-restart minority-partition leader-isolated flaky-network pause crash-all majority-down)
+usage() { echo "usage: $0 NAME|all [--seconds S] [--release] [--keep]   (NAME: ${all_drills[*]})" >&2; exit 2; }
+name="${1:-}"; [ -n "$name" ] || usage; shift
+seconds=60; profile=debug; keep=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) seconds="${2:?}"; shift 2 ;;
+    --release) profile=release; shift ;;
+    --keep) keep=1; shift ;;
+    *) usage ;;
+  esac
+done
+case "$seconds" in ''|*[!0-9]*) echo "--seconds takes whole seconds" >&2; exit 2 ;; esac
+if [ "$name" != all ]; then
+  case " ${all_drills[*]} " in *" $name "*) ;; *) usage ;; esac
+fi
+if [ "$profile" = release ]; then (cd "$root" && cargo build --release -q --bins); else (cd "$root" && cargo build -q --bins); fi
+bin="$root/target/$profile"
+export RAFTKIT_PROFILE=$profile
+
+# ---- one cluster per drill ---------------------------------------------------
+
+work=""; cfg=""; bench_pid=""
+ctl() { "$bin/raft-ctl" --config "$cfg" --timeout 5 "$@"; }
+now_ns() { "$bin/raft-ctl" now; }
+log() { echo "  $(date +%H:%M:%S) $*" >>"$work/drill.log"; [ -n "${DRILL_VERBOSE:-}" ] && echo "  $*" >&2; return 0; }
+
+port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_ports() {
+  local ports=() p
+  while [ ${#ports[@]} -lt 3 ]; do
+    p=$(( 20000 + RANDOM % 30000 ))
+    port_free "$p" && ports+=("$p")
+  done
+  echo "${ports[@]}"
+}
+
+setup() {
+  work="$(mktemp -d "${TMPDIR:-/tmp}/raftkit-drill-$1.XXXXXX")"
+  cfg="$work/cluster.toml"
+  read -r p1 p2 p3 <<<"$(pick_ports)"
+  cat >"$cfg" <<EOF
+[cluster]
+name = "drill"
+data_dir = "data"
+election_timeout_ms = [300, 600]
+heartbeat_interval_ms = 50
+
+[[node]]
+id = 1
+addr = "127.0.0.1:$p1"
+
+[[node]]
+id = 2
+addr = "127.0.0.1:$p2"
+
+[[node]]
+id = 3
+addr = "127.0.0.1:$p3"
+EOF
+  for id in 1 2 3; do start_node "$id"; done
+}
+
+pidfile() { echo "$work/data/n$1/node.pid"; }
+running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+start_node() {
+  local id=$1; mkdir -p "$work/data/n$id"
+  running "$id" && return 0
+  nohup "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
+  echo $! >"$(pidfile "$id")"
+  log "started n$id (pid $!)"
+}
+signal_node() {  # ID SIGNAL
+  local f; f=$(pidfile "$1")
+  [ -f "$f" ] || return 0
+  kill -s "$2" "$(cat "$f")" 2>/dev/null || true
+  log "SIG$2 n$1"
+  case "$2" in
+    KILL) for _ in $(seq 50); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done; rm -f "$f" ;;
+    TERM) for _ in $(seq 100); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done
+          kill -0 "$(cat "$f")" 2>/dev/null && kill -s KILL "$(cat "$f")" 2>/dev/null; rm -f "$f" ;;
+  esac
+}
+stop_all() {
+  for id in 1 2 3; do
+    local f; f=$(pidfile "$id")
+    if [ -f "$f" ]; then
+      kill -s CONT "$(cat "$f")" 2>/dev/null || true
+      signal_node "$id" KILL
+    fi
+  done
+  if [ -n "$bench_pid" ]; then kill "$bench_pid" 2>/dev/null || true; wait "$bench_pid" 2>/dev/null || true; bench_pid=""; fi
+}
+trap 'stop_all' EXIT INT TERM
+
+# The node that says it leads in the highest term (empty if none).
+leader() { ctl status 2>/dev/null | awk '$3=="leader" && $4>t {t=$4; id=substr($1,2)} END{print id}'; }
+role_of() { ctl status 2>/dev/null | awk -v n="n$1" '$1==n {print $3}'; }
+wait_leader() {  # [EXCEPT_ID]
+  local l
+  for _ in $(seq 300); do
+    l=$(leader)
+    if [ -n "$l" ] && [ "$l" != "${1:-}" ]; then echo "$l"; return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+followers_of() { for id in 1 2 3; do [ "$id" != "$1" ] && echo "$id"; done; return 0; }
+elapsed_since() { echo $(( $(date +%s) - $1 )); }
+
+notes=""
+note() { notes="${notes:+$notes; }$*"; log "$*"; }
+extra_check_args=()
+drill_failed=0
+must() { if ! "$@"; then drill_failed=1; note "FAILED: $*"; fi; }
+
+# ---- fault schedules (each runs for about $S seconds) ------------------------
+
+drill_leader_kill() {
+  local t0; t0=$(date +%s)
+  while [ "$(elapsed_since "$t0")" -lt "$S" ]; do
+    local l; l=$(wait_leader) || { note "no leader"; return; }
+    signal_node "$l" KILL; sleep 1
+    start_node "$l"; sleep 2
+  done
+}
+
+drill_rolling_restart() {
+  local t0; t0=$(date +%s)
+  while [ "$(elapsed_since "$t0")" -lt "$S" ]; do
+    for id in 1 2 3; do
+      signal_node "$id" TERM; sleep 0.5
+      start_node "$id"; sleep 2
+    done
+  done
+}
+
+drill_minority_partition() {
+  local l f; l=$(wait_leader) || return
+  f=$(followers_of "$l" | head -1)
+  ctl fault partition "$f" >/dev/null; log "partition: n$f cut off"
+  sleep "$S"
+  ctl fault heal >/dev/null; log "healed"
+}
+
+drill_leader_isolated() {
+  local l; l=$(wait_leader) || return
+  ctl fault partition "$l" >/dev/null; log "partition: leader n$l cut off"
+  local stepped=0 i
+  for i in $(seq 100); do
+    if [ "$(role_of "$l")" != leader ]; then stepped=1; break; fi
+    sleep 0.1
+  done
+  must test "$stepped" = 1
+  [ "$stepped" = 1 ] && note "old leader n$l stepped down after ~$((i / 10)) s"
+  local nl; nl=$(wait_leader "$l") || nl=""
+  must test -n "$nl"
+  [ -n "$nl" ] && note "n$nl leads the majority"
+  sleep "$(( S > 3 ? S - 3 : 1 ))"
+  ctl fault heal >/dev/null; log "healed"
+}
+
+drill_flaky_network() {
+  ctl fault drop --rate 0.2 >/dev/null
+  ctl fault delay --ms 20 --jitter-ms 30 >/dev/null
+  log "every node: drop 20%, delay 20±30 ms"
+  sleep "$S"
+  ctl fault heal >/dev/null; log "healed"
+}
+
+drill_pause() {
+  local t0; t0=$(date +%s)
+  while [ "$(elapsed_since "$t0")" -lt "$S" ]; do
+    local l; l=$(wait_leader) || return
+    signal_node "$l" STOP; sleep 2
+    signal_node "$l" CONT; sleep 2
+  done
+}
+
+drill_crash_all() {
+  local t0; t0=$(date +%s)
+  while [ "$(elapsed_since "$t0")" -lt "$S" ]; do
+    sleep 2
+    for id in 1 2 3; do signal_node "$id" KILL; done
+    sleep 1
+    for id in $(printf '%s\n' 1 2 3 | shuf); do start_node "$id"; sleep 0.$((RANDOM % 5)); done
+    wait_leader >/dev/null || note "no leader after restart"
+  done
+}
+
+drill_majority_down() {
+  sleep 2
+  local l; l=$(wait_leader) || return
+  local victims; victims=$(followers_of "$l" | tr '\n' ' ')
+  for id in $victims; do signal_node "$id" KILL; done
+  local down; down=$(now_ns)
+  log "killed $victims(two of three)"
+  sleep "$(( S > 6 ? S - 3 : 3 ))"
+  local up; up=$(now_ns)
+  local first=${victims%% *}
+  start_node "$first"
+  note "two nodes down for $(( (up - down) / 1000000000 )) s"
+  # No write may be acknowledged while a majority is down (0.5 s of grace
+  # for answers already on their way), and writes must resume afterwards.
+  extra_check_args=(--no-acks-between "$((down + 500000000))" "$up" --acks-after "$up")
+  sleep 3
+  for id in $victims; do start_node "$id"; done
+}
+
+# ---- one drill ------------------------------------------------------------------
+
+json_field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$1" | head -1; }
+json_array() { sed -n "s/.*\"$2\":\[\([^]]*\)\].*/\1/p" "$1" | head -1; }
+
+run_drill() {
+  local d=$1
+  S=$seconds; notes=""; extra_check_args=(); drill_failed=0
+  setup "$d"
+  log "drill $d, $S s of faults, in $work"
+  wait_leader >/dev/null || { echo "$d: no leader at start" >&2; return 1; }
+  local hist="$work/history.jsonl"
+  "$bin/raft-ctl" --config "$cfg" bench --op kv --keys 10 --clients 6 --read-pct 40 \
+    --duration "$((S + 4))" --warmup 0 --op-timeout 3 --record "$hist" --json --quiet \
+    >"$work/bench.json" 2>"$work/bench.err" &
+  bench_pid=$!
+  sleep 1
+  "drill_${d//-/_}"
+  # Heal whatever is left: faults, stopped and dead nodes.
+  ctl fault heal >/dev/null 2>&1 || true
+  for id in 1 2 3; do
+    [ -f "$(pidfile "$id")" ] && kill -s CONT "$(cat "$(pidfile "$id")")" 2>/dev/null
+    start_node "$id"
+  done
+  local brc=0; wait "$bench_pid" || brc=$?; bench_pid=""
+  [ "$brc" = 0 ] || { drill_failed=1; note "bench failed: $(tail -1 "$work/bench.err")"; }
+  local settle_out; settle_out=$(ctl settle --history "$hist" --wait 90 2>&1) || { drill_failed=1; note "settle: $settle_out"; }
+  log "$settle_out"
+  local check_out crc=0
+  check_out=$("$bin/raft-ctl" check "$hist" "${extra_check_args[@]}" 2>&1) || crc=$?
+  echo "$check_out" >"$work/check.out"
+  [ "$crc" = 0 ] || drill_failed=1
+  local b="$work/bench.json"
+  local ok failed unknown leaders gap verdict
+  ok=$(json_field "$b" ok); failed=$(json_field "$b" failed); unknown=$(json_field "$b" unknown)
+  leaders=$(json_array "$b" leaders_seen); gap=$(json_field "$b" max_write_gap_ms)
+  verdict=PASS; [ "$drill_failed" = 0 ] || verdict=FAIL
+  local check_line; check_line=$(echo "$check_out" | tail -1)
+  printf '%-19s %s  ops ok %s failed %s unknown %s  leaders %s  longest without a write %s ms  check: %s\n' \
+    "$d" "$verdict" "${ok:-?}" "${failed:-?}" "${unknown:-?}" "n${leaders//,/,n}" "${gap:-?}" "$check_line"
+  [ -n "$notes" ] && echo "                    ($notes)"
+  stop_all
+  if [ "$verdict" = FAIL ] || [ "$keep" = 1 ]; then
+    echo "                    kept: $work (history.jsonl, bench.json, check.out, drill.log, data/n*/node.log)"
+  else
+    rm -rf "$work"
+  fi
+  [ "$verdict" = PASS ]
+}
+
+if [ "$name" = all ]; then
+  failures=0; summary=()
+  out="$(mktemp "${TMPDIR:-/tmp}/raftkit-drill-out.XXXXXX")"
+  for d in "${all_drills[@]}"; do
+    run_drill "$d" >"$out" || failures=$((failures + 1))
+    cat "$out"
+    summary+=("$(head -1 "$out")")
+  done
+  rm -f "$out"
+  echo
+  echo "summary ($seconds s of faults per drill):"
+  printf '%s\n' "${summary[@]}" | awk '{printf "  %-19s %s\n", $1, $2}'
+  echo "$(( ${#all_drills[@]} - failures ))/${#all_drills[@]} drills passed"
+  [ "$failures" = 0 ]
+else
+  run_drill "$name" || exit 1
+fi
