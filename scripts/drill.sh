@@ -45,7 +45,9 @@ port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_ports() {
   local ports=() p
   while [ ${#ports[@]} -lt 3 ]; do
-    p=$(( 20000 + RANDOM % 30000 ))
+    # Below the kernel's ephemeral range (32768+), where clients' own
+    # connections could hold a port.
+    p=$(( 20000 + RANDOM % 12000 ))
     port_free "$p" && ports+=("$p")
   done
   echo "${ports[@]}"
@@ -82,20 +84,27 @@ running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/
 start_node() {
   local id=$1; mkdir -p "$work/data/n$id"
   running "$id" && return 0
-  nohup "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
-  echo $! >"$(pidfile "$id")"
-  log "started n$id (pid $!)"
+  # In a subshell, so that the shell does not report the node's death.
+  ( nohup "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
+    echo $! >"$(pidfile "$id")" )
+  log "started n$id (pid $(cat "$(pidfile "$id")"))"
 }
-signal_node() {  # ID SIGNAL
-  local f; f=$(pidfile "$1")
+# Alive: exists and is not a zombie waiting to be reaped.
+alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+wait_dead() {  # PID [TENTHS]
+  local i; for i in $(seq "${2:-50}"); do alive "$1" || return 0; sleep 0.1; done; return 1
+}
+signal_node() {  # ID SIGNAL [nowait]
+  local f pid; f=$(pidfile "$1")
   [ -f "$f" ] || return 0
-  kill -s "$2" "$(cat "$f")" 2>/dev/null || true
+  pid=$(cat "$f")
+  kill -s "$2" "$pid" 2>/dev/null || true
   log "SIG$2 n$1"
   case "$2" in
-    KILL) for _ in $(seq 50); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done; rm -f "$f" ;;
-    TERM) for _ in $(seq 100); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done
-          kill -0 "$(cat "$f")" 2>/dev/null && kill -s KILL "$(cat "$f")" 2>/dev/null; rm -f "$f" ;;
+    KILL) rm -f "$f"; [ "${3:-}" = nowait ] || wait_dead "$pid" ;;
+    TERM) rm -f "$f"; wait_dead "$pid" 100 || kill -s KILL "$pid" 2>/dev/null; wait_dead "$pid" ;;
   esac
+  return 0
 }
 stop_all() {
   for id in 1 2 3; do
@@ -161,14 +170,17 @@ drill_minority_partition() {
 
 drill_leader_isolated() {
   local l; l=$(wait_leader) || return
+  local cut; cut=$(date +%s%N)
   ctl fault partition "$l" >/dev/null; log "partition: leader n$l cut off"
   local stepped=0 i
+  local r
   for i in $(seq 100); do
-    if [ "$(role_of "$l")" != leader ]; then stepped=1; break; fi
+    r=$(role_of "$l")
+    if [ -n "$r" ] && [ "$r" != leader ]; then stepped=1; log "n$l is now $r"; break; fi
     sleep 0.1
   done
   must test "$stepped" = 1
-  [ "$stepped" = 1 ] && note "old leader n$l stepped down after ~$((i / 10)) s"
+  [ "$stepped" = 1 ] && note "old leader n$l stepped down within $(( ($(date +%s%N) - cut) / 1000000 )) ms"
   local nl; nl=$(wait_leader "$l") || nl=""
   must test -n "$nl"
   [ -n "$nl" ] && note "n$nl leads the majority"
@@ -197,7 +209,9 @@ drill_crash_all() {
   local t0; t0=$(date +%s)
   while [ "$(elapsed_since "$t0")" -lt "$S" ]; do
     sleep 2
-    for id in 1 2 3; do signal_node "$id" KILL; done
+    local pids; pids=$(cat "$work"/data/n*/node.pid 2>/dev/null)
+    for id in 1 2 3; do signal_node "$id" KILL nowait; done
+    for p in $pids; do wait_dead "$p"; done
     sleep 1
     for id in $(printf '%s\n' 1 2 3 | shuf); do start_node "$id"; sleep 0.$((RANDOM % 5)); done
     wait_leader >/dev/null || note "no leader after restart"
@@ -208,7 +222,9 @@ drill_majority_down() {
   sleep 2
   local l; l=$(wait_leader) || return
   local victims; victims=$(followers_of "$l" | tr '\n' ' ')
-  for id in $victims; do signal_node "$id" KILL; done
+  local pids; pids=$(for id in $victims; do cat "$(pidfile "$id")"; done)
+  for id in $victims; do signal_node "$id" KILL nowait; done
+  for p in $pids; do wait_dead "$p"; done
   local down; down=$(now_ns)
   log "killed $victims(two of three)"
   sleep "$(( S > 6 ? S - 3 : 3 ))"
@@ -233,7 +249,13 @@ run_drill() {
   S=$seconds; notes=""; extra_check_args=(); drill_failed=0
   setup "$d"
   log "drill $d, $S s of faults, in $work"
-  wait_leader >/dev/null || { echo "$d: no leader at start" >&2; return 1; }
+  wait_leader >/dev/null || { echo "$d: no leader at start" >&2; stop_all; return 1; }
+  local up=0
+  for _ in $(seq 100); do
+    up=$(ctl status 2>/dev/null | awk '$3!="down" && $1 ~ /^n/' | wc -l)
+    [ "$up" = 3 ] && break; sleep 0.1
+  done
+  [ "$up" = 3 ] || { echo "$d: not every node came up (see $work/data/n*/node.log)" >&2; stop_all; return 1; }
   local hist="$work/history.jsonl"
   "$bin/raft-ctl" --config "$cfg" bench --op kv --keys 10 --clients 6 --read-pct 40 \
     --duration "$((S + 4))" --warmup 0 --op-timeout 3 --record "$hist" --json --quiet \
