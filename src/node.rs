@@ -98,6 +98,8 @@ struct Conn {
     /// Close once `write_buf` is flushed.
     close_after_flush: bool,
     writable_registered: bool,
+    /// In `Node::dirty`, to be flushed at the end of the loop iteration.
+    dirty: bool,
 }
 
 struct PeerLink {
@@ -148,6 +150,10 @@ pub struct Node {
     /// Reads confirmed by a quorum, waiting for `last_applied` to reach them.
     confirmed_reads: Vec<(LogIndex, ReadWaiter)>,
     next_read_id: u64,
+    /// Connections with bytes to send, flushed once per loop iteration.
+    dirty: Vec<Token>,
+    /// Reused for every socket read.
+    read_chunk: Vec<u8>,
     fault: FaultSpec,
     /// Messages held back by a delay fault: (due, seq), and the messages
     /// by seq.
@@ -248,6 +254,8 @@ impl Node {
             waiting_reads: HashMap::new(),
             confirmed_reads: Vec::new(),
             next_read_id: 1,
+            dirty: Vec::new(),
+            read_chunk: vec![0; READ_CHUNK_BYTES],
             fault: FaultSpec::default(),
             delayed: BinaryHeap::new(),
             delayed_msgs: HashMap::new(),
@@ -300,6 +308,7 @@ impl Node {
             self.release_delayed(now);
             self.maintain_peer_links(now);
             self.process_ready()?;
+            self.flush_dirty();
         }
         info!("{}: stopping", self.id);
         Ok(())
@@ -335,6 +344,7 @@ impl Node {
                 connecting,
                 close_after_flush: false,
                 writable_registered: connecting,
+                dirty: false,
             },
         );
         Ok(token)
@@ -458,9 +468,9 @@ impl Node {
             let Some(c) = self.conns.get_mut(&token) else {
                 return;
             };
-            let mut chunk = [0u8; READ_CHUNK_BYTES];
+            let chunk = &mut self.read_chunk;
             loop {
-                match c.stream.read(&mut chunk) {
+                match c.stream.read(chunk) {
                     Ok(0) => {
                         closed = Some("closed by the other side".into());
                         break;
@@ -578,7 +588,31 @@ impl Node {
             self.close(token, "client is not reading its responses");
             return;
         }
-        self.flush(token);
+        self.mark_dirty(token);
+    }
+
+    /// Queues a flush for the end of this loop iteration: everything a
+    /// connection gets in one iteration goes out in one `write`.
+    fn mark_dirty(&mut self, token: Token) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(token);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for token in dirty.drain(..) {
+            if let Some(c) = self.conns.get_mut(&token) {
+                c.dirty = false;
+                self.flush(token);
+            }
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
     }
 
     fn respond(&mut self, token: Token, request_id: u64, body: ResponseBody) {
@@ -869,7 +903,7 @@ impl Node {
             return;
         }
         encode_frame(&Frame::Raft(m), &mut c.write_buf);
-        self.flush(token);
+        self.mark_dirty(token);
     }
 
     fn process_ready(&mut self) -> Result<(), NodeError> {
