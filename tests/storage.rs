@@ -179,8 +179,13 @@ fn torn_last_record_is_cut_at_every_byte_offset() {
     w.sync().unwrap();
     drop(w);
     let seg = segments(src.path())[0].clone();
-    let full = fs::read(&seg).unwrap();
     let scan = wal::scan(src.path(), ScanMode::Strict).unwrap();
+    assert!(
+        scan.torn.is_none(),
+        "preallocated zeros are not a torn tail"
+    );
+    // The records, without the zero-filled space after them.
+    let full = fs::read(&seg).unwrap()[..scan.segments[0].valid_bytes as usize].to_vec();
     let last_off = *scan.segments[0].offsets.last().unwrap() as usize;
     for len in last_off..full.len() {
         let dir = tempfile::tempdir().unwrap();
@@ -188,11 +193,9 @@ fn torn_last_record_is_cut_at_every_byte_offset() {
         fs::write(dir.path().join(name), &full[..len]).unwrap();
         let (mut w, got) = Wal::open(dir.path(), small(1 << 20)).unwrap();
         assert_eq!(got, want[..19], "torn at byte {len}");
-        assert_eq!(
-            fs::metadata(dir.path().join(name)).unwrap().len() as usize,
-            last_off,
-            "the torn bytes are cut"
-        );
+        let rescan = wal::scan(dir.path(), ScanMode::Strict).unwrap();
+        assert!(rescan.torn.is_none(), "the torn bytes are cut");
+        assert_eq!(rescan.segments[0].valid_bytes as usize, last_off);
         // Appending after the cut works and survives.
         w.append(&entries(20, 21, 1)).unwrap();
         w.sync().unwrap();
@@ -200,16 +203,30 @@ fn torn_last_record_is_cut_at_every_byte_offset() {
         let (_, got) = Wal::open(dir.path(), small(1 << 20)).unwrap();
         assert_eq!(got.len(), 21);
     }
-    // Garbage or zeros after the last record (blocks allocated, data never
-    // written) are a torn tail too.
-    for tail in [vec![0u8; 300], vec![0xAB; 5], vec![0xFF; 64]] {
+    // Garbage after the last record is a torn tail; zeros are preallocated
+    // space (a clean end); a torn record followed by zeros is cut.
+    let mut torn_then_zeros = full[..full.len() - 7].to_vec();
+    torn_then_zeros.extend(vec![0u8; 5000]);
+    for (tail, torn) in [
+        (vec![0u8; 300], false),
+        (vec![0xAB; 5], true),
+        (vec![0xFF; 64], true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut b = full.clone();
         b.extend(&tail);
         fs::write(dir.path().join(seg.file_name().unwrap()), &b).unwrap();
+        let scan = wal::scan(dir.path(), ScanMode::Strict).unwrap();
+        assert_eq!(scan.torn.is_some(), torn);
         let (_, got) = Wal::open(dir.path(), small(1 << 20)).unwrap();
         assert_eq!(got, want);
     }
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(seg.file_name().unwrap()), &torn_then_zeros).unwrap();
+    let scan = wal::scan(dir.path(), ScanMode::Strict).unwrap();
+    assert!(scan.torn.is_some());
+    let (_, got) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+    assert_eq!(got, want[..19]);
 }
 
 #[test]

