@@ -37,99 +37,18 @@ export RAFTKIT_PROFILE=$profile
 # ---- one cluster per drill ---------------------------------------------------
 
 work=""; cfg=""; bench_pid=""
-ctl() { "$bin/raft-ctl" --config "$cfg" --timeout 5 "$@"; }
 now_ns() { "$bin/raft-ctl" now; }
 log() { echo "  $(date +%H:%M:%S) $*" >>"$work/drill.log"; [ -n "${DRILL_VERBOSE:-}" ] && echo "  $*" >&2; return 0; }
 
-port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_ports() {
-  local ports=() p
-  while [ ${#ports[@]} -lt 3 ]; do
-    # Below the kernel's ephemeral range (32768+), where clients' own
-    # connections could hold a port.
-    p=$(( 20000 + RANDOM % 12000 ))
-    port_free "$p" && ports+=("$p")
-  done
-  echo "${ports[@]}"
-}
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
-setup() {
-  work="$(mktemp -d "${TMPDIR:-/tmp}/raftkit-drill-$1.XXXXXX")"
-  cfg="$work/cluster.toml"
-  read -r p1 p2 p3 <<<"$(pick_ports)"
-  cat >"$cfg" <<EOF
-[cluster]
-name = "drill"
-data_dir = "data"
-election_timeout_ms = [300, 600]
-heartbeat_interval_ms = 50
-
-[[node]]
-id = 1
-addr = "127.0.0.1:$p1"
-
-[[node]]
-id = 2
-addr = "127.0.0.1:$p2"
-
-[[node]]
-id = 3
-addr = "127.0.0.1:$p3"
-EOF
-  for id in 1 2 3; do start_node "$id"; done
-}
-
-pidfile() { echo "$work/data/n$1/node.pid"; }
-running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
-start_node() {
-  local id=$1; mkdir -p "$work/data/n$id"
-  running "$id" && return 0
-  # In a subshell, so that the shell does not report the node's death.
-  ( nohup "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
-    echo $! >"$(pidfile "$id")" )
-  log "started n$id (pid $(cat "$(pidfile "$id")"))"
-}
-# Alive: exists and is not a zombie waiting to be reaped.
-alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-wait_dead() {  # PID [TENTHS]
-  local i; for i in $(seq "${2:-50}"); do alive "$1" || return 0; sleep 0.1; done; return 1
-}
-signal_node() {  # ID SIGNAL [nowait]
-  local f pid; f=$(pidfile "$1")
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  kill -s "$2" "$pid" 2>/dev/null || true
-  log "SIG$2 n$1"
-  case "$2" in
-    KILL) rm -f "$f"; [ "${3:-}" = nowait ] || wait_dead "$pid" ;;
-    TERM) rm -f "$f"; wait_dead "$pid" 100 || kill -s KILL "$pid" 2>/dev/null; wait_dead "$pid" ;;
-  esac
-  return 0
-}
 stop_all() {
-  for id in 1 2 3; do
-    local f; f=$(pidfile "$id")
-    if [ -f "$f" ]; then
-      kill -s CONT "$(cat "$f")" 2>/dev/null || true
-      signal_node "$id" KILL
-    fi
-  done
+  stop_nodes
   if [ -n "$bench_pid" ]; then kill "$bench_pid" 2>/dev/null || true; wait "$bench_pid" 2>/dev/null || true; bench_pid=""; fi
 }
 trap 'stop_all' EXIT INT TERM
 
-# The node that says it leads in the highest term (empty if none).
-leader() { ctl status 2>/dev/null | awk '$3=="leader" && $4>t {t=$4; id=substr($1,2)} END{print id}'; }
-role_of() { ctl status 2>/dev/null | awk -v n="n$1" '$1==n {print $3}'; }
-wait_leader() {  # [EXCEPT_ID]
-  local l
-  for _ in $(seq 300); do
-    l=$(leader)
-    if [ -n "$l" ] && [ "$l" != "${1:-}" ]; then echo "$l"; return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
 followers_of() { for id in 1 2 3; do [ "$id" != "$1" ] && echo "$id"; done; return 0; }
 elapsed_since() { echo $(( $(date +%s) - $1 )); }
 
@@ -247,7 +166,7 @@ json_array() { sed -n "s/.*\"$2\":\[\([^]]*\)\].*/\1/p" "$1" | head -1; }
 run_drill() {
   local d=$1
   S=$seconds; notes=""; extra_check_args=(); drill_failed=0
-  setup "$d"
+  setup "drill-$d"
   log "drill $d, $S s of faults, in $work"
   wait_leader >/dev/null || { echo "$d: no leader at start" >&2; stop_all; return 1; }
   local up=0

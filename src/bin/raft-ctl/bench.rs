@@ -290,3 +290,85 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// The floor under any commit latency on this machine: `fdatasync` after a
+/// small append in `dir`, and a loopback TCP round trip. Medians in µs.
+pub fn floor(dir: &std::path::Path, secs: f64, json_out: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!(".raftkit-floor-{}", std::process::id()));
+    let f = match std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => return fail(EXIT_ERROR, format!("{}: {e}", path.display())),
+    };
+    let rec = [7u8; 125];
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut off = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        if f.write_all_at(&rec, off).and_then(|_| f.sync_data()).is_err() {
+            let _ = std::fs::remove_file(&path);
+            return fail(EXIT_ERROR, format!("{}: write/fdatasync failed", path.display()));
+        }
+        lat.push(t.elapsed().as_nanos() as u64);
+        off += rec.len() as u64;
+    }
+    let _ = std::fs::remove_file(&path);
+    lat.sort_unstable();
+    let fsync_p50 = lat[lat.len() / 2] as f64 / 1000.0;
+    // Loopback ping-pong of one byte, Nagle off.
+    let rtt = (|| -> std::io::Result<f64> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = l.accept()?;
+            s.set_nodelay(true)?;
+            let mut b = [0u8; 1];
+            while s.read(&mut b)? == 1 {
+                s.write_all(&b)?;
+            }
+            Ok(())
+        });
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        let mut rtts = Vec::new();
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            let t = Instant::now();
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+        drop(s);
+        let _ = echo.join();
+        rtts.sort_unstable();
+        Ok(rtts[rtts.len() / 2] as f64 / 1000.0)
+    })();
+    let rtt_p50 = match rtt {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_ERROR, format!("loopback round trip: {e}")),
+    };
+    if json_out {
+        println!(
+            "{}",
+            json!({"fdatasync_p50_us": (fsync_p50 * 10.0).round() / 10.0,
+                   "rtt_p50_us": (rtt_p50 * 10.0).round() / 10.0,
+                   "fsyncs": lat.len()})
+        );
+    } else {
+        println!("fdatasync p50 {fsync_p50:.0} µs (append of 125 bytes, {} samples in {})", lat.len(), dir.display());
+        println!("loopback TCP round trip p50 {rtt_p50:.0} µs");
+        println!(
+            "commit latency target for c=1 puts: 1.5 x ({fsync_p50:.0} + {rtt_p50:.0}) = {:.0} µs",
+            1.5 * (fsync_p50 + rtt_p50)
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -106,6 +106,14 @@ enum Cmd {
         #[arg(long, value_name = "NS")]
         acks_after: Option<u64>,
     },
+    /// Measure the floor under commit latency here: fdatasync p50 after a
+    /// small append (in DIR) and the loopback TCP round trip.
+    Floor {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Print the monotonic clock (ns), the clock histories use.
     Now,
     /// Inject network faults (applied by the nodes; client traffic is never
@@ -168,6 +176,7 @@ fn main() -> ExitCode {
             println!("{}", raftkit::bench::monotonic_ns());
             return ExitCode::SUCCESS;
         }
+        Cmd::Floor { dir, seconds } => return bench::floor(dir, *seconds, args.json),
         Cmd::WalDump { dir, summary } => return wal::dump(dir, args.json, !summary),
         Cmd::WalRepair { dir, yes } => return wal::repair(dir, *yes),
         _ => {}
@@ -236,7 +245,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Settle { history, wait } => settle::run(&config, history.as_deref(), *wait, args.json),
-        Cmd::Now | Cmd::Check { .. } => ExitCode::SUCCESS, // handled above
+        Cmd::Now | Cmd::Check { .. } | Cmd::Floor { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Bench(b) => bench::run(&config, b, args.json),
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above
