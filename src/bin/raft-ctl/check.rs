@@ -79,7 +79,11 @@ pub fn run(path: &Path, windows: &Windows, json_out: bool) -> ExitCode {
         for f in &extra_failures {
             println!("FAILED: {f}");
         }
-        print!("{verdict}");
+        let text = verdict.to_string();
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
     }
     ExitCode::from(code as u8)
 }
