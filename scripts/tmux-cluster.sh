@@ -8,14 +8,27 @@ config="$root/cluster.toml"
 [ "${1:-}" = "--config" ] && config="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
 (cd "$root" && cargo build -q --bins)
 session=raftkit
+if tmux has-session -t $session 2>/dev/null; then
+  echo "a tmux session named $session exists already: tmux attach -t $session" >&2; exit 1
+fi
+dd=$(awk -F'"' '/^data_dir *=/{print $2; exit}' "$config")
+case "$dd" in /*) ;; *) dd="$(dirname "$config")/$dd" ;; esac
 ids=$(awk '/^\[\[node\]\]/{n=1} n&&/^id *=/{print $3; n=0}' "$config")
 first=1
 for id in $ids; do
-  c="$root/target/debug/raft-node --config $config --id $id"
+  # The pane's shell writes the PID file, then becomes the node: the
+  # kill/restart scripts find it like any other.
+  c="sh -c 'mkdir -p \"$dd/n$id\"; echo \$\$ > \"$dd/n$id/node.pid\"; exec \"$root/target/debug/raft-node\" --config \"$config\" --id $id'"
   if [ $first = 1 ]; then tmux new-session -d -s $session "$c"; first=0; else tmux split-window -t $session "$c"; fi
   tmux select-layout -t $session tiled >/dev/null
 done
 tmux split-window -t $session -c "$root" "bash"
 tmux select-layout -t $session tiled >/dev/null
-tmux send-keys -t $session "alias raft-ctl=$root/target/debug/raft-ctl; raft-ctl --config $config status" Enter
-exec tmux attach -t $session
+tmux send-keys -t $session "alias raft-ctl='$root/target/debug/raft-ctl --config $config'" Enter
+sleep 2  # let the nodes elect a leader
+tmux send-keys -t $session "raft-ctl status" Enter
+if [ -n "${RAFTKIT_TMUX_DETACHED:-}" ]; then
+  echo "started tmux session $session (tmux attach -t $session)"
+else
+  exec tmux attach -t $session
+fi

@@ -267,7 +267,7 @@ impl Node {
         })
     }
 
-    /// Runs until `stop` is set (SIGINT/SIGTERM) or storage fails.
+    /// Runs until `stop` is set (SIGINT/SIGTERM/SIGHUP) or storage fails.
     pub fn run(&mut self) -> Result<(), NodeError> {
         info!(
             "{}: listening on {} (cluster {:?})",
@@ -1084,7 +1084,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP_SIGNALLED.store(true, Ordering::SeqCst);
 }
 
-/// Installs SIGINT/SIGTERM handlers and returns a flag that turns true when
+/// Installs SIGINT/SIGTERM/SIGHUP handlers and returns a flag that turns true when
 /// one arrives.
 pub fn stop_on_signals() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
@@ -1092,6 +1092,7 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
     let f = flag.clone();
     std::thread::spawn(move || loop {
