@@ -1092,7 +1092,12 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
+        // SIGHUP too (a closed terminal, a killed tmux pane), unless the
+        // node was started with it ignored (nohup).
+        let previous = libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
+        if previous == libc::SIG_IGN {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
     }
     let f = flag.clone();
     std::thread::spawn(move || loop {

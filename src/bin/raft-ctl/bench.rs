@@ -312,9 +312,15 @@ pub fn floor(dir: &std::path::Path, secs: f64, json_out: bool) -> ExitCode {
     let mut off = 0;
     while start.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
-        if f.write_all_at(&rec, off).and_then(|_| f.sync_data()).is_err() {
+        if f.write_all_at(&rec, off)
+            .and_then(|_| f.sync_data())
+            .is_err()
+        {
             let _ = std::fs::remove_file(&path);
-            return fail(EXIT_ERROR, format!("{}: write/fdatasync failed", path.display()));
+            return fail(
+                EXIT_ERROR,
+                format!("{}: write/fdatasync failed", path.display()),
+            );
         }
         lat.push(t.elapsed().as_nanos() as u64);
         off += rec.len() as u64;
@@ -363,7 +369,11 @@ pub fn floor(dir: &std::path::Path, secs: f64, json_out: bool) -> ExitCode {
                    "fsyncs": lat.len()})
         );
     } else {
-        println!("fdatasync p50 {fsync_p50:.0} µs (append of 125 bytes, {} samples in {})", lat.len(), dir.display());
+        println!(
+            "fdatasync p50 {fsync_p50:.0} µs (append of 125 bytes, {} samples in {})",
+            lat.len(),
+            dir.display()
+        );
         println!("loopback TCP round trip p50 {rtt_p50:.0} µs");
         println!(
             "commit latency target for c=1 puts: 1.5 x ({fsync_p50:.0} + {rtt_p50:.0}) = {:.0} µs",
