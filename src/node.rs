@@ -292,7 +292,9 @@ impl Node {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => self.storage_done()?,
-                    t => self.conn_event(t, ev.is_readable(), ev.is_writable()),
+                    t => {
+                        self.conn_event(t, ev.is_readable(), ev.is_writable(), ev.is_read_closed())
+                    }
                 }
             }
             let now = Instant::now();
@@ -430,7 +432,7 @@ impl Node {
         }
     }
 
-    fn conn_event(&mut self, token: Token, readable: bool, writable: bool) {
+    fn conn_event(&mut self, token: Token, readable: bool, writable: bool, read_closed: bool) {
         if writable {
             if let Some(c) = self.conns.get_mut(&token) {
                 if c.connecting {
@@ -458,11 +460,13 @@ impl Node {
             self.flush(token);
         }
         if readable {
-            self.read(token);
+            self.read(token, read_closed);
         }
     }
 
-    fn read(&mut self, token: Token) {
+    /// Reads what the socket has; `read_closed`: the peer has shut down its
+    /// side, so read on to the end (a short read is not the end then).
+    fn read(&mut self, token: Token, read_closed: bool) {
         let mut closed: Option<String> = None;
         {
             let Some(c) = self.conns.get_mut(&token) else {
@@ -475,7 +479,15 @@ impl Node {
                         closed = Some("closed by the other side".into());
                         break;
                     }
-                    Ok(n) => c.read_buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => {
+                        c.read_buf.extend_from_slice(&chunk[..n]);
+                        // A short read drained the socket: with edge-triggered
+                        // readiness, more data brings a new event, so skip the
+                        // read that would only say WouldBlock.
+                        if n < chunk.len() && !read_closed {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {

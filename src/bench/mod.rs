@@ -420,7 +420,7 @@ impl<'a> Engine<'a> {
                     self.flush(c);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.read(c)?;
+                    self.read(c, ev.is_read_closed() || ev.is_error())?;
                 }
             }
             let now = Instant::now();
@@ -691,7 +691,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn read(&mut self, c: usize) -> io::Result<()> {
+    fn read(&mut self, c: usize, read_closed: bool) -> io::Result<()> {
         let mut chunk = [0u8; 16 << 10];
         loop {
             let Some(conn) = self.clients[c].conn.as_mut() else {
@@ -702,7 +702,12 @@ impl<'a> Engine<'a> {
                     self.conn_failed(c);
                     return Ok(());
                 }
-                Ok(n) => conn.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    conn.rbuf.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() && !read_closed {
+                        break; // drained; edge-triggered: new data, new event
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
