@@ -934,25 +934,87 @@ fn twenty_thousand_operations() {
 #[test]
 #[ignore]
 fn hundred_thousand_operations_on_a_thousand_keys() {
+    let shape = Shape {
+        ops: 100_000,
+        keys: 1000,
+        clients: 64,
+        latency: 10,
+    };
     let start = Instant::now();
-    let v = timed_check(
-        3,
-        &Shape {
-            ops: 100_000,
-            keys: 1000,
-            clients: 64,
-            latency: 10,
-        },
-    );
-    assert_eq!(v.operations, 100_000);
+    let v = timed_check(3, &shape);
+    assert_eq!((v.operations, v.keys), (100_000, 1000));
     assert!(start.elapsed().as_secs() < 60);
-    timed_check(
-        4,
-        &Shape {
-            ops: 100_000,
-            keys: 10,
-            clients: 16,
-            latency: 10,
-        },
+
+    // The same with one read of an overwritten value near the end: found,
+    // and shrunk to a few operations.
+    let mut ops = random_history(3, &shape);
+    let (g, old) = impossible_old_value_late(&ops).expect("a stale read to plant");
+    ops[g].result = Some(old);
+    let start = Instant::now();
+    let v = check(&ops, &CheckOptions::default());
+    println!(
+        "with one stale read: {:.3} s, counterexample of {} operations",
+        start.elapsed().as_secs_f64(),
+        v.failures.first().map_or(0, |f| f.ops.len())
     );
+    assert!(v.has_violation(), "{v}");
+    assert!(v.failures[0].shrunk && v.failures[0].ops.len() <= 6, "{v}");
+    assert!(start.elapsed().as_secs() < 60);
+}
+
+/// Fewer keys, more operations per key.
+#[test]
+#[ignore]
+fn hundred_thousand_operations_on_few_keys() {
+    for (seed, keys, clients) in [(4, 10, 16), (5, 1, 16), (6, 1, 64)] {
+        let shape = Shape {
+            ops: 100_000,
+            keys,
+            clients,
+            latency: 10,
+        };
+        let start = Instant::now();
+        timed_check(seed, &shape);
+        let mut ops = random_history(seed, &shape);
+        let (g, old) = impossible_old_value_late(&ops).expect("a stale read to plant");
+        ops[g].result = Some(old);
+        let v = check(&ops, &CheckOptions::default());
+        println!(
+            "  with one stale read: {:.3} s, counterexample of {} operations",
+            start.elapsed().as_secs_f64(),
+            v.failures.first().map_or(0, |f| f.ops.len())
+        );
+        assert!(v.has_violation(), "{v}");
+    }
+}
+
+/// Like `impossible_old_value`, for a read in the second half of the run
+/// (by call time), looking only at writes shortly before it.
+fn impossible_old_value_late(ops: &[Operation]) -> Option<(usize, String)> {
+    let mut by_call: Vec<usize> = (0..ops.len()).collect();
+    by_call.sort_by_key(|&i| ops[i].invoke_ns);
+    let late = &by_call[by_call.len() / 2..];
+    for &g in late {
+        if ops[g].kind != OpKind::Get || ops[g].ok != Some(true) {
+            continue;
+        }
+        let near: Vec<Operation> = by_call
+            .iter()
+            .map(|&i| &ops[i])
+            .filter(|op| op.key == ops[g].key)
+            .filter(|op| {
+                op.invoke_ns + 200_000 > ops[g].invoke_ns && op.invoke_ns <= ops[g].invoke_ns
+            })
+            .cloned()
+            .collect();
+        let Some(at) = near.iter().position(|op| op == &ops[g]) else {
+            continue;
+        };
+        if let Some((i, old)) = impossible_old_value(&near) {
+            if i == at {
+                return Some((g, old));
+            }
+        }
+    }
+    None
 }

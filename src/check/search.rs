@@ -64,6 +64,9 @@ const OTHER: u32 = 1;
 const NIL: u32 = u32::MAX;
 /// The list head (a sentinel node).
 const HEAD: u32 = 0;
+/// Marks a search state that is not a register value but a pending
+/// unknown-outcome write (see `Search::step`); value ids stay below it.
+const PENDING: u32 = 1 << 31;
 
 /// Bounds on the work spent on one key.
 #[derive(Clone, Copy, Debug)]
@@ -294,6 +297,10 @@ struct Search {
     /// with the same effect, or `NIL`.
     twin: Vec<u32>,
     zobrist: Vec<u64>,
+    /// (register before, register after) of the pending unknown-outcome
+    /// writes met so far, indexed by `state & !PENDING`.
+    pending: Vec<(u32, u32)>,
+    pending_ids: HashMap<(u32, u32), u32>,
 }
 
 /// The set of linearized operations and the register: what the search
@@ -370,7 +377,47 @@ impl Search {
             node_match,
             twin,
             zobrist,
+            pending: Vec::new(),
+            pending_ids: HashMap::new(),
         }
+    }
+
+    /// The search state after operation `rank` in `state`, or `None` if
+    /// the operation cannot (or need not be tried to) come next.
+    ///
+    /// An unknown-outcome write is only ever placed just before an
+    /// operation that needs it: one that is valid after the write but not
+    /// before it. Any linearization can be rearranged that way: if the
+    /// operation after the write is valid without it, then it is a read
+    /// (swap the two) or a write that makes the first one pointless (drop
+    /// it), and an unknown-outcome write may take effect as late as we
+    /// like, or not at all. So after such a write the state is
+    /// `PENDING | i`, with `pending[i]` = (register before, register after),
+    /// and only an operation that needs the write may follow.
+    fn step(&mut self, state: u32, rank: u32) -> Option<u32> {
+        let effect = self.effects[rank as usize];
+        let (before, after) = if state & PENDING != 0 {
+            let (s, n) = self.pending[(state & !PENDING) as usize];
+            if effect.apply(s).is_some() {
+                return None;
+            }
+            (n, effect.apply(n)?)
+        } else {
+            (state, effect.apply(state)?)
+        };
+        if rank < self.timed {
+            return Some(after);
+        }
+        if after == before {
+            // Changes nothing: pointless.
+            return None;
+        }
+        let next = self.pending.len() as u32;
+        let id = *self.pending_ids.entry((before, after)).or_insert(next);
+        if id == next {
+            self.pending.push((before, after));
+        }
+        Some(PENDING | id)
     }
 
     /// Takes a call node and its return node out of the list.
@@ -510,7 +557,7 @@ impl Search {
                             // operation not yet used: use that one first.
                             None
                         } else {
-                            self.effects[rank as usize].apply(pos.state)
+                            self.step(pos.state, rank)
                         }
                     };
                     if let Some(s) = new_state {
