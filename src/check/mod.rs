@@ -60,7 +60,7 @@ pub struct CheckOptions {
 impl Default for CheckOptions {
     fn default() -> CheckOptions {
         CheckOptions {
-            step_budget: 10_000_000,
+            step_budget: 100_000_000,
             cache_budget_bytes: 512 << 20,
             shrink: true,
             shrink_budget: 50_000_000,
@@ -258,14 +258,28 @@ pub fn check(ops: &[Operation], opts: &CheckOptions) -> Verdict {
         verdict.steps += run.steps;
         match run.outcome {
             Outcome::Linearizable => {}
-            Outcome::Unknown(reason) => verdict.unknown.push(UnknownKey {
-                key: key.to_string(),
-                reason,
-                key_ops: key_ops.len(),
-            }),
+            Outcome::Unknown(reason) => {
+                // Too hard as a whole: look for a violation in windows.
+                match minimize::find_in_windows(key_ops, &limits, opts.shrink_budget) {
+                    Some(s) => {
+                        verdict.steps += s.steps;
+                        verdict.failures.push(KeyFailure {
+                            key: key.to_string(),
+                            ops: s.ops.into_iter().cloned().collect(),
+                            shrunk: s.finished,
+                            key_ops: key_ops.len(),
+                        });
+                    }
+                    None => verdict.unknown.push(UnknownKey {
+                        key: key.to_string(),
+                        reason,
+                        key_ops: key_ops.len(),
+                    }),
+                }
+            }
             Outcome::Violation => {
                 let (ops, shrunk) = if opts.shrink {
-                    let s = minimize::shrink(key_ops, &limits, opts.shrink_budget);
+                    let s = minimize::shrink(key_ops, run.stuck_at, &limits, opts.shrink_budget);
                     verdict.steps += s.steps;
                     (s.ops, s.finished)
                 } else {
