@@ -930,29 +930,103 @@ fn twenty_thousand_operations() {
     );
 }
 
-/// Run with `cargo test --release --test checker -- --ignored --nocapture`.
+/// Run with `cargo test --release --test checker -- --ignored --nocapture`
+/// (these print their timings).
 #[test]
 #[ignore]
 fn hundred_thousand_operations_on_a_thousand_keys() {
+    let shape = Shape {
+        ops: 100_000,
+        keys: 1000,
+        clients: 64,
+        latency: 10,
+    };
     let start = Instant::now();
-    let v = timed_check(
-        3,
-        &Shape {
-            ops: 100_000,
-            keys: 1000,
-            clients: 64,
-            latency: 10,
-        },
-    );
-    assert_eq!(v.operations, 100_000);
+    let v = timed_check(3, &shape);
+    assert_eq!((v.operations, v.keys), (100_000, 1000));
     assert!(start.elapsed().as_secs() < 60);
-    timed_check(
-        4,
-        &Shape {
-            ops: 100_000,
-            keys: 10,
-            clients: 16,
-            latency: 10,
-        },
+
+    // The same with one read of an overwritten value near the end: found,
+    // and shrunk to a few operations.
+    let mut ops = random_history(3, &shape);
+    let (g, old) = impossible_old_value_late(&ops).expect("a stale read to plant");
+    ops[g].result = Some(old);
+    let start = Instant::now();
+    let v = check(&ops, &CheckOptions::default());
+    println!(
+        "with one stale read: {:.3} s, counterexample of {} operations",
+        start.elapsed().as_secs_f64(),
+        v.failures.first().map_or(0, |f| f.ops.len())
     );
+    assert!(v.has_violation(), "{v}");
+    assert!(v.failures[0].shrunk && v.failures[0].ops.len() <= 6, "{v}");
+    assert!(start.elapsed().as_secs() < 60);
+}
+
+/// Fewer keys, more operations per key: a linearizable run, then the same
+/// with one read of an overwritten value planted in the second half.
+#[test]
+#[ignore]
+fn many_operations_on_few_keys() {
+    for (seed, ops, keys, clients) in [
+        (4, 100_000, 10, 16),
+        (5, 100_000, 1, 16),
+        (6, 20_000, 1, 16),
+        (7, 100_000, 1, 4),
+    ] {
+        let shape = Shape {
+            ops,
+            keys,
+            clients,
+            latency: 10,
+        };
+        timed_check(seed, &shape);
+        let mut ops = random_history(seed, &shape);
+        let (g, old) = impossible_old_value_late(&ops).expect("a stale read to plant");
+        ops[g].result = Some(old);
+        let start = Instant::now();
+        let v = check(&ops, &CheckOptions::default());
+        println!(
+            "  with one stale read: {:.3} s, {}",
+            start.elapsed().as_secs_f64(),
+            v.to_string().lines().last().unwrap_or_default()
+        );
+    }
+}
+
+/// Like `impossible_old_value`, for a read in the second half of the run
+/// (by call time), looking only at the writes shortly before it.
+fn impossible_old_value_late(ops: &[Operation]) -> Option<(usize, String)> {
+    let mut by_call: Vec<usize> = (0..ops.len()).collect();
+    by_call.sort_by_key(|&i| ops[i].invoke_ns);
+    let definite_write =
+        |op: &Operation| op.ok == Some(true) && op.kind != OpKind::Get && op.complete_ns.is_some();
+    for at in by_call.len() / 2..by_call.len() {
+        let read = &ops[by_call[at]];
+        if read.kind != OpKind::Get || read.ok != Some(true) {
+            continue;
+        }
+        let before: Vec<&Operation> = by_call[at.saturating_sub(400)..at]
+            .iter()
+            .map(|&i| &ops[i])
+            .filter(|w| w.key == read.key && definite_write(w))
+            .collect();
+        for later in before
+            .iter()
+            .filter(|w| w.complete_ns < Some(read.invoke_ns))
+        {
+            for earlier in &before {
+                let Some(v) = earlier.value.as_deref() else {
+                    continue;
+                };
+                if earlier.complete_ns < Some(later.invoke_ns)
+                    && later.value.as_deref() != Some(v)
+                    && read.result.as_deref() != Some(v)
+                {
+                    return Some((by_call[at], v.to_string()));
+                }
+            }
+        }
+    }
+    None
 }

@@ -1,11 +1,12 @@
 //! Shrinking a non-linearizable key history to a small counterexample.
 //!
-//! The key's operations are taken in call order. First the shortest
-//! failing prefix is found, then the shortest failing window at the end of
-//! that prefix (each by doubling, then bisection); then the writes of the
-//! values that the window reads are added, and operations are removed, in
-//! halving chunks and finally one by one, for as long as what remains
-//! still fails.
+//! The key's operations are taken in call order. First a failing window of
+//! consecutive operations is found: one growing, in doubling steps, around
+//! the return at which the search of the whole key got stuck, until it
+//! fails; then each end moves in, by bisection, as far as it still fails.
+//! Then the writes of the values that the window reads are added, and
+//! operations are removed, in halving chunks and finally one by one, for
+//! as long as what remains still fails.
 //!
 //! "Fails" is checked with every write of the key that is left out kept as
 //! optional: it takes effect within its interval (any time after its call
@@ -81,24 +82,109 @@ impl<'a> Shrinker<'a, '_> {
     /// left out of `set` allowed to take effect at any time after their
     /// call, or not at all.
     fn fails(&mut self, set: &[usize]) -> bool {
-        if self.out_of_budget() {
+        if self.out_of_budget() || set.is_empty() {
             return false;
         }
-        let mut ops = Vec::with_capacity(set.len());
-        let mut rest = Vec::with_capacity(self.all.len() - set.len());
-        let mut next = set.iter().peekable();
-        for (i, op) in self.all.iter().enumerate() {
-            if next.peek() == Some(&&i) {
-                next.next();
-                ops.push(*op);
-            } else {
+        let ops: Vec<&Operation> = set.iter().map(|&i| self.all[i]).collect();
+        let start = ops.iter().map(|op| op.invoke_ns).min().unwrap_or(0);
+        let end = ops
+            .iter()
+            .map(|op| match op.ok {
+                Some(_) => op.complete_ns.unwrap_or(u64::MAX),
+                None => u64::MAX,
+            })
+            .max()
+            .unwrap_or(u64::MAX);
+        // The other writes that may matter. Writes called after every
+        // operation of the set returned cannot; of the definite writes that
+        // returned before the set began, only the value they may leave
+        // matters, so one writer per value that some operation compares
+        // with, and one of any other value, stand for all of them.
+        let called = self.all.partition_point(|op| op.invoke_ns <= end);
+        let mut in_set = vec![false; called];
+        for &i in set.iter().filter(|&&i| i < called) {
+            in_set[i] = true;
+        }
+        // An unknown-outcome write may turn out to be required (see the
+        // search's rewrites), so the set may begin as early as the first
+        // of them.
+        let start = self.all[..called]
+            .iter()
+            .zip(&in_set)
+            .filter(|(op, &member)| !member && op.ok.is_none() && writes(op).is_some())
+            .map(|(op, _)| op.invoke_ns)
+            .fold(start, u64::min);
+        let before = |op: &Operation| op.ok.is_some() && op.complete_ns.is_some_and(|t| t < start);
+        let compared_by = |op: &'a Operation| match (op.kind, op.ok) {
+            (OpKind::Get, Some(true)) => op.result.as_deref(),
+            (OpKind::Cas, _) => op.expected.as_deref(),
+            _ => None,
+        };
+        let mut compared: HashSet<&str> = ops.iter().filter_map(|op| compared_by(op)).collect();
+        let mut rest = Vec::new();
+        for (i, op) in self.all[..called].iter().enumerate() {
+            if !in_set[i] && writes(op).is_some() && !before(op) {
+                compared.extend(compared_by(op));
                 rest.push(*op);
             }
         }
-        let run = check_key(&ops, &rest, self.limits);
+        let mut standing: HashSet<Option<&str>> = HashSet::new();
+        for (i, op) in self.all[..called].iter().enumerate() {
+            if in_set[i] || !before(op) {
+                continue;
+            }
+            match writes(op) {
+                // Absent is a starting value anyway.
+                None | Some(None) => {}
+                Some(Some(v)) => {
+                    if standing.insert(compared.contains(v).then_some(v)) {
+                        rest.push(*op);
+                    }
+                }
+            }
+        }
+        let limits = Limits {
+            steps: self.limits.steps.min(self.budget - self.steps),
+            ..*self.limits
+        };
+        let run = check_key(&ops, &rest, &limits);
         self.steps += run.steps;
         run.outcome == Outcome::Violation
     }
+}
+
+/// Looks for a violation in windows of consecutive operations (in call
+/// order) of one key, each checked with the key's other writes optional:
+/// for a key whose whole search ran out of budget. A window that fails
+/// proves the key wrong; the operations of the first one found are
+/// returned, shrunk.
+pub(crate) fn find_in_windows<'a>(
+    ops: &[&'a Operation],
+    limits: &Limits,
+    budget: u64,
+) -> Option<Shrunk<'a>> {
+    let mut all: Vec<&'a Operation> = ops.iter().copied().filter(|op| relevant(op)).collect();
+    all.sort_by_key(|op| op.invoke_ns);
+    let n = all.len();
+    let mut s = Shrinker {
+        all,
+        limits,
+        budget,
+        steps: 0,
+    };
+    const WIDTH: usize = 64;
+    let mut a = 0;
+    while a < n && !s.out_of_budget() {
+        let b = (a + WIDTH).min(n);
+        if s.fails(&(a..b).collect::<Vec<usize>>()) {
+            let centre = s.all[(a + b) / 2].invoke_ns;
+            let mut shrunk = shrink(ops, Some(centre), limits, budget.saturating_sub(s.steps));
+            shrunk.steps += s.steps;
+            return Some(shrunk);
+        }
+        a += WIDTH / 2;
+    }
+    None
 }
 
 /// Shrinks `ops` (one key's operations, not linearizable) to a small set
@@ -109,7 +195,16 @@ impl<'a> Shrinker<'a, '_> {
 /// may take effect at any time after their call, or not at all), which
 /// only relaxes the history: so the result proves the whole key history
 /// wrong, whatever the other writes did.
-pub(crate) fn shrink<'a>(ops: &[&'a Operation], limits: &Limits, budget: u64) -> Shrunk<'a> {
+///
+/// `stuck_at` is where the search of the whole key got stuck (see
+/// `Run::stuck_at`): the operations called until then already fail, which
+/// saves looking for the failing prefix.
+pub(crate) fn shrink<'a>(
+    ops: &[&'a Operation],
+    stuck_at: Option<u64>,
+    limits: &Limits,
+    budget: u64,
+) -> Shrunk<'a> {
     let mut all: Vec<&'a Operation> = ops.iter().copied().filter(|op| relevant(op)).collect();
     all.sort_by_key(|op| op.invoke_ns);
     let n = all.len();
@@ -120,50 +215,48 @@ pub(crate) fn shrink<'a>(ops: &[&'a Operation], limits: &Limits, budget: u64) ->
         steps: 0,
     };
 
-    // The shortest failing prefix. With the writes left out kept as
-    // optional, adding operations only adds constraints, so failure is
-    // monotone: double, then bisect. The whole set fails.
+    // A failing window of consecutive operations (in call order). Leaving
+    // operations out only relaxes the history, so a window that fails
+    // stays failing when it grows: grow one around where the search of the
+    // whole key got stuck (the start, without that), doubling, until it
+    // fails. The whole set fails.
     let range = |a: usize, b: usize| (a..b).collect::<Vec<usize>>();
-    let (mut lo, mut hi) = (0, n);
-    let mut k = 1;
-    while k < n {
-        if s.fails(&range(0, k)) {
-            hi = k;
+    let centre = stuck_at.map_or(0, |t| s.all.partition_point(|op| op.invoke_ns <= t));
+    let (mut start, mut end) = (0, n);
+    let mut w = 4;
+    while w < 2 * n {
+        let (a, b) = (centre.saturating_sub(w), (centre + w).min(n));
+        if (a, b) == (0, n) {
             break;
         }
-        lo = k;
-        k *= 2;
-    }
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if s.fails(&range(0, mid)) {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    let end = hi;
-
-    // The shortest failing window ending there, the same way from the end.
-    let (mut short, mut long) = (0, end);
-    let mut w = 1;
-    while w < end {
-        if s.fails(&range(end - w, end)) {
-            long = w;
+        if s.fails(&range(a, b)) {
+            (start, end) = (a, b);
             break;
         }
-        short = w;
         w *= 2;
     }
-    while long - short > 1 {
-        let mid = short + (long - short) / 2;
-        if s.fails(&range(end - mid, end)) {
-            long = mid;
+    // Then move each end in as far as it still fails, by bisection.
+    let (mut fails, mut passes) = (end, start);
+    while fails - passes > 1 {
+        let mid = passes + (fails - passes) / 2;
+        if s.fails(&range(start, mid)) {
+            fails = mid;
         } else {
-            short = mid;
+            passes = mid;
         }
     }
-    let mut set = range(end - long, end);
+    end = fails;
+    let (mut fails, mut passes) = (start, end);
+    while passes - fails > 1 {
+        let mid = fails + (passes - fails) / 2;
+        if s.fails(&range(mid, end)) {
+            fails = mid;
+        } else {
+            passes = mid;
+        }
+    }
+    start = fails;
+    let mut set = range(start, end);
 
     // Add the writes of the values the window reads (adding operations
     // keeps it failing), so that the counterexample shows where they come
@@ -173,7 +266,7 @@ pub(crate) fn shrink<'a>(ops: &[&'a Operation], limits: &Limits, budget: u64) ->
         .filter_map(|&i| needs(s.all[i]).flatten())
         .collect();
     while let Some(v) = wanted.pop() {
-        for i in 0..end {
+        for i in 0..n {
             if writes(s.all[i]) == Some(Some(v)) && !set.contains(&i) {
                 set.push(i);
                 wanted.extend(needs(s.all[i]).flatten());

@@ -60,7 +60,7 @@ pub struct CheckOptions {
 impl Default for CheckOptions {
     fn default() -> CheckOptions {
         CheckOptions {
-            step_budget: 10_000_000,
+            step_budget: 100_000_000,
             cache_budget_bytes: 512 << 20,
             shrink: true,
             shrink_budget: 50_000_000,
@@ -143,9 +143,9 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "checked {} operations on {} keys in {:.3} s",
-            self.operations,
-            self.keys,
+            "checked {} on {} in {:.3} s",
+            counted(self.operations, "operation"),
+            counted(self.keys, "key"),
             self.elapsed.as_secs_f64()
         )?;
         for fail in self.failures.iter().take(SHOWN_FAILURES) {
@@ -156,9 +156,9 @@ impl fmt::Display for Verdict {
             };
             writeln!(
                 f,
-                "key {}: not linearizable ({} operations on the key); these {} cannot be ordered, whatever the key's other writes did{note}:",
+                "key {}: not linearizable ({} on the key); these {} cannot be ordered, whatever the key's other writes did{note}:",
                 quote(&fail.key),
-                fail.key_ops,
+                counted(fail.key_ops, "operation"),
                 fail.ops.len()
             )?;
             for op in &fail.ops {
@@ -175,18 +175,18 @@ impl fmt::Display for Verdict {
         for u in &self.unknown {
             writeln!(
                 f,
-                "key {}: undecided ({} operations): {}",
+                "key {}: undecided ({}): {}",
                 quote(&u.key),
-                u.key_ops,
+                counted(u.key_ops, "operation"),
                 reason(u.reason)
             )?;
         }
         if let Some(first) = self.failures.first() {
             write!(
                 f,
-                "NOT linearizable: key {}: {} operations cannot be ordered",
+                "NOT linearizable: key {}: {} cannot be ordered",
                 quote(&first.key),
-                first.ops.len()
+                counted(first.ops.len(), "operation")
             )?;
             if self.failures.len() > 1 {
                 write!(f, " ({} keys fail)", self.failures.len())?;
@@ -206,6 +206,15 @@ impl fmt::Display for Verdict {
         } else {
             writeln!(f, "linearizable")
         }
+    }
+}
+
+/// `1 key`, `2 keys`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
@@ -249,14 +258,28 @@ pub fn check(ops: &[Operation], opts: &CheckOptions) -> Verdict {
         verdict.steps += run.steps;
         match run.outcome {
             Outcome::Linearizable => {}
-            Outcome::Unknown(reason) => verdict.unknown.push(UnknownKey {
-                key: key.to_string(),
-                reason,
-                key_ops: key_ops.len(),
-            }),
+            Outcome::Unknown(reason) => {
+                // Too hard as a whole: look for a violation in windows.
+                match minimize::find_in_windows(key_ops, &limits, opts.shrink_budget) {
+                    Some(s) => {
+                        verdict.steps += s.steps;
+                        verdict.failures.push(KeyFailure {
+                            key: key.to_string(),
+                            ops: s.ops.into_iter().cloned().collect(),
+                            shrunk: s.finished,
+                            key_ops: key_ops.len(),
+                        });
+                    }
+                    None => verdict.unknown.push(UnknownKey {
+                        key: key.to_string(),
+                        reason,
+                        key_ops: key_ops.len(),
+                    }),
+                }
+            }
             Outcome::Violation => {
                 let (ops, shrunk) = if opts.shrink {
-                    let s = minimize::shrink(key_ops, &limits, opts.shrink_budget);
+                    let s = minimize::shrink(key_ops, run.stuck_at, &limits, opts.shrink_budget);
                     verdict.steps += s.steps;
                     (s.ops, s.finished)
                 } else {
