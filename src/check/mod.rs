@@ -260,7 +260,8 @@ pub fn check(ops: &[Operation], opts: &CheckOptions) -> Verdict {
             Outcome::Linearizable => {}
             Outcome::Unknown(reason) => {
                 // Too hard as a whole: look for a violation in windows.
-                match minimize::find_in_windows(key_ops, &limits, opts.shrink_budget) {
+                match minimize::find_in_windows(key_ops, run.stuck_at, &limits, opts.shrink_budget)
+                {
                     Some(s) => {
                         verdict.steps += s.steps;
                         verdict.failures.push(KeyFailure {
