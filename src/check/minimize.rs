@@ -105,13 +105,16 @@ impl<'a> Shrinker<'a, '_> {
         for &i in set.iter().filter(|&&i| i < called) {
             in_set[i] = true;
         }
-        // An unknown-outcome write may turn out to be required (see the
-        // search's rewrites), so the set may begin as early as the first
-        // of them.
+        // An unknown-outcome write whose value an operation of the set must
+        // see may turn out to be required (see the search's rewrites), so
+        // the set may begin as early as the first of them.
+        let seen: HashSet<&str> = ops.iter().filter_map(|op| needs(op).flatten()).collect();
         let start = self.all[..called]
             .iter()
             .zip(&in_set)
-            .filter(|(op, &member)| !member && op.ok.is_none() && writes(op).is_some())
+            .filter(|(op, &member)| {
+                !member && op.ok.is_none() && writes(op).flatten().is_some_and(|v| seen.contains(v))
+            })
             .map(|(op, _)| op.invoke_ns)
             .fold(start, u64::min);
         let before = |op: &Operation| op.ok.is_some() && op.complete_ns.is_some_and(|t| t < start);
@@ -153,13 +156,18 @@ impl<'a> Shrinker<'a, '_> {
     }
 }
 
-/// Looks for a violation in windows of consecutive operations (in call
-/// order) of one key, each checked with the key's other writes optional:
+/// Looks for a violation in windows of 64, then 512, then 4096 consecutive
+/// operations (in call order) of one key, each checked with the key's
+/// other writes optional:
 /// for a key whose whole search ran out of budget. A window that fails
 /// proves the key wrong; the operations of the first one found are
 /// returned, shrunk.
+///
+/// Windows are tried nearest to `near` first (where the search of the
+/// whole key stopped).
 pub(crate) fn find_in_windows<'a>(
     ops: &[&'a Operation],
+    near: Option<u64>,
     limits: &Limits,
     budget: u64,
 ) -> Option<Shrunk<'a>> {
@@ -172,17 +180,26 @@ pub(crate) fn find_in_windows<'a>(
         budget,
         steps: 0,
     };
-    const WIDTH: usize = 64;
-    let mut a = 0;
-    while a < n && !s.out_of_budget() {
-        let b = (a + WIDTH).min(n);
-        if s.fails(&(a..b).collect::<Vec<usize>>()) {
-            let centre = s.all[(a + b) / 2].invoke_ns;
-            let mut shrunk = shrink(ops, Some(centre), limits, budget.saturating_sub(s.steps));
-            shrunk.steps += s.steps;
-            return Some(shrunk);
+    let centre = near.map_or(0, |t| s.all.partition_point(|op| op.invoke_ns <= t));
+    for width in [64, 512, 4096] {
+        let mut starts: Vec<usize> = (0..n).step_by(width / 2).collect();
+        starts.sort_by_key(|&a| (a + width / 2).abs_diff(centre));
+        for a in starts {
+            if s.out_of_budget() {
+                return None;
+            }
+            let b = (a + width).min(n);
+            if s.fails(&(a..b).collect::<Vec<usize>>()) {
+                let centre = s.all[(a + b) / 2].invoke_ns;
+                let left = budget.saturating_sub(s.steps);
+                let mut shrunk = shrink(ops, Some(centre), limits, left);
+                shrunk.steps += s.steps;
+                return Some(shrunk);
+            }
         }
-        a += WIDTH / 2;
+        if width >= n {
+            break;
+        }
     }
     None
 }

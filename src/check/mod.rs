@@ -44,16 +44,19 @@ use search::{check_key, Limits, Outcome};
 /// Budgets for [`check`].
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
-    /// Search steps allowed for one key; past it the key is undecided.
+    /// Search steps allowed for one key (about 4 million a second); past
+    /// it the key's operations are searched in windows instead, and the key
+    /// is undecided unless one of them fails.
     pub step_budget: u64,
-    /// Bytes the memoisation cache of one key may use; past it the key is
-    /// undecided.
+    /// Bytes the memoisation cache of one key may use; past it, as for the
+    /// step budget.
     pub cache_budget_bytes: usize,
     /// Shrink the operations of a failing key to a small counterexample.
     /// Without it the report lists all of the key's operations.
     pub shrink: bool,
     /// Search steps allowed, in total, for shrinking one key's
-    /// counterexample; past it the counterexample found so far is reported.
+    /// counterexample (or for the window search); past it the
+    /// counterexample found so far is reported.
     pub shrink_budget: u64,
 }
 
@@ -260,7 +263,8 @@ pub fn check(ops: &[Operation], opts: &CheckOptions) -> Verdict {
             Outcome::Linearizable => {}
             Outcome::Unknown(reason) => {
                 // Too hard as a whole: look for a violation in windows.
-                match minimize::find_in_windows(key_ops, &limits, opts.shrink_budget) {
+                match minimize::find_in_windows(key_ops, run.stuck_at, &limits, opts.shrink_budget)
+                {
                     Some(s) => {
                         verdict.steps += s.steps;
                         verdict.failures.push(KeyFailure {

@@ -2,15 +2,14 @@
 //! memoisation, as in Porcupine.
 //!
 //! The operations on one key are turned into a doubly linked list of call
-//! and return events in time order. The search walks the list from the
-//! front: at a call it tries to linearize that operation next (the model
+//! and return events in time order. At each step the calls before the
+//! first pending return may come next; the search tries each (the model
 //! must accept it, and the pair (set of linearized operations, register
 //! state) must not have been seen before), removes the call and its return
-//! from the list and starts again from the front; at a return it has found
-//! an operation whose answer came before it was linearized, so it undoes
-//! the most recent choice. The history is linearizable once every
-//! operation with a known outcome is linearized, and not linearizable once
-//! every choice has been undone.
+//! from the list and goes on; when none can come next it undoes the most
+//! recent choice. The history is linearizable once every operation with a
+//! known outcome is linearized, and not linearizable once every choice has
+//! been undone.
 //!
 //! # Intervals
 //!
@@ -18,38 +17,54 @@
 //! invoked at the same `t` are concurrent (at equal times, calls come
 //! before returns in the event list).
 //!
+//! # Pruning
+//!
+//! None of these changes the answer:
+//!
+//! * values that no operation reads or compares with are one value;
+//! * a read (a `get`, a failed `cas`) that holds now is placed now, alone:
+//!   it changes nothing, so any order with it later stays valid with it
+//!   moved earlier;
+//! * the register never leaves a value written by one operation only while
+//!   an operation that must see that value is still to come (it could
+//!   never come back);
+//! * calls that may come next are tried earliest return first.
+//!
 //! # Unknown outcomes
 //!
 //! A write whose outcome is unknown has no return event: it may be
-//! linearized at any point after its call, or never. Two rewrites shrink
-//! the search without changing the answer:
+//! linearized at any point after its call, or never.
 //!
-//! * such a write whose value is read by a `get` or compared by a
+//! * Such a write whose value is read by a `get` or compared by a
 //!   successful `cas` (one that must take effect), and is written by no
-//!   other operation on the key,
-//!   must have happened before the earliest of those readers completed:
-//!   it gets that completion as its return and becomes a definite write;
-//! * such a write whose value nobody compares with (no `get` result, no
-//!   `cas` expected value) is dropped when the key has no failed `cas`:
-//!   after it the register holds a value that no read can accept, so only
-//!   an unconditional `put` or `delete` can follow it, and leaving it out
+//!   other operation on the key, must have happened before the earliest of
+//!   those readers completed: it gets that completion as its return and
+//!   becomes a definite write.
+//! * Such a write whose value nobody compares with is dropped when the key
+//!   has no failed `cas`: after it no read can hold, so only an
+//!   unconditional `put` or `delete` can follow, and leaving it out
 //!   changes nothing.
+//! * The others are only placed just before an operation that needs them,
+//!   and interchangeable ones (same effect) in call order; see [`Mode`].
 //!
-//! And unknown-outcome operations with the same effect (deletes; writes of
-//! values nobody compares with) are interchangeable once called, so they
-//! are only ever linearized in call order: a later one is tried only after
-//! every earlier twin has been linearized.
+//! # Optional writes
+//!
+//! For shrinking counterexamples, writes can be made optional: they take
+//! effect within their interval or not at all. Those that return before
+//! every other operation is called only matter through the value they
+//! leave, so the search starts from each such value in turn.
 //!
 //! # Memoisation
 //!
-//! The set of linearized operations is a bitset over operations numbered
-//! by return order (operations without a return come last), hashed by
-//! Zobrist hashing (an xor of one random word per operation). A cache
-//! record stores the state and the set compactly: the first operation not
-//! yet linearized (every earlier one is), the words of the bitset from
-//! there to the last linearized one, and the words of the unknown-outcome
-//! operations. Records live in one flat arena behind an open-addressing
-//! table.
+//! The set of linearized operations with a return is a bitset over them
+//! numbered by return order, hashed by Zobrist hashing (an xor of one
+//! random word per operation). A cache key stores the state and the set
+//! compactly: the first operation not yet linearized (every earlier one
+//! is) and the words of the bitset from there to the last linearized one.
+//! Unknown-outcome writes used are counted per class of interchangeable
+//! ones; a position is skipped if one with the same key and no more used
+//! in any class was seen. Keys live in a flat arena behind an
+//! open-addressing table.
 
 use std::collections::HashMap;
 
@@ -98,8 +113,8 @@ pub(crate) struct Run {
     pub outcome: Outcome,
     pub steps: u64,
     /// For a violation: the time of the return that no search path got
-    /// past. The operations called up to then are already not
-    /// linearizable.
+    /// past (or saw it could not get past). When a budget ran out: the
+    /// furthest return got past, where trouble probably lies.
     pub stuck_at: Option<u64>,
 }
 
@@ -318,14 +333,14 @@ pub(crate) fn check_key(ops: &[&Operation], optional: &[&Operation], limits: &Li
                     return Run {
                         outcome: Outcome::Unknown(Exhausted::Steps(limits.steps)),
                         steps,
-                        stuck_at: None,
+                        stuck_at: run.stuck_at,
                     }
                 }
                 Outcome::Unknown(e) => {
                     return Run {
                         outcome: Outcome::Unknown(e),
                         steps,
-                        stuck_at: None,
+                        stuck_at: run.stuck_at,
                     }
                 }
                 Outcome::Violation => stuck_at = stuck_at.max(run.stuck_at),
@@ -910,14 +925,20 @@ impl Search {
         let mut steps = 0u64;
         loop {
             steps += 1;
-            if steps > limits.steps {
-                return done(Outcome::Unknown(Exhausted::Steps(limits.steps)), steps);
-            }
-            if cache.bytes() > limits.cache_bytes {
-                return done(
-                    Outcome::Unknown(Exhausted::Cache(limits.cache_bytes)),
+            let exhausted = if steps > limits.steps {
+                Some(Exhausted::Steps(limits.steps))
+            } else if cache.bytes() > limits.cache_bytes {
+                Some(Exhausted::Cache(limits.cache_bytes))
+            } else {
+                None
+            };
+            if let Some(e) = exhausted {
+                let stuck = self.ret_node[furthest as usize];
+                return Run {
+                    outcome: Outcome::Unknown(e),
                     steps,
-                );
+                    stuck_at: Some(self.node_time[stuck as usize]),
+                };
             }
             if let Some(&node) = window.get(i) {
                 let rank = self.node_rank[node as usize];
