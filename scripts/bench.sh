@@ -7,7 +7,7 @@
 #
 # --out    also write raft-ctl bench's JSON lines (one per cell and rep)
 # --etcd   JSON lines from ../shared/bench/bench-etcd-matrix.sh (kvbench) made
-#          in the same session: adds etcd's figures and the ratios
+#          in the same sitting: adds etcd's figures and the ratios
 # With --reps N > 1 each cell shows the run with the median ops/s.
 # Also measures the floor (fdatasync p50 + loopback round trip) and checks
 # the c=1 put latency against 1.5 x that floor.
