@@ -11,6 +11,7 @@ use raftkit::check::{
     check, parse_history, read_history, write_op, CheckOptions, Exhausted, HistoryError, OpKind,
     Operation, Verdict,
 };
+use raftkit::raft::rng::Rng;
 
 // ---------------------------------------------------------------------------
 // Building operations by hand. Times are in ns; every helper makes an
@@ -500,23 +501,20 @@ fn file_round_trip_and_errors() {
 // ---------------------------------------------------------------------------
 // Randomized histories from a real run.
 
-/// SplitMix64, enough for test data.
-struct Rng(u64);
+/// Test-data shorthands on the project's SplitMix64.
+trait Draw {
+    /// A number in `[0, n)`.
+    fn below(&mut self, n: u64) -> u64;
+    /// True `percent` times in a hundred.
+    fn percent(&mut self, percent: u64) -> bool;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
+impl Draw for Rng {
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.range(0, n)
     }
 
-    fn chance(&mut self, percent: u64) -> bool {
+    fn percent(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }
@@ -548,7 +546,7 @@ struct Timing {
 /// order of their effect instants, which is the true linearization. The
 /// lines are shuffled.
 fn random_history(seed: u64, shape: &Shape) -> Vec<Operation> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let unit = shape.latency * 1000;
 
     // When every operation happens, client by client.
@@ -560,9 +558,9 @@ fn random_history(seed: u64, shape: &Shape) -> Vec<Operation> {
         let Some(std::cmp::Reverse((invoke, client))) = ready.pop() else {
             break;
         };
-        let slow = if rng.chance(5) { 10 } else { 1 };
+        let slow = if rng.percent(5) { 10 } else { 1 };
         let effect = invoke + rng.below(slow * unit + 1);
-        let (complete, next) = if rng.chance(8) {
+        let (complete, next) = if rng.percent(8) {
             (None, invoke + rng.below(2 * unit + 1))
         } else {
             let done = effect + rng.below(slow * unit + 1);
@@ -592,7 +590,7 @@ fn random_history(seed: u64, shape: &Shape) -> Vec<Operation> {
         let current = store.get(&key).cloned();
         let answered = t.complete.is_some();
         // Whether an unanswered write took effect anyway.
-        let applied = answered || rng.chance(50);
+        let applied = answered || rng.percent(50);
         let mut op = match rng.below(10) {
             0..=3 => get(client, &key, current.as_deref(), times),
             4..=6 => {
@@ -630,7 +628,7 @@ fn random_history(seed: u64, shape: &Shape) -> Vec<Operation> {
         };
         if !answered {
             op = unknown(op);
-            op.result = if op.kind == OpKind::Get && rng.chance(50) {
+            op.result = if op.kind == OpKind::Get && rng.percent(50) {
                 // Whatever an unanswered read claims is ignored.
                 Some("garbage".to_string())
             } else {
@@ -708,7 +706,7 @@ fn random_histories_pass_and_corrupted_reads_fail() {
     };
     let all_seeds = seeds.end - seeds.start == 300;
     for seed in seeds {
-        let mut rng = Rng(seed ^ 0x5EED);
+        let mut rng = Rng::new(seed ^ 0x5EED);
         let shape = Shape {
             ops: 20 + rng.below(200) as usize,
             keys: 1 + rng.below(4),
@@ -840,7 +838,7 @@ fn arbitrary_history(rng: &mut Rng) -> Vec<Operation> {
     let values = ["a", "b", "c"];
     let value = |rng: &mut Rng| values[rng.below(3) as usize];
     let maybe = |rng: &mut Rng| {
-        if rng.chance(30) {
+        if rng.percent(30) {
             None
         } else {
             Some(value(rng))
@@ -870,7 +868,7 @@ fn arbitrary_history(rng: &mut Rng) -> Vec<Operation> {
 fn small_histories_agree_with_brute_force() {
     let mut failing = 0;
     for seed in 0..5000u64 {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let ops = arbitrary_history(&mut rng);
         let expected = brute_force(&ops);
         let v = check(&ops, &CheckOptions::default());

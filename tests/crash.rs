@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::TestCluster;
 use raftkit::client::Client;
 use raftkit::kv::{Op, OpResult};
+use raftkit::raft::rng::Rng;
 use raftkit::raft::{Entry, LogIndex, NodeId, Role};
 use raftkit::wire::{RequestBody, ResponseBody};
 
@@ -30,21 +31,9 @@ struct KeyLedger {
     unknown_after: Vec<String>,
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo))
-    }
+/// A random pause in `[lo, hi)` ms.
+fn pause(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.range(lo, hi))
 }
 
 fn fetch_log(client: &mut Client, id: u64, to: LogIndex) -> Vec<Entry> {
@@ -80,7 +69,7 @@ fn acknowledged_writes_survive_random_sigkills() {
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     eprintln!("crash test seed {seed} (replay the kill schedule with CRASH_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut tc = TestCluster::start(3);
     tc.wait_leader(&[1, 2, 3]);
 
@@ -135,12 +124,12 @@ fn acknowledged_writes_survive_random_sigkills() {
     std::thread::sleep(Duration::from_millis(800));
     let mut kills = 0;
     for _ in 0..10 {
-        let victim = 1 + rng.below(3);
+        let victim = 1 + rng.range(0, 3);
         tc.kill(victim);
         kills += 1;
-        std::thread::sleep(rng.ms(50, 900));
+        std::thread::sleep(pause(&mut rng, 50, 900));
         tc.start_node(victim);
-        std::thread::sleep(rng.ms(300, 1500));
+        std::thread::sleep(pause(&mut rng, 300, 1500));
     }
     // All three at once, restarted in random order.
     let mut all_at_once = 0;
@@ -151,14 +140,14 @@ fn acknowledged_writes_survive_random_sigkills() {
             kills += 1;
         }
         all_at_once += 1;
-        std::thread::sleep(rng.ms(50, 500));
+        std::thread::sleep(pause(&mut rng, 50, 500));
         let mut order = vec![1u64, 2, 3];
         for i in (1..3).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
+            order.swap(i, rng.range(0, i as u64 + 1) as usize);
         }
         for id in order {
             tc.start_node(id);
-            std::thread::sleep(rng.ms(0, 300));
+            std::thread::sleep(pause(&mut rng, 0, 300));
         }
         // Writes resume after the restart.
         let deadline = Instant::now() + Duration::from_secs(60);
