@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::kv::{ClientId, Command, Op, OpResult};
-use crate::raft::{LogIndex, NodeId};
+use crate::raft::{Entry, LogIndex, NodeId};
 use crate::wire::{
     decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
 };
@@ -167,6 +167,43 @@ impl Client {
             self.conn = None;
         }
         result
+    }
+
+    /// Entries `from..=to` of `node`'s log (`to` 0: to its end), fetched in
+    /// chunks, with the node's commit index.
+    pub fn log(
+        &mut self,
+        node: NodeId,
+        from: u64,
+        to: u64,
+    ) -> Result<(LogIndex, Vec<Entry>), ClientError> {
+        let mut entries = Vec::new();
+        let mut next = from.max(1);
+        loop {
+            let body = RequestBody::Log {
+                from: LogIndex(next),
+                to: LogIndex(to),
+                entries_max: 10_000,
+            };
+            match self.call(node, body)? {
+                ResponseBody::Log {
+                    commit_index,
+                    last_index,
+                    entries: got,
+                    ..
+                } => {
+                    let done = got.is_empty()
+                        || got.last().map(|e| e.index)
+                            >= Some(if to == 0 { last_index } else { LogIndex(to) });
+                    next = got.last().map_or(next, |e| e.index.0 + 1);
+                    entries.extend(got);
+                    if done {
+                        return Ok((commit_index, entries));
+                    }
+                }
+                other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            }
+        }
     }
 
     /// A key-value operation, following redirects and retrying (with the

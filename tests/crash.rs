@@ -16,8 +16,7 @@ use common::TestCluster;
 use raftkit::client::Client;
 use raftkit::kv::{Op, OpResult};
 use raftkit::raft::rng::Rng;
-use raftkit::raft::{Entry, LogIndex, NodeId, Role};
-use raftkit::wire::{RequestBody, ResponseBody};
+use raftkit::raft::{NodeId, Role};
 
 const WRITERS: u64 = 5;
 const KEYS_PER_WRITER: u64 = 500;
@@ -34,28 +33,6 @@ struct KeyLedger {
 /// A random pause in `[lo, hi)` ms.
 fn pause(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.range(lo, hi))
-}
-
-fn fetch_log(client: &mut Client, id: u64, to: LogIndex) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let mut from = LogIndex(1);
-    while from <= to {
-        match client.call(
-            NodeId(id),
-            RequestBody::Log {
-                from,
-                to,
-                entries_max: 5000,
-            },
-        ) {
-            Ok(ResponseBody::Log { entries, .. }) if !entries.is_empty() => {
-                from = LogIndex(entries[entries.len() - 1].index.0 + 1);
-                out.extend(entries);
-            }
-            other => panic!("n{id}: log request failed: {other:?}"),
-        }
-    }
-    out
 }
 
 #[test]
@@ -186,10 +163,12 @@ fn acknowledged_writes_survive_random_sigkills() {
     };
 
     // Identical logs up to the commit index.
-    let reference = fetch_log(&mut client, leader, commit);
+    let (_, reference) = client
+        .log(NodeId(leader), 1, commit.0)
+        .expect("leader's log");
     assert_eq!(reference.len() as u64, commit.0);
     for id in (1..=3).filter(|&i| i != leader) {
-        let log = fetch_log(&mut client, id, commit);
+        let (_, log) = client.log(NodeId(id), 1, commit.0).expect("log");
         assert_eq!(log.len(), reference.len(), "n{id} log length");
         if let Some((a, b)) = log.iter().zip(&reference).find(|(a, b)| a != b) {
             panic!("n{id} differs from the leader n{leader} at {a} vs {b}");

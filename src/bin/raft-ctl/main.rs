@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use raftkit::client::{Client, ClientError};
 use raftkit::config::{parse_node_id, Config};
 use raftkit::kv::{Op, OpResult};
-use raftkit::raft::{Entry, EntryKind, LogIndex, NodeId};
+use raftkit::raft::{Entry, EntryKind, NodeId};
 use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
@@ -415,41 +415,6 @@ pub(crate) fn payload(e: &Entry) -> String {
     }
 }
 
-fn fetch_log(
-    client: &mut Client,
-    node: NodeId,
-    from: u64,
-    to: u64,
-) -> Result<(LogIndex, Vec<Entry>), ClientError> {
-    let mut entries = Vec::new();
-    let mut next = from.max(1);
-    loop {
-        let body = RequestBody::Log {
-            from: LogIndex(next),
-            to: LogIndex(to),
-            entries_max: 10_000,
-        };
-        match client.call(node, body)? {
-            ResponseBody::Log {
-                commit_index,
-                last_index,
-                entries: got,
-                ..
-            } => {
-                let done = got.is_empty()
-                    || got.last().map(|e| e.index)
-                        >= Some(if to == 0 { last_index } else { LogIndex(to) });
-                next = got.last().map_or(next, |e| e.index.0 + 1);
-                entries.extend(got);
-                if done {
-                    return Ok((commit_index, entries));
-                }
-            }
-            other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
-        }
-    }
-}
-
 fn log_one(
     client: &mut Client,
     node: NodeId,
@@ -457,7 +422,7 @@ fn log_one(
     to: Option<u64>,
     json_out: bool,
 ) -> ExitCode {
-    match fetch_log(client, node, from.unwrap_or(1), to.unwrap_or(0)) {
+    match client.log(node, from.unwrap_or(1), to.unwrap_or(0)) {
         Ok((commit, entries)) => {
             if json_out {
                 let arr: Vec<Value> = entries
@@ -489,7 +454,7 @@ fn log_one(
 fn log_all(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
     let mut logs = Vec::new();
     for n in &config.nodes {
-        logs.push((n.id, fetch_log(client, n.id, 1, 0).ok()));
+        logs.push((n.id, client.log(n.id, 1, 0).ok()));
     }
     if json_out {
         let arr: Vec<Value> = logs

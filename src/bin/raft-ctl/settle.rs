@@ -13,38 +13,13 @@ use raftkit::bench::monotonic_ns;
 use raftkit::client::Client;
 use raftkit::config::Config;
 use raftkit::kv::{Op, OpResult};
-use raftkit::raft::{Entry, LogIndex, NodeId, Role};
-use raftkit::wire::{RequestBody, ResponseBody};
+use raftkit::raft::Role;
 use serde_json::{json, Value};
 
 use crate::{fail, fetch_status, EXIT_ERROR};
 
 /// The `client` number of the final reads in a history.
 const SETTLE_CLIENT: u64 = 1_000_000;
-
-fn fetch_log(client: &mut Client, id: NodeId, to: LogIndex) -> Result<Vec<Entry>, String> {
-    let mut out = Vec::new();
-    let mut from = LogIndex(1);
-    while from <= to {
-        match client.call(
-            id,
-            RequestBody::Log {
-                from,
-                to,
-                entries_max: 10_000,
-            },
-        ) {
-            Ok(ResponseBody::Log { entries, .. }) if !entries.is_empty() => {
-                from = LogIndex(entries[entries.len() - 1].index.0 + 1);
-                out.extend(entries);
-            }
-            Ok(ResponseBody::Log { .. }) => return Err(format!("{id} has no entry {from}")),
-            Ok(other) => return Err(format!("{id}: unexpected answer {other:?}")),
-            Err(e) => return Err(format!("{id}: {e}")),
-        }
-    }
-    Ok(out)
-}
 
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
@@ -107,14 +82,14 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
         std::thread::sleep(Duration::from_millis(100));
     };
     // 2. Identical logs up to the commit index.
-    let reference = match fetch_log(&mut client, leader, commit) {
-        Ok(l) => l,
-        Err(e) => return fail(EXIT_ERROR, e),
+    let reference = match client.log(leader, 1, commit.0) {
+        Ok((_, l)) => l,
+        Err(e) => return fail(EXIT_ERROR, format!("{leader}: {e}")),
     };
     for n in config.nodes.iter().filter(|n| n.id != leader) {
-        let log = match fetch_log(&mut client, n.id, commit) {
-            Ok(l) => l,
-            Err(e) => return fail(EXIT_ERROR, e),
+        let log = match client.log(n.id, 1, commit.0) {
+            Ok((_, l)) => l,
+            Err(e) => return fail(EXIT_ERROR, format!("{}: {e}", n.id)),
         };
         if let Some((a, b)) = log.iter().zip(&reference).find(|(a, b)| a != b) {
             return fail(
