@@ -146,7 +146,10 @@ impl Drop for StorageThread {
 }
 
 fn job_bytes(j: &Job) -> usize {
-    j.entries.iter().map(|e| e.data.len() + 25).sum()
+    j.entries
+        .iter()
+        .map(|e| super::wal::record_bytes(e.data.len()) as usize)
+        .sum()
 }
 
 fn write_batch(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::StorageError> {

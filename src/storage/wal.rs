@@ -186,6 +186,9 @@ pub struct Scan {
     pub segments: Vec<SegmentScan>,
     pub entries: Vec<Entry>,
     pub torn: Option<TornTail>,
+    /// Segment files wholly past the end of the log: removed when the tail
+    /// is cut (a whole torn segment, or, in repair mode, later segments).
+    pub beyond: Vec<PathBuf>,
     /// Files in the directory that are not segments.
     pub strangers: Vec<PathBuf>,
 }
@@ -226,61 +229,55 @@ pub fn scan(dir: &Path, mode: ScanMode) -> Result<Scan, StorageError> {
     };
     let mut expected = 1u64;
     let count = names.len();
-    for (i, (first, path)) in names.into_iter().enumerate() {
+    for (i, (first, path)) in names.iter().enumerate() {
+        let (first, path) = (*first, path.clone());
         let is_last = i + 1 == count;
         let b = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
         let file_bytes = b.len() as u64;
-        if let Err(why) = check_segment_header(&b, first) {
-            let rec_at_header_end = b.len() > SEGMENT_HEADER_BYTES as usize
-                && decode_record(&b, SEGMENT_HEADER_BYTES as usize).is_ok();
-            if is_last && !rec_at_header_end {
+        // A segment that cannot be used at all: refused, or (a crash while
+        // it was created, or repair mode) cut off whole with what follows.
+        let unusable = match check_segment_header(&b, first) {
+            Err(why) => {
+                let records_follow = b.len() > SEGMENT_HEADER_BYTES as usize
+                    && decode_record(&b, SEGMENT_HEADER_BYTES as usize).is_ok();
                 // Created, but the crash came before its header was durable:
                 // no record in it was ever written, let alone acknowledged.
-                out.torn = Some(TornTail {
-                    path,
-                    offset: 0,
-                    bytes: file_bytes,
-                    why,
-                    whole_segment: true,
-                });
-                break;
+                let torn = is_last && !records_follow;
+                if !torn && mode == ScanMode::Strict {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        0,
+                        format!("bad segment header: {why}"),
+                    ));
+                }
+                Some(why)
             }
-            if mode == ScanMode::CutAtFirstError {
-                out.torn = Some(TornTail {
-                    path,
-                    offset: 0,
-                    bytes: file_bytes,
-                    why,
-                    whole_segment: true,
-                });
-                break;
+            Ok(()) if first != expected => {
+                let what = if i == 0 {
+                    format!("the log starts at index {first}, not 1: earlier segments are missing")
+                } else {
+                    format!(
+                        "segment starts at index {first} but the previous one ends at {}: a segment is missing or misplaced",
+                        expected - 1
+                    )
+                };
+                if mode == ScanMode::Strict {
+                    return Err(StorageError::corrupt(&path, 0, what));
+                }
+                Some(what)
             }
-            return Err(StorageError::corrupt(
-                &path,
-                0,
-                format!("bad segment header: {why}"),
-            ));
-        }
-        if first != expected {
-            let what = if i == 0 {
-                format!("the log starts at index {first}, not 1: earlier segments are missing")
-            } else {
-                format!(
-                    "segment starts at index {first} but the previous one ends at {}: a segment is missing or misplaced",
-                    expected - 1
-                )
-            };
-            if mode == ScanMode::CutAtFirstError {
-                out.torn = Some(TornTail {
-                    path,
-                    offset: 0,
-                    bytes: file_bytes,
-                    why: what,
-                    whole_segment: true,
-                });
-                break;
-            }
-            return Err(StorageError::corrupt(&path, 0, what));
+            Ok(()) => None,
+        };
+        if let Some(why) = unusable {
+            out.torn = Some(TornTail {
+                path,
+                offset: 0,
+                bytes: file_bytes,
+                why,
+                whole_segment: true,
+            });
+            out.beyond = names[i..].iter().map(|(_, p)| p.clone()).collect();
+            break;
         }
         let mut seg = SegmentScan {
             path: path.clone(),
@@ -343,6 +340,7 @@ pub fn scan(dir: &Path, mode: ScanMode) -> Result<Scan, StorageError> {
                 why,
                 whole_segment: false,
             });
+            out.beyond = names[i + 1..].iter().map(|(_, p)| p.clone()).collect();
             break;
         }
     }
@@ -412,7 +410,7 @@ impl Wal {
                     ""
                 }
             );
-            cut_tail(dir, &mut scan, t)?;
+            cut_tail(dir, &scan, &t)?;
         }
         let entries = std::mem::take(&mut scan.entries);
         let mut segments: Vec<Segment> = scan
@@ -680,40 +678,12 @@ fn create_segment(dir: &Path, first: u64, fsync: bool) -> Result<Segment, Storag
     })
 }
 
-/// Removes a torn tail found by `scan`, durably.
-fn cut_tail(dir: &Path, scan: &mut Scan, t: TornTail) -> Result<(), StorageError> {
-    // With `CutAtFirstError` the bad spot may be followed by later segments.
-    let keep =
-        scan.segments
-            .iter()
-            .position(|s| s.path == t.path)
-            .map_or(
-                scan.segments.len(),
-                |p| if t.whole_segment { p } else { p + 1 },
-            );
-    let later: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| StorageError::io(dir, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse_segment_name)
-                .is_some_and(|first| {
-                    let t_first = t
-                        .path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(parse_segment_name)
-                        .unwrap_or(u64::MAX);
-                    first > t_first || (t.whole_segment && first == t_first)
-                })
-        })
-        .collect();
-    for p in &later {
+/// Removes a torn tail found by `scan`, durably. `scan` already ends where
+/// the log does: only the files have to follow.
+fn cut_tail(dir: &Path, scan: &Scan, t: &TornTail) -> Result<(), StorageError> {
+    for p in &scan.beyond {
         fs::remove_file(p).map_err(|e| StorageError::io(p, e))?;
     }
-    scan.segments.truncate(keep);
     if !t.whole_segment {
         let f = OpenOptions::new()
             .write(true)
@@ -723,12 +693,5 @@ fn cut_tail(dir: &Path, scan: &mut Scan, t: TornTail) -> Result<(), StorageError
             .map_err(|e| StorageError::io(&t.path, e))?;
         f.sync_all().map_err(|e| StorageError::io(&t.path, e))?;
     }
-    fsync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
-    // Entries past the cut (possible only in repair mode) go too.
-    let last = scan
-        .segments
-        .last()
-        .map_or(0, |s| s.first_index + s.offsets.len() as u64 - 1);
-    scan.entries.truncate(last as usize);
-    Ok(())
+    fsync_dir(dir).map_err(|e| StorageError::io(dir, e))
 }
