@@ -70,6 +70,24 @@ pub fn encode_meta(meta: &Meta) -> Vec<u8> {
     out
 }
 
+/// Checks the 16-byte preamble every raftkit file starts with: its magic
+/// (`what` names the kind of file) and the format version. On a mismatch,
+/// the offset of the bad field and what is wrong. `b` holds at least 16
+/// bytes.
+pub(super) fn check_preamble(b: &[u8], magic: &[u8; 8], what: &str) -> Result<(), (u64, String)> {
+    if &b[..8] != magic {
+        return Err((0, format!("not a raftkit {what} (bad magic)")));
+    }
+    let version = LittleEndian::read_u32(&b[8..12]);
+    if version != FORMAT_VERSION {
+        return Err((
+            8,
+            format!("format version {version}, this build reads {FORMAT_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn decode_meta(path: &Path, b: &[u8]) -> Result<Meta, StorageError> {
     let bad = |offset: u64, what: String| StorageError::corrupt(path, offset, what);
     if b.len() < 32 {
@@ -78,16 +96,7 @@ pub fn decode_meta(path: &Path, b: &[u8]) -> Result<Meta, StorageError> {
             format!("{} bytes, shorter than a meta file", b.len()),
         ));
     }
-    if &b[..8] != META_MAGIC {
-        return Err(bad(0, "not a raftkit meta file (bad magic)".into()));
-    }
-    let version = LittleEndian::read_u32(&b[8..12]);
-    if version != FORMAT_VERSION {
-        return Err(bad(
-            8,
-            format!("format version {version}, this build reads {FORMAT_VERSION}"),
-        ));
-    }
+    check_preamble(b, META_MAGIC, "meta file").map_err(|(o, w)| bad(o, w))?;
     let node_id = LittleEndian::read_u64(&b[16..24]);
     let len = LittleEndian::read_u32(&b[24..28]) as usize;
     if len > CLUSTER_NAME_BYTES_MAX || b.len() != 32 + len {
@@ -124,16 +133,7 @@ pub fn decode_hardstate(path: &Path, b: &[u8]) -> Result<HardState, StorageError
             format!("{} bytes, a hard state file has {HARDSTATE_BYTES}", b.len()),
         ));
     }
-    if &b[..8] != HARDSTATE_MAGIC {
-        return Err(bad(0, "not a raftkit hard state file (bad magic)".into()));
-    }
-    let version = LittleEndian::read_u32(&b[8..12]);
-    if version != FORMAT_VERSION {
-        return Err(bad(
-            8,
-            format!("format version {version}, this build reads {FORMAT_VERSION}"),
-        ));
-    }
+    check_preamble(b, HARDSTATE_MAGIC, "hard state file").map_err(|(o, w)| bad(o, w))?;
     if crc32c::crc32c(&b[..32]) != LittleEndian::read_u32(&b[32..36]) {
         return Err(bad(32, "CRC mismatch".into()));
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use byteorder::{ByteOrder, LittleEndian};
 use log::warn;
 
-use super::files::{fsync_dir, FORMAT_VERSION};
+use super::files::{check_preamble, fsync_dir, FORMAT_VERSION};
 use super::StorageError;
 use crate::raft::{Entry, EntryKind, LogIndex, Term};
 
@@ -115,15 +115,7 @@ fn check_segment_header(b: &[u8], first: u64) -> Result<(), String> {
     if b.len() < SEGMENT_HEADER_BYTES as usize {
         return Err(format!("incomplete segment header ({} bytes)", b.len()));
     }
-    if &b[..8] != SEGMENT_MAGIC {
-        return Err("not a raftkit log segment (bad magic)".into());
-    }
-    let version = LittleEndian::read_u32(&b[8..12]);
-    if version != FORMAT_VERSION {
-        return Err(format!(
-            "format version {version}, this build reads {FORMAT_VERSION}"
-        ));
-    }
+    check_preamble(b, SEGMENT_MAGIC, "log segment").map_err(|(_, why)| why)?;
     let stored = LittleEndian::read_u64(&b[16..24]);
     if stored != first {
         return Err(format!(
