@@ -11,7 +11,7 @@ pub mod hist;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,7 +110,6 @@ impl Default for BenchOptions {
 pub struct Live {
     pub completed: AtomicU64,
     pub errors: AtomicU64,
-    pub stop: AtomicBool,
 }
 
 /// What a run measured.
@@ -168,7 +167,7 @@ impl BenchResult {
 }
 
 /// Runs the load; blocks until done. `live` may be watched from another
-/// thread (and its `stop` set to end early).
+/// thread.
 pub fn run(config: &Config, opts: &BenchOptions, live: Arc<Live>) -> io::Result<BenchResult> {
     let first_node = match opts.target {
         Target::Leader => find_leader(config).unwrap_or(0),
@@ -294,7 +293,6 @@ struct ClientState {
     attempts: u32,
     /// Last value this client saw per key (for cas).
     seen: HashMap<u64, Option<String>>,
-    done: bool,
 }
 
 /// Outcome of one operation.
@@ -355,7 +353,6 @@ impl<'a> Engine<'a> {
                 retry_at: None,
                 attempts: 0,
                 seen: HashMap::new(),
-                done: false,
             })
             .collect();
         Ok(Engine {
@@ -393,9 +390,7 @@ impl<'a> Engine<'a> {
         let mut drain_until: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            if !self.stopping
-                && (self.end.is_some_and(|e| now >= e) || self.live.stop.load(Ordering::Relaxed))
-            {
+            if !self.stopping && self.end.is_some_and(|e| now >= e) {
                 self.stopping = true;
             }
             if self.stopping {
@@ -492,7 +487,6 @@ impl<'a> Engine<'a> {
     /// Starts the client's next operation, unless the run is ending.
     fn next_op(&mut self, c: usize, now: Instant) {
         if self.stopping || self.total.is_some_and(|t| self.issued >= t) {
-            self.clients[c].done = true;
             if self.total.is_some_and(|t| self.issued >= t)
                 && self.clients.iter().all(|c| c.pending.is_none())
             {
