@@ -6,8 +6,6 @@
 //! run. Files go to `target/bench-storage` (or `RAFTKIT_BENCH_DIR`), so the
 //! disk is the one the repository is on, not a tmpfs.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -130,27 +128,12 @@ fn append_run_in_place(dir: &Path, size: usize, batch: usize, secs: f64) -> Row 
 /// A plain `pwrite` of one 125-byte record and `fdatasync`, in a loop: the
 /// disk's own rate. Returns (fsyncs/s, p50 latency in µs).
 fn raw_fsync(dir: &Path, secs: f64) -> (f64, f64) {
-    let d = tempfile::tempdir_in(dir).expect("tempdir");
-    let f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(d.path().join("raw"))
-        .expect("raw file");
-    let rec = [7u8; 125];
-    let mut off = 0u64;
-    let mut lat = Vec::new();
     let start = Instant::now();
-    while start.elapsed().as_secs_f64() < secs {
-        let t = Instant::now();
-        f.write_all_at(&rec, off).expect("write");
-        f.sync_data().expect("fdatasync");
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        off += rec.len() as u64;
-    }
-    let n = lat.len() as f64;
-    lat.sort_by(|a, b| a.total_cmp(b));
-    (n / start.elapsed().as_secs_f64(), lat[lat.len() / 2])
+    let lat = raftkit::bench::fdatasync_loop(dir, secs).expect("write + fdatasync");
+    (
+        lat.len() as f64 / start.elapsed().as_secs_f64(),
+        lat[lat.len() / 2] as f64 / 1000.0,
+    )
 }
 
 /// The storage thread under a steady stream of one-entry jobs (as a

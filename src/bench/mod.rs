@@ -42,6 +42,38 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The disk's own commit latency: a loop of `pwrite` of one 125-byte
+/// record at the end of a fresh file in `dir`, then `fdatasync`, for `secs`
+/// seconds. Returns each iteration's latency in nanoseconds, sorted.
+pub fn fdatasync_loop(dir: &std::path::Path, secs: f64) -> io::Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!(".raftkit-fdatasync-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
+    let rec = [7u8; 125];
+    let mut lat = Vec::new();
+    let mut off = 0;
+    let start = Instant::now();
+    let result = loop {
+        if start.elapsed().as_secs_f64() >= secs && !lat.is_empty() {
+            break Ok(());
+        }
+        let t = Instant::now();
+        if let Err(e) = f.write_all_at(&rec, off).and_then(|_| f.sync_data()) {
+            break Err(e);
+        }
+        lat.push(t.elapsed().as_nanos() as u64);
+        off += rec.len() as u64;
+    };
+    let _ = std::fs::remove_file(&path);
+    result?;
+    lat.sort_unstable();
+    Ok(lat)
+}
+
 /// Which operations the clients send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpMix {

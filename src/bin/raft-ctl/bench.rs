@@ -295,38 +295,15 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
 /// small append in `dir`, and a loopback TCP round trip. Medians in µs.
 pub fn floor(dir: &std::path::Path, secs: f64, json_out: bool) -> ExitCode {
     use std::io::{Read, Write};
-    use std::os::unix::fs::FileExt;
-    let path = dir.join(format!(".raftkit-floor-{}", std::process::id()));
-    let f = match std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) => return fail(EXIT_ERROR, format!("{}: {e}", path.display())),
-    };
-    let rec = [7u8; 125];
-    let mut lat = Vec::new();
-    let start = Instant::now();
-    let mut off = 0;
-    while start.elapsed().as_secs_f64() < secs {
-        let t = Instant::now();
-        if f.write_all_at(&rec, off)
-            .and_then(|_| f.sync_data())
-            .is_err()
-        {
-            let _ = std::fs::remove_file(&path);
+    let lat = match bench::fdatasync_loop(dir, secs) {
+        Ok(l) => l,
+        Err(e) => {
             return fail(
                 EXIT_ERROR,
-                format!("{}: write/fdatasync failed", path.display()),
-            );
+                format!("{}: write/fdatasync: {e}", dir.display()),
+            )
         }
-        lat.push(t.elapsed().as_nanos() as u64);
-        off += rec.len() as u64;
-    }
-    let _ = std::fs::remove_file(&path);
-    lat.sort_unstable();
+    };
     let fsync_p50 = lat[lat.len() / 2] as f64 / 1000.0;
     // Loopback ping-pong of one byte, Nagle off.
     let rtt = (|| -> std::io::Result<f64> {
