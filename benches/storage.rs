@@ -46,6 +46,7 @@ fn append_run(dir: &Path, size: usize, batch: usize, fsync: bool, secs: f64) -> 
     let opts = WalOptions {
         segment_bytes_max: 64 << 20,
         fsync,
+        direct_io: true,
     };
     let (mut wal, _) = Wal::open(d.path(), opts).expect("open");
     // Pre-built entries, so only the log's work is timed; indexes go on
@@ -94,6 +95,7 @@ fn append_run_in_place(dir: &Path, size: usize, batch: usize, secs: f64) -> Row 
     let opts = WalOptions {
         segment_bytes_max: 64 << 20,
         fsync: false,
+        direct_io: false,
     };
     let (mut wal, _) = Wal::open(d.path(), opts).expect("open");
     let mut chunk = entries(batch, size);

@@ -50,6 +50,7 @@ struct RawCluster {
     inflight_msgs_max: Option<usize>,
     segment_bytes_max: Option<u64>,
     fsync: Option<bool>,
+    direct_io: Option<bool>,
     pre_vote: Option<bool>,
     check_quorum: Option<bool>,
 }
@@ -76,6 +77,9 @@ pub struct ClusterConfig {
     pub segment_bytes_max: u64,
     /// Off only for experiments: a crash can then lose acknowledged writes.
     pub fsync: bool,
+    /// With fsync on: write the log with O_DIRECT | O_DSYNC where the file
+    /// system allows it (see `storage::direct`).
+    pub direct_io: bool,
     pub pre_vote: bool,
     pub check_quorum: bool,
 }
@@ -171,6 +175,7 @@ impl Config {
             inflight_msgs_max: c.inflight_msgs_max.unwrap_or(64).max(1),
             segment_bytes_max: c.segment_bytes_max.unwrap_or(64 << 20),
             fsync: c.fsync.unwrap_or(true),
+            direct_io: c.direct_io.unwrap_or(true),
             pre_vote: c.pre_vote.unwrap_or(true),
             check_quorum: c.check_quorum.unwrap_or(true),
         };

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
     let opts = WalOptions {
         segment_bytes_max: config.cluster.segment_bytes_max,
         fsync: config.cluster.fsync,
+        direct_io: config.cluster.direct_io,
     };
     let (store, recovered) = match DiskStore::open(&me.data_dir, &owner, opts) {
         Ok(r) => r,

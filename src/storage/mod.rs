@@ -14,6 +14,7 @@
 //! reports the batch durable and wakes the event loop. docs/STORAGE.md has
 //! the byte layout and the recovery rules.
 
+pub mod direct;
 pub mod files;
 pub mod thread;
 pub mod wal;

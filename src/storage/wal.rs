@@ -14,8 +14,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian};
-use log::warn;
+use log::{debug, warn};
 
+use super::direct::{self, DirectWriter};
 use super::files::{check_preamble, fsync_dir, FORMAT_VERSION};
 use super::StorageError;
 use crate::raft::{Entry, EntryKind, LogIndex, Term};
@@ -138,6 +139,10 @@ pub struct WalOptions {
     /// `false` only for experiments: appends then survive a process crash
     /// but not a power loss.
     pub fsync: bool,
+    /// With fsync on, write records with `O_DIRECT | O_DSYNC` (one
+    /// synchronous write instead of `pwrite` + `fdatasync`) where the file
+    /// system allows it. See `storage::direct`.
+    pub direct_io: bool,
 }
 
 impl Default for WalOptions {
@@ -145,6 +150,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes_max: 64 << 20,
             fsync: true,
+            direct_io: true,
         }
     }
 }
@@ -350,6 +356,7 @@ struct Segment {
 /// Counters for the benchmark and `status`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WalStats {
+    /// Durable writes: `fdatasync` calls, or synchronous direct writes.
     pub syncs: u64,
     pub bytes_written: u64,
     pub segments_created: u64,
@@ -362,13 +369,17 @@ pub struct Wal {
     segments: Vec<Segment>,
     /// The last segment, open for writing.
     file: File,
+    /// The last segment opened for direct writes, when in use: then every
+    /// record goes through it, and `file` serves truncation, zero-filling
+    /// and reading back the partial last block.
+    direct: Option<DirectWriter>,
     /// Bytes of the last segment already written to `file`.
     written: u64,
     /// Size of the last segment's file: `written` plus zero-filled space.
     allocated: u64,
     /// Encoded records not yet written.
     buf: Vec<u8>,
-    /// Written (or truncated) since the last sync.
+    /// Written through `file` (or truncated) since the last sync.
     dirty: bool,
     last_index: u64,
     stats: WalStats,
@@ -423,11 +434,7 @@ impl Wal {
         let last = segments
             .last()
             .ok_or_else(|| StorageError::io(dir, io::ErrorKind::NotFound.into()))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&last.path)
-            .map_err(|e| StorageError::io(&last.path, e))?;
+        let (file, direct) = open_last(&last.path, opts)?;
         let written = last.len;
         let allocated = file
             .metadata()
@@ -441,6 +448,7 @@ impl Wal {
                 opts,
                 segments,
                 file,
+                direct,
                 written,
                 allocated,
                 buf: Vec::with_capacity(1 << 20),
@@ -517,9 +525,13 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes buffered records to the file (not yet durable).
+    /// Writes buffered records to the file: durable at once when written
+    /// directly, otherwise with the next `sync`.
     fn flush(&mut self) -> Result<(), StorageError> {
         if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.direct.is_some() && self.flush_direct()? {
             return Ok(());
         }
         let path = &self.segments[self.segments.len() - 1].path;
@@ -531,27 +543,69 @@ impl Wal {
         self.buf.clear();
         self.dirty = true;
         if self.opts.fsync && self.written > self.allocated {
-            self.preallocate()?;
+            self.preallocate(self.written)?;
         }
         Ok(())
     }
 
-    /// Zero-fills the last segment up to the next `PREALLOC_BYTES` boundary
-    /// past the data (never past `segment_bytes_max` by more than that).
-    /// The `fdatasync` that follows commits the new size once for the whole
-    /// stretch.
-    fn preallocate(&mut self) -> Result<(), StorageError> {
-        let target = (self.written / PREALLOC_BYTES + 1) * PREALLOC_BYTES;
-        let target = target.min(self.opts.segment_bytes_max.max(self.written) + PREALLOC_BYTES);
-        if target <= self.written {
+    /// `flush` through the direct writer; `Ok(false)` when the file system
+    /// refused the write and the records are still to be written the
+    /// ordinary way.
+    fn flush_direct(&mut self) -> Result<bool, StorageError> {
+        let end = direct::round_up(self.written + self.buf.len() as u64);
+        if end > self.allocated {
+            self.preallocate(end)?;
+        }
+        let path = &self.segments[self.segments.len() - 1].path;
+        // A truncation or a zero fill is durable before anything is written
+        // after it.
+        if self.dirty {
+            self.file
+                .sync_data()
+                .map_err(|e| StorageError::io(path, e))?;
+            self.stats.syncs += 1;
+            self.dirty = false;
+        }
+        let Some(w) = self.direct.as_mut() else {
+            return Ok(false);
+        };
+        match w.write(&self.file, &self.buf, self.written) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                warn!(
+                    "{}: direct write refused ({e}); writing through the page cache from now on",
+                    path.display()
+                );
+                self.direct = None;
+                return Ok(false);
+            }
+            Err(e) => return Err(StorageError::io(path, e)),
+        }
+        self.written += self.buf.len() as u64;
+        self.stats.bytes_written += self.buf.len() as u64;
+        self.stats.syncs += 1;
+        self.buf.clear();
+        Ok(true)
+    }
+
+    /// Zero-fills the last segment from the end of its data or zeros up to
+    /// the next `PREALLOC_BYTES` boundary past `upto` (never past
+    /// `segment_bytes_max` by more than that). The `fdatasync` that follows
+    /// commits the new size once for the whole stretch.
+    fn preallocate(&mut self, upto: u64) -> Result<(), StorageError> {
+        let target = (upto / PREALLOC_BYTES + 1) * PREALLOC_BYTES;
+        let target = target.min(self.opts.segment_bytes_max.max(upto) + PREALLOC_BYTES);
+        let from = self.allocated.max(self.written);
+        if target <= from {
             return Ok(());
         }
-        let zeros = vec![0u8; (target - self.written) as usize];
+        let zeros = vec![0u8; (target - from) as usize];
         let path = &self.segments[self.segments.len() - 1].path;
         self.file
-            .write_all_at(&zeros, self.written)
+            .write_all_at(&zeros, from)
             .map_err(|e| StorageError::io(path, e))?;
         self.allocated = target;
+        self.dirty = true;
         Ok(())
     }
 
@@ -592,11 +646,7 @@ impl Wal {
         self.trim_preallocation()?;
         self.sync()?;
         let seg = create_segment(&self.dir, first, self.opts.fsync)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&seg.path)
-            .map_err(|e| StorageError::io(&seg.path, e))?;
+        (self.file, self.direct) = open_last(&seg.path, self.opts)?;
         self.written = seg.len;
         self.allocated = seg.len;
         self.segments.push(seg);
@@ -625,12 +675,7 @@ impl Wal {
                 fs::remove_file(&s.path).map_err(|e| StorageError::io(&s.path, e))?;
             }
             fsync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
-            let path = &self.segments[pos].path;
-            self.file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| StorageError::io(path, e))?;
+            (self.file, self.direct) = open_last(&self.segments[pos].path, self.opts)?;
         }
         let seg = &mut self.segments[pos];
         let k = (index - seg.first_index) as usize;
@@ -646,6 +691,29 @@ impl Wal {
         self.dirty = true;
         Ok(())
     }
+}
+
+/// Opens the last segment for appends: the file itself, and a direct
+/// writer when the options ask for one and the file system supports it.
+fn open_last(path: &Path, opts: WalOptions) -> Result<(File, Option<DirectWriter>), StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StorageError::io(path, e))?;
+    let direct = if opts.fsync && opts.direct_io {
+        let w = DirectWriter::open(path).map_err(|e| StorageError::io(path, e))?;
+        if w.is_none() {
+            debug!(
+                "{}: no direct I/O on this file system; using write + fdatasync",
+                path.display()
+            );
+        }
+        w
+    } else {
+        None
+    };
+    Ok((file, direct))
 }
 
 fn create_segment(dir: &Path, first: u64, fsync: bool) -> Result<Segment, StorageError> {
