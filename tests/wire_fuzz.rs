@@ -130,3 +130,62 @@ fn wire_rejects_oversized_length_before_allocating() {
     b[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
     assert!(decode_frame(&b).is_err());
 }
+
+/// The load generator's borrowed encoder writes the same bytes as encoding
+/// the equivalent owned frame, for every kind of op.
+#[test]
+fn wire_kv_request_from_borrowed_parts_matches_the_frame() {
+    let ops = [
+        Op::Put {
+            key: b"key-7".to_vec(),
+            value: vec![b'x'; 100],
+        },
+        Op::Get {
+            key: b"key-7".to_vec(),
+        },
+        Op::Delete { key: Vec::new() },
+        Op::Cas {
+            key: b"k".to_vec(),
+            expected: None,
+            new: b"v".to_vec(),
+        },
+        Op::Cas {
+            key: b"k".to_vec(),
+            expected: Some(b"old".to_vec()),
+            new: Vec::new(),
+        },
+        Op::Append {
+            data: vec![0, 1, 2],
+        },
+    ];
+    for (i, op) in ops.iter().enumerate() {
+        for stale_read in [false, true] {
+            let frame = Frame::Request {
+                request_id: 1000 + i as u64,
+                body: RequestBody::Kv {
+                    command: Command {
+                        client_id: u64::MAX - i as u64,
+                        seq: 42,
+                        op: op.clone(),
+                    },
+                    stale_read,
+                },
+            };
+            let mut owned = Vec::new();
+            encode_frame(&frame, &mut owned);
+            let mut borrowed = vec![9u8; 3]; // appends after what is there
+            raftkit::wire::frame::encode_kv_request(
+                1000 + i as u64,
+                u64::MAX - i as u64,
+                42,
+                op.as_ref(),
+                stale_read,
+                &mut borrowed,
+            );
+            assert_eq!(&borrowed[3..], &owned[..], "{op:?}");
+            let (decoded, used) = decode_frame(&borrowed[3..]).unwrap().unwrap();
+            assert_eq!(used, owned.len());
+            assert!(matches!(decoded, Frame::Request { .. }));
+        }
+    }
+}

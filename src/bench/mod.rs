@@ -20,8 +20,9 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::kv::{Command, Op, OpResult};
+use crate::kv::{OpRef, OpResult};
 use crate::raft::rng::Rng;
+use crate::wire::frame::encode_kv_request;
 use crate::wire::{
     decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
 };
@@ -351,6 +352,11 @@ struct Engine<'a> {
     result: BenchResult,
     write_done: Vec<Instant>,
     filler: String,
+    /// Keep what reads return and what each client last saw of a key: only
+    /// the cas mix and `--record` need them.
+    keep_values: bool,
+    /// Reused for every request's key.
+    key_buf: Vec<u8>,
     /// `monotonic_ns()` at `start`.
     clock_base: u64,
 }
@@ -404,6 +410,8 @@ impl<'a> Engine<'a> {
             result: BenchResult::default(),
             write_done: Vec::new(),
             filler: "x".repeat(opts.value_size),
+            keep_values: opts.record || matches!(opts.op, OpMix::Kv { .. }),
+            key_buf: Vec::with_capacity(32),
             clock_base: 0,
         })
     }
@@ -575,33 +583,26 @@ impl<'a> Engine<'a> {
             return;
         };
         p.request_id = request_id;
-        let key = Self::key_name(p.key).into_bytes();
+        self.key_buf.clear();
+        let _ = write!(self.key_buf, "key-{}", p.key);
+        let key = &self.key_buf[..];
+        let value = p.value.as_deref().unwrap_or_default().as_bytes();
         let op = match p.kind {
-            Kind::Put => Op::Put {
+            Kind::Put => OpRef::Put { key, value },
+            Kind::Get => OpRef::Get { key },
+            Kind::Delete => OpRef::Delete { key },
+            Kind::Cas => OpRef::Cas {
                 key,
-                value: p.value.clone().unwrap_or_default().into_bytes(),
-            },
-            Kind::Get => Op::Get { key },
-            Kind::Delete => Op::Delete { key },
-            Kind::Cas => Op::Cas {
-                key,
-                expected: p.expected.clone().flatten().map(String::into_bytes),
-                new: p.value.clone().unwrap_or_default().into_bytes(),
-            },
-        };
-        let frame = Frame::Request {
-            request_id,
-            body: RequestBody::Kv {
-                command: Command {
-                    client_id: cl.client_id,
-                    seq: cl.seq,
-                    op,
-                },
-                stale_read: false,
+                expected: p
+                    .expected
+                    .as_ref()
+                    .and_then(|e| e.as_deref())
+                    .map(str::as_bytes),
+                new: value,
             },
         };
         if let Some(conn) = cl.conn.as_mut() {
-            encode_frame(&frame, &mut conn.wbuf);
+            encode_kv_request(request_id, cl.client_id, cl.seq, op, false, &mut conn.wbuf);
         }
         self.flush(c);
     }
@@ -785,14 +786,14 @@ impl<'a> Engine<'a> {
         let now = Instant::now();
         match body {
             ResponseBody::Kv { result, .. } => {
+                let text = |v: Option<Vec<u8>>| {
+                    v.filter(|_| self.keep_values)
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                };
                 let outcome = match result {
                     OpResult::Done | OpResult::CasOk | OpResult::Deleted(_) => Outcome::Ok(None),
-                    OpResult::Value(v) => {
-                        Outcome::Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
-                    }
-                    OpResult::CasMismatch(cur) => {
-                        Outcome::Failed(cur.map(|v| String::from_utf8_lossy(&v).into_owned()))
-                    }
+                    OpResult::Value(v) => Outcome::Ok(text(v)),
+                    OpResult::CasMismatch(cur) => Outcome::Failed(text(cur)),
                 };
                 if matches!(outcome, Outcome::Ok(_))
                     && self.clients[c]
@@ -863,6 +864,7 @@ impl<'a> Engine<'a> {
         // What this client now knows of the key (for its next cas).
         let cl = &mut self.clients[c];
         match (&outcome, p.kind) {
+            _ if !self.keep_values => {}
             (Outcome::Ok(v), Kind::Get) => {
                 cl.seen.insert(p.key, v.clone());
             }

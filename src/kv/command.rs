@@ -62,34 +62,79 @@ use crate::wire::codec::{put_bytes, put_opt_bytes, put_u64, put_u8, DecodeError,
 /// Format byte leading every command stored in the log.
 pub const COMMAND_FORMAT_V1: u8 = 1;
 
-impl Op {
+/// A borrowed view of an [`Op`]: what encoding needs, so that a client can
+/// send an operation without building an owned one (the load generator).
+#[derive(Clone, Copy, Debug)]
+pub enum OpRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Get {
+        key: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: &'a [u8],
+    },
+    Append {
+        data: &'a [u8],
+    },
+}
+
+impl OpRef<'_> {
     /// Appends the op: a tag byte, then its fields (see docs/PROTOCOL.md).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub fn encode(self, out: &mut Vec<u8>) {
         match self {
-            Op::Put { key, value } => {
+            OpRef::Put { key, value } => {
                 put_u8(out, 1);
                 put_bytes(out, key);
                 put_bytes(out, value);
             }
-            Op::Get { key } => {
+            OpRef::Get { key } => {
                 put_u8(out, 2);
                 put_bytes(out, key);
             }
-            Op::Delete { key } => {
+            OpRef::Delete { key } => {
                 put_u8(out, 3);
                 put_bytes(out, key);
             }
-            Op::Cas { key, expected, new } => {
+            OpRef::Cas { key, expected, new } => {
                 put_u8(out, 4);
                 put_bytes(out, key);
-                put_opt_bytes(out, expected.as_deref());
+                put_opt_bytes(out, expected);
                 put_bytes(out, new);
             }
-            Op::Append { data } => {
+            OpRef::Append { data } => {
                 put_u8(out, 5);
                 put_bytes(out, data);
             }
         }
+    }
+}
+
+impl Op {
+    pub fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            Op::Put { key, value } => OpRef::Put { key, value },
+            Op::Get { key } => OpRef::Get { key },
+            Op::Delete { key } => OpRef::Delete { key },
+            Op::Cas { key, expected, new } => OpRef::Cas {
+                key,
+                expected: expected.as_deref(),
+                new,
+            },
+            Op::Append { data } => OpRef::Append { data },
+        }
+    }
+
+    /// Appends the op: a tag byte, then its fields (see docs/PROTOCOL.md).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.as_ref().encode(out);
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Op, DecodeError> {

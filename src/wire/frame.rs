@@ -7,7 +7,10 @@ use byteorder::{BigEndian, ByteOrder};
 use super::codec::{
     put_bool, put_bytes, put_opt_u64, put_u16, put_u32, put_u64, put_u8, DecodeError, Reader,
 };
-use crate::kv::{Command, OpResult};
+use crate::kv::{ClientId, Command, OpRef, OpResult};
+
+/// Tag of a KV request body.
+const REQUEST_KV: u8 = 1;
 use crate::raft::{
     Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState,
     RejectHint, Role, Status, Term,
@@ -203,9 +206,36 @@ impl std::error::Error for FrameError {}
 
 /// Appends one whole frame to `out`.
 pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
+    encode_framed(out, |out| encode_body(frame, out));
+}
+
+/// Appends a KV request frame built from borrowed parts: the same bytes as
+/// `encode_frame` of the equivalent `Frame::Request`, without building it.
+pub fn encode_kv_request(
+    request_id: u64,
+    client_id: ClientId,
+    seq: u64,
+    op: OpRef<'_>,
+    stale_read: bool,
+    out: &mut Vec<u8>,
+) {
+    encode_framed(out, |out| {
+        put_u64(out, request_id);
+        put_u8(out, REQUEST_KV);
+        put_bool(out, stale_read);
+        put_u64(out, client_id);
+        put_u64(out, seq);
+        op.encode(out);
+        TYPE_REQUEST
+    });
+}
+
+/// The header, then what `body` appends (it returns the frame type); the
+/// header's length and CRC are filled in after.
+fn encode_framed(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>) -> u8) {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_BYTES]);
-    let frame_type = encode_body(frame, out);
+    let frame_type = body(out);
     let body_len = out.len() - start - HEADER_BYTES;
     let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
     let h = &mut out[start..start + HEADER_BYTES];
@@ -537,7 +567,7 @@ fn encode_request(body: &RequestBody, out: &mut Vec<u8>) {
             command,
             stale_read,
         } => {
-            put_u8(out, 1);
+            put_u8(out, REQUEST_KV);
             put_bool(out, *stale_read);
             command.encode_fields(out);
         }
@@ -561,7 +591,7 @@ fn encode_request(body: &RequestBody, out: &mut Vec<u8>) {
 
 fn decode_request(r: &mut Reader<'_>) -> Result<RequestBody, DecodeError> {
     Ok(match r.u8("request")? {
-        1 => {
+        REQUEST_KV => {
             let stale_read = r.bool("stale_read")?;
             RequestBody::Kv {
                 stale_read,
