@@ -86,7 +86,55 @@ pub enum OpRef<'a> {
     },
 }
 
-impl OpRef<'_> {
+impl<'a> OpRef<'a> {
+    pub fn decode(r: &mut Reader<'a>) -> Result<OpRef<'a>, DecodeError> {
+        Ok(match r.u8("op")? {
+            1 => OpRef::Put {
+                key: r.bytes("key")?,
+                value: r.bytes("value")?,
+            },
+            2 => OpRef::Get {
+                key: r.bytes("key")?,
+            },
+            3 => OpRef::Delete {
+                key: r.bytes("key")?,
+            },
+            4 => OpRef::Cas {
+                key: r.bytes("key")?,
+                expected: r.opt_slice("expected")?,
+                new: r.bytes("new")?,
+            },
+            5 => OpRef::Append {
+                data: r.bytes("data")?,
+            },
+            tag => {
+                return Err(DecodeError::BadTag {
+                    field: "op",
+                    tag: tag as u64,
+                })
+            }
+        })
+    }
+
+    pub fn to_owned(self) -> Op {
+        match self {
+            OpRef::Put { key, value } => Op::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            },
+            OpRef::Get { key } => Op::Get { key: key.to_vec() },
+            OpRef::Delete { key } => Op::Delete { key: key.to_vec() },
+            OpRef::Cas { key, expected, new } => Op::Cas {
+                key: key.to_vec(),
+                expected: expected.map(<[u8]>::to_vec),
+                new: new.to_vec(),
+            },
+            OpRef::Append { data } => Op::Append {
+                data: data.to_vec(),
+            },
+        }
+    }
+
     /// Appends the op: a tag byte, then its fields (see docs/PROTOCOL.md).
     pub fn encode(self, out: &mut Vec<u8>) {
         match self {
@@ -138,32 +186,7 @@ impl Op {
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Op, DecodeError> {
-        Ok(match r.u8("op")? {
-            1 => Op::Put {
-                key: r.bytes_vec("key")?,
-                value: r.bytes_vec("value")?,
-            },
-            2 => Op::Get {
-                key: r.bytes_vec("key")?,
-            },
-            3 => Op::Delete {
-                key: r.bytes_vec("key")?,
-            },
-            4 => Op::Cas {
-                key: r.bytes_vec("key")?,
-                expected: r.opt_bytes("expected")?,
-                new: r.bytes_vec("new")?,
-            },
-            5 => Op::Append {
-                data: r.bytes_vec("data")?,
-            },
-            tag => {
-                return Err(DecodeError::BadTag {
-                    field: "op",
-                    tag: tag as u64,
-                })
-            }
-        })
+        OpRef::decode(r).map(OpRef::to_owned)
     }
 
     /// The key acted on, if any.
@@ -206,6 +229,16 @@ impl Command {
 
     /// Decodes a log entry's data.
     pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
+        let (client_id, seq, op) = Command::decode_ref(buf)?;
+        Ok(Command {
+            client_id,
+            seq,
+            op: op.to_owned(),
+        })
+    }
+
+    /// `decode`, borrowing the op's bytes from `buf`: client id, seq, op.
+    pub fn decode_ref(buf: &[u8]) -> Result<(ClientId, u64, OpRef<'_>), DecodeError> {
         let mut r = Reader::new(buf);
         match r.u8("format")? {
             COMMAND_FORMAT_V1 => {}
@@ -216,9 +249,11 @@ impl Command {
                 })
             }
         }
-        let c = Command::decode_fields(&mut r)?;
+        let client_id = r.u64("client_id")?;
+        let seq = r.u64("seq")?;
+        let op = OpRef::decode(&mut r)?;
         r.finish()?;
-        Ok(c)
+        Ok((client_id, seq, op))
     }
 }
 

@@ -1,9 +1,9 @@
 //! The key-value state machine, applied from committed entries, with a
 //! per-client session table so that a retried request applies once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::command::{ClientId, Command, Op, OpResult};
+use super::command::{ClientId, Command, OpRef, OpResult};
 use crate::raft::LogIndex;
 
 /// Sessions kept at most; past it, the client whose last request is oldest
@@ -34,8 +34,11 @@ pub struct Applied {
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     sessions: HashMap<ClientId, Session>,
-    /// (last_index, client) for eviction in log order.
-    session_age: BTreeSet<(LogIndex, ClientId)>,
+    /// (index, client) of every applied request, in log order, for
+    /// eviction oldest first. An entry whose client has applied a newer
+    /// request since is stale: eviction skips it, and the queue drops stale
+    /// entries whenever they outnumber the sessions (amortized O(1)).
+    session_age: VecDeque<(LogIndex, ClientId)>,
     appends_applied: u64,
     last_applied: LogIndex,
 }
@@ -84,13 +87,18 @@ impl KvStore {
     /// applies as nothing and is reported as `Err`.
     pub fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<Applied, String> {
         self.last_applied = index;
-        let cmd = Command::decode(data)
+        let (client_id, seq, op) = Command::decode_ref(data)
             .map_err(|e| format!("entry {index}: undecodable command: {e}"))?;
-        Ok(self.apply_command(index, cmd))
+        Ok(self.apply_command(index, client_id, seq, op))
     }
 
-    fn apply_command(&mut self, index: LogIndex, cmd: Command) -> Applied {
-        let Command { client_id, seq, op } = cmd;
+    fn apply_command(
+        &mut self,
+        index: LogIndex,
+        client_id: ClientId,
+        seq: u64,
+        op: OpRef<'_>,
+    ) -> Applied {
         if let Some(s) = self.sessions.get(&client_id) {
             if seq == s.last_seq {
                 return Applied {
@@ -113,23 +121,27 @@ impl KvStore {
             }
         }
         let result = self.execute(op);
-        if let Some(old) = self.sessions.insert(
+        self.sessions.insert(
             client_id,
             Session {
                 last_seq: seq,
                 last_result: result.clone(),
                 last_index: index,
             },
-        ) {
-            self.session_age.remove(&(old.last_index, client_id));
-        }
-        self.session_age.insert((index, client_id));
+        );
+        self.session_age.push_back((index, client_id));
         while self.sessions.len() > SESSIONS_MAX {
-            let Some(&(i, c)) = self.session_age.iter().next() else {
+            let Some((i, c)) = self.session_age.pop_front() else {
                 break;
             };
-            self.session_age.remove(&(i, c));
-            self.sessions.remove(&c);
+            if self.sessions.get(&c).is_some_and(|s| s.last_index == i) {
+                self.sessions.remove(&c);
+            }
+        }
+        if self.session_age.len() > 2 * self.sessions.len() + 1024 {
+            let sessions = &self.sessions;
+            self.session_age
+                .retain(|(i, c)| sessions.get(c).is_some_and(|s| s.last_index == *i));
         }
         Applied {
             client_id,
@@ -139,26 +151,40 @@ impl KvStore {
         }
     }
 
-    fn execute(&mut self, op: Op) -> OpResult {
+    fn execute(&mut self, op: OpRef<'_>) -> OpResult {
         match op {
-            Op::Put { key, value } => {
-                self.map.insert(key, value);
+            OpRef::Put { key, value } => {
+                self.set(key, value);
                 OpResult::Done
             }
-            Op::Get { key } => OpResult::Value(self.map.get(&key).cloned()),
-            Op::Delete { key } => OpResult::Deleted(self.map.remove(&key).is_some()),
-            Op::Cas { key, expected, new } => {
-                let current = self.map.get(&key);
-                if current.map(Vec::as_slice) == expected.as_deref() {
-                    self.map.insert(key, new);
+            OpRef::Get { key } => OpResult::Value(self.map.get(key).cloned()),
+            OpRef::Delete { key } => OpResult::Deleted(self.map.remove(key).is_some()),
+            OpRef::Cas { key, expected, new } => {
+                let current = self.map.get(key);
+                if current.map(Vec::as_slice) == expected {
+                    self.set(key, new);
                     OpResult::CasOk
                 } else {
                     OpResult::CasMismatch(current.cloned())
                 }
             }
-            Op::Append { .. } => {
+            OpRef::Append { .. } => {
                 self.appends_applied += 1;
                 OpResult::Done
+            }
+        }
+    }
+
+    /// Sets `key`, reusing the existing value's buffer when the key is there
+    /// (the common overwrite allocates nothing).
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        match self.map.get_mut(key) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => {
+                self.map.insert(key.to_vec(), value.to_vec());
             }
         }
     }
@@ -167,6 +193,7 @@ impl KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::Op;
 
     fn entry(client: u64, seq: u64, op: Op) -> Vec<u8> {
         let mut out = Vec::new();
@@ -281,5 +308,35 @@ mod tests {
         let mut b = Vec::new();
         c.encode(&mut b);
         assert_eq!(Command::decode(&b).unwrap(), c);
+    }
+
+    #[test]
+    fn kv_session_eviction_forgets_the_oldest_last_request() {
+        let mut kv = KvStore::new();
+        let mut index = 0u64;
+        let mut next = || {
+            index += 1;
+            LogIndex(index)
+        };
+        for c in 1..=SESSIONS_MAX as u64 {
+            kv.apply(next(), &entry(c, 1, put("k", "v"))).unwrap();
+        }
+        // Client 1 moves on: its first request is no longer its last, so
+        // client 2 now holds the oldest session.
+        kv.apply(next(), &entry(1, 2, put("k", "w"))).unwrap();
+        let newcomer = SESSIONS_MAX as u64 + 1;
+        kv.apply(next(), &entry(newcomer, 1, put("k", "x")))
+            .unwrap();
+        assert_eq!(kv.sessions.len(), SESSIONS_MAX);
+        assert!(kv.cached(2, 1).is_none(), "client 2 is evicted");
+        assert!(kv.cached(1, 2).is_some());
+        assert!(kv.cached(3, 1).is_some());
+        assert!(kv.cached(newcomer, 1).is_some());
+        // One client applying many requests: the age queue stays bounded.
+        for seq in 2..5000 {
+            kv.apply(next(), &entry(3, seq, put("k", "y"))).unwrap();
+        }
+        assert!(kv.session_age.len() <= 2 * kv.sessions.len() + 1024);
+        assert_eq!(kv.sessions.len(), SESSIONS_MAX);
     }
 }

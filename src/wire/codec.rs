@@ -111,8 +111,13 @@ impl<'a> Reader<'a> {
 
     /// A presence byte (0 absent, 1 present), then bytes.
     pub fn opt_bytes(&mut self, field: &'static str) -> Result<Option<Vec<u8>>, DecodeError> {
+        Ok(self.opt_slice(field)?.map(<[u8]>::to_vec))
+    }
+
+    /// `opt_bytes`, borrowed.
+    pub fn opt_slice(&mut self, field: &'static str) -> Result<Option<&'a [u8]>, DecodeError> {
         if self.bool(field)? {
-            Ok(Some(self.bytes_vec(field)?))
+            Ok(Some(self.bytes(field)?))
         } else {
             Ok(None)
         }
