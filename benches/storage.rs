@@ -27,7 +27,7 @@ fn entries(n: usize, size: usize) -> Vec<Entry> {
             index: LogIndex(i),
             term: Term(1),
             kind: EntryKind::Command,
-            data: vec![(i % 251) as u8; size],
+            data: vec![(i % 251) as u8; size].into(),
         })
         .collect()
 }
@@ -149,7 +149,7 @@ fn group_commit(dir: &Path, queued: usize, secs: f64) -> (f64, f64) {
     };
     let (store, _) = DiskStore::open(d.path(), &owner, WalOptions::default()).expect("open");
     let t = StorageThread::spawn(Box::new(store), None).expect("thread");
-    let data = vec![7u8; 100];
+    let data: std::sync::Arc<[u8]> = vec![7u8; 100].into();
     let mut seq = 0u64;
     let mut durable = 0u64;
     let start = Instant::now();

@@ -426,7 +426,7 @@ fn append_entries(
                     index: LogIndex(i),
                     term: Term(t),
                     kind: EntryKind::Command,
-                    data: vec![],
+                    data: Vec::new().into(),
                 })
                 .collect(),
             leader_commit: LogIndex(commit),

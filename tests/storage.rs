@@ -18,7 +18,7 @@ fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
         } else {
             EntryKind::Command
         },
-        data: data.to_vec(),
+        data: data.into(),
     }
 }
 

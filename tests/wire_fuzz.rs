@@ -35,7 +35,7 @@ fn samples() -> Vec<Vec<u8>> {
                         index: LogIndex(i),
                         term: Term(3),
                         kind: EntryKind::Command,
-                        data: vec![i as u8; 5],
+                        data: vec![i as u8; 5].into(),
                     })
                     .collect(),
                 leader_commit: LogIndex(7),

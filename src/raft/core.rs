@@ -1172,7 +1172,7 @@ impl Raft {
             index,
             term: self.current_term,
             kind,
-            data,
+            data: data.into(),
         });
         self.note_unpersisted(index);
         index

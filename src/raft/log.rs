@@ -168,7 +168,7 @@ mod tests {
                     index: LogIndex(i as u64 + 1),
                     term: Term(*t),
                     kind: EntryKind::Command,
-                    data: vec![],
+                    data: Vec::new().into(),
                 })
                 .collect(),
         )
@@ -209,7 +209,7 @@ mod tests {
                 index: LogIndex(i),
                 term: Term(1),
                 kind: EntryKind::Command,
-                data: vec![0; 100],
+                data: vec![0; 100].into(),
             });
         }
         assert_eq!(l.slice_bytes(LogIndex(1), 10).len(), 1);

@@ -5,6 +5,7 @@
 //! the entry "before the first" has index 0 and term 0.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A server's id, as written in `cluster.toml` (`id = 1`) and shown as `n1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,12 +86,16 @@ impl EntryKind {
 
 /// One log entry. Two entries with the same `index` and `term` are the same
 /// entry and have identical logs before them (Log Matching Property).
+///
+/// Cloning an entry shares its data: the leader hands the same entry to its
+/// own log, to the storage thread, to an AppendEntries for each follower
+/// and to the state machine without copying the payload.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub index: LogIndex,
     pub term: Term,
     pub kind: EntryKind,
-    pub data: Vec<u8>,
+    pub data: Arc<[u8]>,
 }
 
 impl fmt::Display for Entry {

@@ -41,7 +41,7 @@ pub fn log_of_terms(terms: &[u64]) -> Vec<Entry> {
             index: LogIndex(i as u64 + 1),
             term: Term(t),
             kind: EntryKind::Command,
-            data: format!("{}/{}", i + 1, t).into_bytes(),
+            data: format!("{}/{}", i + 1, t).into_bytes().into(),
         })
         .collect()
 }

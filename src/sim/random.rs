@@ -132,7 +132,7 @@ pub struct Sim {
     leader_of_term: BTreeMap<Term, NodeId>,
     /// Committed entries known so far, by index: (term, data, lowest term of
     /// an observer that saw it committed).
-    committed: Vec<(Term, Vec<u8>, Term)>,
+    committed: Vec<(Term, std::sync::Arc<[u8]>, Term)>,
     /// Each node's log as last seen while it was leader: (term, log terms).
     leader_logs: HashMap<NodeId, (Term, Vec<Term>)>,
 }
@@ -608,7 +608,7 @@ impl Sim {
                 let everywhere = self.nodes.iter().all(|n| {
                     n.applied
                         .iter()
-                        .any(|e| e.kind == EntryKind::Command && e.data == b"liveness")
+                        .any(|e| e.kind == EntryKind::Command && &e.data[..] == b"liveness")
                 });
                 if everywhere {
                     self.opts.loss = saved.0;

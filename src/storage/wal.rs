@@ -99,7 +99,7 @@ pub fn decode_record(b: &[u8], off: usize) -> Result<(Entry, usize), String> {
         index: LogIndex(LittleEndian::read_u64(&body[..8])),
         term: Term(LittleEndian::read_u64(&body[8..16])),
         kind,
-        data: body[RECORD_FIXED_BYTES..].to_vec(),
+        data: body[RECORD_FIXED_BYTES..].into(),
     };
     Ok((entry, off + 8 + len))
 }

@@ -393,7 +393,7 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
         index,
         term,
         kind,
-        data: r.bytes_vec("entry.data")?,
+        data: r.bytes("entry.data")?.into(),
     })
 }
 
