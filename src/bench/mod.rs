@@ -357,6 +357,8 @@ struct Engine<'a> {
     keep_values: bool,
     /// Reused for every request's key.
     key_buf: Vec<u8>,
+    /// Reused for every read from a socket.
+    read_chunk: Vec<u8>,
     /// `monotonic_ns()` at `start`.
     clock_base: u64,
 }
@@ -412,6 +414,7 @@ impl<'a> Engine<'a> {
             filler: "x".repeat(opts.value_size),
             keep_values: opts.record || matches!(opts.op, OpMix::Kv { .. }),
             key_buf: Vec::with_capacity(32),
+            read_chunk: vec![0; 16 << 10],
             clock_base: 0,
         })
     }
@@ -719,12 +722,12 @@ impl<'a> Engine<'a> {
     }
 
     fn read(&mut self, c: usize, read_closed: bool) -> io::Result<()> {
-        let mut chunk = [0u8; 16 << 10];
+        let chunk = &mut self.read_chunk;
         loop {
             let Some(conn) = self.clients[c].conn.as_mut() else {
                 return Ok(());
             };
-            match conn.stream.read(&mut chunk) {
+            match conn.stream.read(chunk) {
                 Ok(0) => {
                     self.conn_failed(c);
                     return Ok(());

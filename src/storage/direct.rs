@@ -81,12 +81,14 @@ impl DirectWriter {
         }
         let used = self.tail.len() + data.len();
         let padded = round_up(used as u64) as usize;
-        self.scratch.clear();
-        self.scratch.resize(padded + BLOCK_BYTES, 0);
+        if self.scratch.len() < padded + BLOCK_BYTES {
+            self.scratch.resize(padded + BLOCK_BYTES, 0);
+        }
         let skip = self.scratch.as_ptr().align_offset(BLOCK_BYTES);
         let window = &mut self.scratch[skip..skip + padded];
         window[..self.tail.len()].copy_from_slice(&self.tail);
         window[self.tail.len()..used].copy_from_slice(data);
+        window[used..].fill(0);
         if let Err(e) = self.file.write_all_at(window, self.tail_start) {
             // A failed write may have landed in part: reload next time.
             self.tail_loaded = false;
