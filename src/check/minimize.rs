@@ -253,26 +253,8 @@ pub(crate) fn shrink<'a>(
         w *= 2;
     }
     // Then move each end in as far as it still fails, by bisection.
-    let (mut fails, mut passes) = (end, start);
-    while fails - passes > 1 {
-        let mid = passes + (fails - passes) / 2;
-        if s.fails(&range(start, mid)) {
-            fails = mid;
-        } else {
-            passes = mid;
-        }
-    }
-    end = fails;
-    let (mut fails, mut passes) = (start, end);
-    while passes - fails > 1 {
-        let mid = fails + (passes - fails) / 2;
-        if s.fails(&range(mid, end)) {
-            fails = mid;
-        } else {
-            passes = mid;
-        }
-    }
-    start = fails;
+    end = bisect(end, start, |mid| s.fails(&range(start, mid)));
+    start = bisect(start, end, |mid| s.fails(&range(mid, end)));
     let mut set = range(start, end);
 
     // Add the writes of the values the window reads (adding operations
@@ -367,4 +349,19 @@ fn try_remove(
         .map(|j| set[j])
         .collect();
     s.fails(&candidate).then_some(candidate)
+}
+
+/// Between a point where `fails_at` holds (`fails`) and one where it does
+/// not (`passes`), in either order: the point nearest `passes` found to
+/// hold, by bisection.
+fn bisect(mut fails: usize, mut passes: usize, mut fails_at: impl FnMut(usize) -> bool) -> usize {
+    while fails.abs_diff(passes) > 1 {
+        let mid = fails.min(passes) + fails.abs_diff(passes) / 2;
+        if fails_at(mid) {
+            fails = mid;
+        } else {
+            passes = mid;
+        }
+    }
+    fails
 }

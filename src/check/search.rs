@@ -710,18 +710,10 @@ impl Search {
 
     /// Takes a call node and its return node out of the list.
     fn lift(&mut self, n: u32) {
-        let (p, x) = (self.prev[n as usize], self.next[n as usize]);
-        self.next[p as usize] = x;
-        if x != NIL {
-            self.prev[x as usize] = p;
-        }
+        self.unlink(n);
         let m = self.node_match[n as usize];
         if m != NIL {
-            let (p, x) = (self.prev[m as usize], self.next[m as usize]);
-            self.next[p as usize] = x;
-            if x != NIL {
-                self.prev[x as usize] = p;
-            }
+            self.unlink(m);
         }
     }
 
@@ -729,12 +721,26 @@ impl Search {
     fn unlift(&mut self, n: u32) {
         let m = self.node_match[n as usize];
         if m != NIL {
-            let (p, x) = (self.prev[m as usize], self.next[m as usize]);
-            self.next[p as usize] = m;
-            if x != NIL {
-                self.prev[x as usize] = m;
-            }
+            self.relink(m);
         }
+        self.relink(n);
+    }
+
+    /// Takes node `n` out of the list; it keeps its own links, so that
+    /// `relink` can put it back.
+    #[inline]
+    fn unlink(&mut self, n: u32) {
+        let (p, x) = (self.prev[n as usize], self.next[n as usize]);
+        self.next[p as usize] = x;
+        if x != NIL {
+            self.prev[x as usize] = p;
+        }
+    }
+
+    /// Puts back node `n`, taken out by `unlink`, between its old
+    /// neighbours.
+    #[inline]
+    fn relink(&mut self, n: u32) {
         let (p, x) = (self.prev[n as usize], self.next[n as usize]);
         self.next[p as usize] = n;
         if x != NIL {
