@@ -174,11 +174,16 @@ fn wire_kv_request_from_borrowed_parts_matches_the_frame() {
             let mut owned = Vec::new();
             encode_frame(&frame, &mut owned);
             let mut borrowed = vec![9u8; 3]; // appends after what is there
+            let Frame::Request {
+                body: RequestBody::Kv { command, .. },
+                ..
+            } = &frame
+            else {
+                unreachable!()
+            };
             raftkit::wire::frame::encode_kv_request(
                 1000 + i as u64,
-                u64::MAX - i as u64,
-                42,
-                op.as_ref(),
+                command.as_ref(),
                 stale_read,
                 &mut borrowed,
             );

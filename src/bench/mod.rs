@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::kv::{OpRef, OpResult};
+use crate::kv::{CommandRef, OpRef, OpResult};
 use crate::raft::rng::Rng;
 use crate::wire::frame::encode_kv_request;
 use crate::wire::{
@@ -605,7 +605,12 @@ impl<'a> Engine<'a> {
             },
         };
         if let Some(conn) = cl.conn.as_mut() {
-            encode_kv_request(request_id, cl.client_id, cl.seq, op, false, &mut conn.wbuf);
+            let command = CommandRef {
+                client_id: cl.client_id,
+                seq: cl.seq,
+                op,
+            };
+            encode_kv_request(request_id, command, false, &mut conn.wbuf);
         }
         self.flush(c);
     }

@@ -205,40 +205,34 @@ impl Op {
     }
 }
 
-impl Command {
-    /// The command as stored in a log entry: format byte, client id, seq, op.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        put_u8(out, COMMAND_FORMAT_V1);
-        self.encode_fields(out);
-    }
+/// A borrowed view of a [`Command`], as [`OpRef`] is of an [`Op`]: the state
+/// machine applies from it, and the load generator sends from it, without
+/// copying keys and values.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandRef<'a> {
+    pub client_id: ClientId,
+    pub seq: u64,
+    pub op: OpRef<'a>,
+}
 
+impl<'a> CommandRef<'a> {
     /// Client id, seq, op (the wire form, without the format byte).
-    pub fn encode_fields(&self, out: &mut Vec<u8>) {
+    pub fn encode_fields(self, out: &mut Vec<u8>) {
         put_u64(out, self.client_id);
         put_u64(out, self.seq);
         self.op.encode(out);
     }
 
-    pub fn decode_fields(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
-        Ok(Command {
+    pub fn decode_fields(r: &mut Reader<'a>) -> Result<CommandRef<'a>, DecodeError> {
+        Ok(CommandRef {
             client_id: r.u64("client_id")?,
             seq: r.u64("seq")?,
-            op: Op::decode(r)?,
+            op: OpRef::decode(r)?,
         })
     }
 
-    /// Decodes a log entry's data.
-    pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
-        let (client_id, seq, op) = Command::decode_ref(buf)?;
-        Ok(Command {
-            client_id,
-            seq,
-            op: op.to_owned(),
-        })
-    }
-
-    /// `decode`, borrowing the op's bytes from `buf`: client id, seq, op.
-    pub fn decode_ref(buf: &[u8]) -> Result<(ClientId, u64, OpRef<'_>), DecodeError> {
+    /// Decodes a log entry's data, borrowing the op's bytes from `buf`.
+    pub fn decode(buf: &'a [u8]) -> Result<CommandRef<'a>, DecodeError> {
         let mut r = Reader::new(buf);
         match r.u8("format")? {
             COMMAND_FORMAT_V1 => {}
@@ -249,11 +243,47 @@ impl Command {
                 })
             }
         }
-        let client_id = r.u64("client_id")?;
-        let seq = r.u64("seq")?;
-        let op = OpRef::decode(&mut r)?;
+        let c = CommandRef::decode_fields(&mut r)?;
         r.finish()?;
-        Ok((client_id, seq, op))
+        Ok(c)
+    }
+
+    pub fn to_owned(self) -> Command {
+        Command {
+            client_id: self.client_id,
+            seq: self.seq,
+            op: self.op.to_owned(),
+        }
+    }
+}
+
+impl Command {
+    pub fn as_ref(&self) -> CommandRef<'_> {
+        CommandRef {
+            client_id: self.client_id,
+            seq: self.seq,
+            op: self.op.as_ref(),
+        }
+    }
+
+    /// The command as stored in a log entry: format byte, client id, seq, op.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u8(out, COMMAND_FORMAT_V1);
+        self.encode_fields(out);
+    }
+
+    /// Client id, seq, op (the wire form, without the format byte).
+    pub fn encode_fields(&self, out: &mut Vec<u8>) {
+        self.as_ref().encode_fields(out);
+    }
+
+    pub fn decode_fields(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
+        CommandRef::decode_fields(r).map(CommandRef::to_owned)
+    }
+
+    /// Decodes a log entry's data.
+    pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
+        CommandRef::decode(buf).map(CommandRef::to_owned)
     }
 }
 

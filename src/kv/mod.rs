@@ -3,5 +3,5 @@
 pub mod command;
 pub mod store;
 
-pub use command::{ClientId, Command, Op, OpRef, OpResult};
+pub use command::{ClientId, Command, CommandRef, Op, OpRef, OpResult};
 pub use store::{Applied, KvStore, SESSIONS_MAX};

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::command::{ClientId, Command, OpRef, OpResult};
+use super::command::{ClientId, CommandRef, OpRef, OpResult};
 use crate::raft::LogIndex;
 
 /// Sessions kept at most; past it, the client whose last request is oldest
@@ -87,18 +87,13 @@ impl KvStore {
     /// applies as nothing and is reported as `Err`.
     pub fn apply(&mut self, index: LogIndex, data: &[u8]) -> Result<Applied, String> {
         self.last_applied = index;
-        let (client_id, seq, op) = Command::decode_ref(data)
+        let cmd = CommandRef::decode(data)
             .map_err(|e| format!("entry {index}: undecodable command: {e}"))?;
-        Ok(self.apply_command(index, client_id, seq, op))
+        Ok(self.apply_command(index, cmd))
     }
 
-    fn apply_command(
-        &mut self,
-        index: LogIndex,
-        client_id: ClientId,
-        seq: u64,
-        op: OpRef<'_>,
-    ) -> Applied {
+    fn apply_command(&mut self, index: LogIndex, cmd: CommandRef<'_>) -> Applied {
+        let CommandRef { client_id, seq, op } = cmd;
         if let Some(s) = self.sessions.get(&client_id) {
             if seq == s.last_seq {
                 return Applied {
@@ -193,7 +188,7 @@ impl KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::Op;
+    use crate::kv::{Command, Op};
 
     fn entry(client: u64, seq: u64, op: Op) -> Vec<u8> {
         let mut out = Vec::new();

@@ -7,7 +7,7 @@ use byteorder::{BigEndian, ByteOrder};
 use super::codec::{
     put_bool, put_bytes, put_opt_u64, put_u16, put_u32, put_u64, put_u8, DecodeError, Reader,
 };
-use crate::kv::{ClientId, Command, OpRef, OpResult};
+use crate::kv::{Command, CommandRef, OpResult};
 
 /// Tag of a KV request body.
 const REQUEST_KV: u8 = 1;
@@ -213,21 +213,21 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
 /// `encode_frame` of the equivalent `Frame::Request`, without building it.
 pub fn encode_kv_request(
     request_id: u64,
-    client_id: ClientId,
-    seq: u64,
-    op: OpRef<'_>,
+    command: CommandRef<'_>,
     stale_read: bool,
     out: &mut Vec<u8>,
 ) {
     encode_framed(out, |out| {
         put_u64(out, request_id);
-        put_u8(out, REQUEST_KV);
-        put_bool(out, stale_read);
-        put_u64(out, client_id);
-        put_u64(out, seq);
-        op.encode(out);
+        encode_kv_body(command, stale_read, out);
         TYPE_REQUEST
     });
+}
+
+fn encode_kv_body(command: CommandRef<'_>, stale_read: bool, out: &mut Vec<u8>) {
+    put_u8(out, REQUEST_KV);
+    put_bool(out, stale_read);
+    command.encode_fields(out);
 }
 
 /// The header, then what `body` appends (it returns the frame type); the
@@ -566,11 +566,7 @@ fn encode_request(body: &RequestBody, out: &mut Vec<u8>) {
         RequestBody::Kv {
             command,
             stale_read,
-        } => {
-            put_u8(out, REQUEST_KV);
-            put_bool(out, *stale_read);
-            command.encode_fields(out);
-        }
+        } => encode_kv_body(command.as_ref(), *stale_read, out),
         RequestBody::Status => put_u8(out, 2),
         RequestBody::Log {
             from,
