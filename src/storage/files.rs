@@ -161,3 +161,17 @@ fn push_u32(out: &mut Vec<u8>, v: u32) {
 fn push_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
+
+/// `dir`'s meta file, if it has one.
+pub fn read_meta(dir: &Path) -> Result<Option<Meta>, StorageError> {
+    read_optional(dir, META_FILE)?
+        .map(|b| decode_meta(&dir.join(META_FILE), &b))
+        .transpose()
+}
+
+/// `dir`'s hard state file, if it has one.
+pub fn read_hardstate(dir: &Path) -> Result<Option<HardState>, StorageError> {
+    read_optional(dir, HARDSTATE_FILE)?
+        .map(|b| decode_hardstate(&dir.join(HARDSTATE_FILE), &b))
+        .transpose()
+}

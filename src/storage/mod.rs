@@ -10,8 +10,9 @@
 //!
 //! Writes go through a [`StorageThread`]: the event loop hands it jobs and
 //! goes on; the thread batches every job that queued up while its previous
-//! `fdatasync` ran into one write and one `fdatasync` (group commit), then
-//! reports the batch durable and wakes the event loop. docs/STORAGE.md has
+//! write ran into one durable write (group commit): one `O_DIRECT | O_DSYNC`
+//! write where the file system allows it, else `pwrite` + `fdatasync`. It
+//! then reports the batch durable and wakes the event loop. docs/STORAGE.md has
 //! the byte layout and the recovery rules.
 
 pub mod direct;
@@ -141,11 +142,10 @@ impl DiskStore {
         owner: &Meta,
         opts: WalOptions,
     ) -> Result<(DiskStore, Recovered), StorageError> {
-        let meta_bytes = files::read_optional(dir, files::META_FILE)?;
-        let fresh = meta_bytes.is_none();
-        match meta_bytes {
-            Some(b) => {
-                let found = files::decode_meta(&dir.join(files::META_FILE), &b)?;
+        let meta = files::read_meta(dir)?;
+        let fresh = meta.is_none();
+        match meta {
+            Some(found) => {
                 if &found != owner {
                     return Err(StorageError::WrongOwner {
                         dir: dir.to_path_buf(),
@@ -157,8 +157,8 @@ impl DiskStore {
             None => Self::init(dir, owner, opts)?,
         }
         let hs_path = dir.join(files::HARDSTATE_FILE);
-        let hard_state = match files::read_optional(dir, files::HARDSTATE_FILE)? {
-            Some(b) => files::decode_hardstate(&hs_path, &b)?,
+        let hard_state = match files::read_hardstate(dir)? {
+            Some(hs) => hs,
             None => {
                 return Err(StorageError::corrupt(
                     &hs_path,
@@ -211,9 +211,7 @@ impl DiskStore {
                 ));
             }
         }
-        if let Some(b) = files::read_optional(dir, files::HARDSTATE_FILE)? {
-            let path = dir.join(files::HARDSTATE_FILE);
-            let hs = files::decode_hardstate(&path, &b)?;
+        if let Some(hs) = files::read_hardstate(dir)? {
             if hs.current_term.0 > 0 {
                 return Err(StorageError::corrupt(
                     &dir.join(files::META_FILE),
@@ -281,17 +279,8 @@ impl LogStore for DiskStore {
 
 /// Reads a stopped node's data dir without changing it.
 pub fn inspect(dir: &Path) -> Result<Inspection, StorageError> {
-    let meta = match files::read_optional(dir, files::META_FILE)? {
-        Some(b) => Some(files::decode_meta(&dir.join(files::META_FILE), &b)?),
-        None => None,
-    };
-    let hard_state = match files::read_optional(dir, files::HARDSTATE_FILE)? {
-        Some(b) => Some(files::decode_hardstate(
-            &dir.join(files::HARDSTATE_FILE),
-            &b,
-        )?),
-        None => None,
-    };
+    let meta = files::read_meta(dir)?;
+    let hard_state = files::read_hardstate(dir)?;
     let scan = wal::scan(&dir.join(WAL_DIR), ScanMode::Strict)?;
     Ok(Inspection {
         meta,

@@ -3,7 +3,7 @@
 //! The event loop sends numbered [`Job`]s down a channel and carries on. The
 //! thread takes the first job, then every job that queued up behind it,
 //! writes them all (the newest hard state first, then the entries in
-//! order), issues one `fdatasync`, and reports the highest job number as
+//! order) and makes them durable at once (`Wal::sync`), and reports the highest job number as
 //! [`Durable`], waking the event loop through a `mio::Waker`. Jobs become
 //! durable in the order they were sent.
 
