@@ -542,6 +542,7 @@ impl Node {
             let Some(c) = self.conns.get_mut(&token) else {
                 return;
             };
+            c.dirty = false;
             if c.connecting {
                 return;
             }
@@ -617,10 +618,7 @@ impl Node {
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for token in dirty.drain(..) {
-            if let Some(c) = self.conns.get_mut(&token) {
-                c.dirty = false;
-                self.flush(token);
-            }
+            self.flush(token);
         }
         if self.dirty.is_empty() {
             self.dirty = dirty; // keep the allocation
