@@ -939,8 +939,6 @@ impl Node {
                 self.send_message(m);
             }
             if must_persist {
-                // Replication to followers (sent above) runs in parallel
-                // with the leader's own write.
                 self.storage_seq += 1;
                 let last = rd.entries.last().map(|e| (e.index, e.term));
                 let job = Job {
@@ -948,11 +946,35 @@ impl Node {
                     hard_state: rd.hard_state,
                     entries: rd.entries,
                 };
-                if !self.storage.submit(job) {
-                    return Err(NodeError::Storage("the storage thread has stopped".into()));
+                let idle = self.storage_seq == self.storage_durable + 1;
+                if self.raft.role() != Role::Leader && idle && job.entries.len() <= 1 {
+                    // A lone entry (or a vote) and an idle storage thread:
+                    // write it here and answer at once, saving the two
+                    // thread hand-offs. Bigger jobs go to the thread, so
+                    // that the next batch is read while this one is written.
+                    self.storage
+                        .write_inline(&job)
+                        .map_err(NodeError::Storage)?;
+                    self.storage_durable = self.storage_seq;
+                    if let Some((index, term)) = last {
+                        self.raft.persisted(index, term);
+                    }
+                    for m in rd.messages_after_persist {
+                        self.send_message(m);
+                    }
+                } else {
+                    // Replication (sent above) runs in parallel with the
+                    // leader's own write: put it on the wire first.
+                    self.flush_dirty();
+                    if !self.storage.submit(job) {
+                        return Err(NodeError::Storage("the storage thread has stopped".into()));
+                    }
+                    self.after_durable.push_back((
+                        self.storage_seq,
+                        last,
+                        rd.messages_after_persist,
+                    ));
                 }
-                self.after_durable
-                    .push_back((self.storage_seq, last, rd.messages_after_persist));
             } else if !rd.messages_after_persist.is_empty() {
                 if self.storage_seq > self.storage_durable {
                     // They may speak for entries still on their way to disk.

@@ -432,6 +432,102 @@ fn storage_thread_group_commits_in_order() {
     assert_eq!(rec.hard_state.current_term, Term(6));
 }
 
+/// Jobs written by the thread and inline, alternating, with a truncation
+/// among the inline ones: the log reads back as if one writer did it all.
+#[test]
+fn inline_writes_interleave_with_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let (s, _) = DiskStore::open(&d, &owner(1), small(4096)).unwrap();
+    let t = StorageThread::spawn(Box::new(s), None).unwrap();
+    let mut seq = 0;
+    for round in 0..20u64 {
+        // Three jobs through the thread, and wait until they are durable.
+        for k in 0..3 {
+            seq += 1;
+            let i = round * 4 + k + 1;
+            assert!(t.submit(Job {
+                seq,
+                hard_state: None,
+                entries: vec![entry(i, if round > 10 { 2 } else { 1 }, b"thread")],
+            }));
+        }
+        loop {
+            match t.done().recv().unwrap() {
+                Durable::Upto(s) if s == seq => break,
+                Durable::Upto(_) => {}
+                Durable::Failed(e) => panic!("{e}"),
+            }
+        }
+        // One inline: in round 10 it rewrites the round's second entry in a
+        // new term (a conflict), cutting the third.
+        seq += 1;
+        let (i, term, hs) = if round == 10 {
+            (
+                round * 4 + 2,
+                2,
+                Some(HardState {
+                    current_term: Term(2),
+                    voted_for: None,
+                }),
+            )
+        } else {
+            (round * 4 + 4, if round > 10 { 2 } else { 1 }, None)
+        };
+        t.write_inline(&Job {
+            seq,
+            hard_state: hs,
+            entries: vec![entry(i, term, b"inline")],
+        })
+        .unwrap();
+        if round == 10 {
+            // Fill the hole the conflict left, so the indexes go on.
+            for (k, j) in [(0, round * 4 + 3), (1, round * 4 + 4)] {
+                seq += 1;
+                let data: &[u8] = if k == 0 { b"fill-a" } else { b"fill-b" };
+                t.write_inline(&Job {
+                    seq,
+                    hard_state: None,
+                    entries: vec![entry(j, 2, data)],
+                })
+                .unwrap();
+            }
+        }
+    }
+    drop(t);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(4096)).unwrap();
+    assert_eq!(rec.hard_state.current_term, Term(2));
+    assert_eq!(rec.entries.len(), 80);
+    for (n, e) in rec.entries.iter().enumerate() {
+        let i = n as u64 + 1;
+        let (round, k) = ((i - 1) / 4, (i - 1) % 4);
+        assert_eq!(e.index, LogIndex(i));
+        let want: (&[u8], u64) = match (round.cmp(&10), k) {
+            (std::cmp::Ordering::Equal, 0) => (b"thread", 1),
+            (std::cmp::Ordering::Equal, 1) => (b"inline", 2),
+            (std::cmp::Ordering::Equal, 2) => (b"fill-a", 2),
+            (std::cmp::Ordering::Equal, _) => (b"fill-b", 2),
+            (o, 3) => (
+                b"inline",
+                if o == std::cmp::Ordering::Greater {
+                    2
+                } else {
+                    1
+                },
+            ),
+            (o, _) => (
+                b"thread",
+                if o == std::cmp::Ordering::Greater {
+                    2
+                } else {
+                    1
+                },
+            ),
+        };
+        assert_eq!((&e.data[..], e.term.0), want, "entry {i}");
+    }
+}
+
 /// The same appends, syncs and truncations through direct writes and
 /// through the page cache: both logs must read back the same, after every
 /// step, and end in zeros only past their data.
