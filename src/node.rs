@@ -19,13 +19,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
-use crate::kv::{ClientId, Command, KvStore, Op, OpResult};
+use crate::kv::{ClientId, CommandRef, KvStore, OpRef, OpResult};
 use crate::raft::rng::Rng;
 use crate::raft::{self, Entry, EntryKind, LogIndex, Message, NodeId, NotLeader, Raft, Role};
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
 use crate::wire::{
-    decode_frame, encode_frame, ErrorCode, FaultSpec, Frame, NodeStatus, RequestBody, ResponseBody,
-    Sender,
+    decode_frame_ref, encode_frame, ErrorCode, FaultSpec, Frame, FrameRef, KvRequestRef,
+    NodeStatus, RequestBody, ResponseBody, Sender,
 };
 
 /// Connections (clients and peers) open at once; more are refused.
@@ -154,6 +154,8 @@ pub struct Node {
     dirty: Vec<Token>,
     /// Reused for every socket read.
     read_chunk: Vec<u8>,
+    /// Reused to encode a proposed command.
+    entry_buf: Vec<u8>,
     fault: FaultSpec,
     /// Messages held back by a delay fault: (due, seq), and the messages
     /// by seq.
@@ -256,6 +258,7 @@ impl Node {
             next_read_id: 1,
             dirty: Vec::new(),
             read_chunk: vec![0; READ_CHUNK_BYTES],
+            entry_buf: Vec::new(),
             fault: FaultSpec::default(),
             delayed: BinaryHeap::new(),
             delayed_msgs: HashMap::new(),
@@ -312,7 +315,16 @@ impl Node {
             self.process_ready()?;
             self.flush_dirty();
         }
-        info!("{}: stopping", self.id);
+        let st = self.storage.stats();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        info!(
+            "{}: stopping; wrote {} entries ({} bytes) in {} jobs under {} syncs",
+            self.id,
+            get(&st.entries),
+            get(&st.bytes),
+            get(&st.jobs),
+            get(&st.syncs)
+        );
         Ok(())
     }
 
@@ -497,39 +509,54 @@ impl Node {
                 }
             }
         }
-        // Decode every whole frame.
+        // Decode every whole frame, in place: the buffer is taken out of the
+        // connection meanwhile and put back after.
+        let Some(mut buf) = self
+            .conns
+            .get_mut(&token)
+            .map(|c| std::mem::take(&mut c.read_buf))
+        else {
+            return;
+        };
         let mut pos = 0;
         loop {
-            let Some(c) = self.conns.get(&token) else {
-                return;
-            };
-            match decode_frame(&c.read_buf[pos..]) {
+            let handled = match decode_frame_ref(&buf[pos..]) {
                 Ok(None) => break,
                 Ok(Some((frame, used))) => {
                     pos += used;
-                    if let Err(why) = self.handle_frame(token, frame) {
-                        warn!("{}: closing connection: {why}", self.id);
-                        self.close(token, &why);
-                        return;
+                    match frame {
+                        FrameRef::Kv(kv) => self.handle_kv_frame(token, kv),
+                        FrameRef::Other(frame) => self.handle_frame(token, frame),
                     }
                 }
                 Err(e) => {
-                    let peer = c
-                        .stream
-                        .peer_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default();
-                    warn!(
-                        "{}: bad frame from {peer} ({:?}): {e}; closing that connection",
-                        self.id, c.kind
-                    );
+                    if let Some(c) = self.conns.get(&token) {
+                        let peer = c
+                            .stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        warn!(
+                            "{}: bad frame from {peer} ({:?}): {e}; closing that connection",
+                            self.id, c.kind
+                        );
+                    }
                     self.close(token, &e.to_string());
                     return;
                 }
+            };
+            if let Err(why) = handled {
+                warn!("{}: closing connection: {why}", self.id);
+                self.close(token, &why);
+                return;
+            }
+            if !self.conns.contains_key(&token) {
+                return; // closed while handling (a client not reading)
             }
         }
+        buf.drain(..pos);
         if let Some(c) = self.conns.get_mut(&token) {
-            c.read_buf.drain(..pos);
+            c.read_buf = buf;
         }
         if let Some(why) = closed {
             self.close(token, &why);
@@ -696,6 +723,17 @@ impl Node {
         }
     }
 
+    fn handle_kv_frame(&mut self, token: Token, kv: KvRequestRef<'_>) -> Result<(), String> {
+        match self.conns.get(&token).map(|c| c.kind).ok_or("gone")? {
+            ConnKind::Client => {
+                self.handle_kv(token, kv.request_id, kv.command, kv.stale_read);
+                Ok(())
+            }
+            ConnKind::Pending => Err("expected Hello first, got Request".into()),
+            k => Err(format!("unexpected Request on a {k:?} connection")),
+        }
+    }
+
     fn reject(&mut self, token: Token, code: ErrorCode, reason: String) {
         warn!("{}: refusing connection: {reason}", self.id);
         self.send_frame(token, &Frame::HelloReject { code, reason });
@@ -758,12 +796,18 @@ impl Node {
             RequestBody::Kv {
                 command,
                 stale_read,
-            } => self.handle_kv(token, request_id, command, stale_read),
+            } => self.handle_kv(token, request_id, command.as_ref(), stale_read),
         }
     }
 
-    fn handle_kv(&mut self, token: Token, request_id: u64, command: Command, stale_read: bool) {
-        if let Op::Get { key } = &command.op {
+    fn handle_kv(
+        &mut self,
+        token: Token,
+        request_id: u64,
+        command: CommandRef<'_>,
+        stale_read: bool,
+    ) {
+        if let OpRef::Get { key } = command.op {
             if stale_read {
                 let value = self.kv.get(key).map(<[u8]>::to_vec);
                 let index = self.kv.last_applied();
@@ -785,7 +829,7 @@ impl Node {
             self.next_read_id += 1;
             match self.raft.read_index(read_id) {
                 Ok(()) => {
-                    let key = key.clone();
+                    let key = key.to_vec();
                     self.waiting_reads.insert(
                         read_id,
                         ReadWaiter {
@@ -827,9 +871,12 @@ impl Node {
             self.busy(token, request_id);
             return;
         }
-        let mut data = Vec::with_capacity(64);
-        command.encode(&mut data);
-        match self.raft.propose(data) {
+        // The entry's data: one allocation, shared from here on by the log,
+        // the storage job, the followers' AppendEntries and the apply.
+        let buf = &mut self.entry_buf;
+        buf.clear();
+        command.encode(buf);
+        match self.raft.propose(Arc::<[u8]>::from(&buf[..])) {
             Ok(_) => {
                 self.waiting_writes
                     .insert(key, Waiter { token, request_id });

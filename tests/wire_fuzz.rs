@@ -4,7 +4,10 @@
 
 use raftkit::kv::{Command, Op};
 use raftkit::raft::{Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, Term};
-use raftkit::wire::{decode_frame, encode_frame, Frame, RequestBody, Sender, HEADER_BYTES};
+use raftkit::wire::{
+    decode_frame, decode_frame_ref, encode_frame, Frame, FrameRef, RequestBody, Sender,
+    HEADER_BYTES,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -79,6 +82,32 @@ fn samples() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Decodes `b` both ways; the borrowed decoder must agree with the owned
+/// one on every outcome: incomplete, the same error, or the same frame.
+fn decode_both(b: &[u8]) {
+    let owned = decode_frame(b);
+    let borrowed = decode_frame_ref(b).map(|o| {
+        o.map(|(f, used)| {
+            let f = match f {
+                FrameRef::Kv(kv) => Frame::Request {
+                    request_id: kv.request_id,
+                    body: RequestBody::Kv {
+                        command: kv.command.to_owned(),
+                        stale_read: kv.stale_read,
+                    },
+                },
+                FrameRef::Other(f) => f,
+            };
+            (f, used)
+        })
+    });
+    match (&owned, &borrowed) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("decoders disagree: {owned:?} vs {borrowed:?}"),
+    }
+}
+
 fn fix_crc(b: &mut [u8]) {
     if b.len() >= HEADER_BYTES {
         let crc = crc32c::crc32c(&b[HEADER_BYTES..]);
@@ -93,7 +122,7 @@ fn wire_decoder_never_panics_on_random_or_mutated_bytes() {
     for _ in 0..5000 {
         let len = (rng.next() % 200) as usize;
         let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        let _ = decode_frame(&junk);
+        decode_both(&junk);
     }
     for _ in 0..20_000 {
         let mut b = base[(rng.next() % base.len() as u64) as usize].clone();
@@ -119,7 +148,7 @@ fn wire_decoder_never_panics_on_random_or_mutated_bytes() {
                 b[4..8].copy_from_slice(&len.to_be_bytes());
             }
         }
-        let _ = decode_frame(&b);
+        decode_both(&b);
     }
 }
 

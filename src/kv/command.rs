@@ -216,6 +216,12 @@ pub struct CommandRef<'a> {
 }
 
 impl<'a> CommandRef<'a> {
+    /// The command as stored in a log entry: format byte, client id, seq, op.
+    pub fn encode(self, out: &mut Vec<u8>) {
+        put_u8(out, COMMAND_FORMAT_V1);
+        self.encode_fields(out);
+    }
+
     /// Client id, seq, op (the wire form, without the format byte).
     pub fn encode_fields(self, out: &mut Vec<u8>) {
         put_u64(out, self.client_id);
@@ -268,8 +274,7 @@ impl Command {
 
     /// The command as stored in a log entry: format byte, client id, seq, op.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put_u8(out, COMMAND_FORMAT_V1);
-        self.encode_fields(out);
+        self.as_ref().encode(out);
     }
 
     /// Client id, seq, op (the wire form, without the format byte).

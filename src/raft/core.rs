@@ -3,6 +3,7 @@
 //! as plain data. It never touches a clock, a socket, a file or a thread.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use log::{debug, info};
 
@@ -360,11 +361,11 @@ impl Raft {
 
     /// A client proposal (the seeds' ClientLogAppend): appended to the
     /// leader's log and replicated at the next `ready`. Returns its index.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<LogIndex, NotLeader> {
+    pub fn propose(&mut self, data: impl Into<Arc<[u8]>>) -> Result<LogIndex, NotLeader> {
         if self.role != Role::Leader {
             return Err(NotLeader::Redirect(self.leader));
         }
-        Ok(self.append_entry(EntryKind::Command, data))
+        Ok(self.append_entry(EntryKind::Command, data.into()))
     }
 
     /// A linearizable read (ReadIndex, Raft thesis section 6.4): confirmed
@@ -632,7 +633,7 @@ impl Raft {
         // Entries of earlier terms commit only once an entry of this term
         // does (Figure 8): the no-op makes that happen without waiting for a
         // client.
-        self.append_entry(EntryKind::Noop, Vec::new());
+        self.append_entry(EntryKind::Noop, Arc::from([]));
     }
 
     /// Counts votes; acts on a majority either way. Returns whether the
@@ -1166,13 +1167,13 @@ impl Raft {
 
     // ---- helpers ---------------------------------------------------------
 
-    fn append_entry(&mut self, kind: EntryKind, data: Vec<u8>) -> LogIndex {
+    fn append_entry(&mut self, kind: EntryKind, data: Arc<[u8]>) -> LogIndex {
         let index = self.log.last_index().next();
         self.log.append(Entry {
             index,
             term: self.current_term,
             kind,
-            data: data.into(),
+            data,
         });
         self.note_unpersisted(index);
         index

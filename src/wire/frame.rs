@@ -248,6 +248,59 @@ fn encode_framed(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>) -> u8) {
 
 /// Decodes the frame at the start of `buf`: `Ok(None)` until it is whole.
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    let Some((frame_type, body, used)) = frame_body(buf)? else {
+        return Ok(None);
+    };
+    let frame =
+        decode_body(frame_type, body).map_err(|error| FrameError::Body { frame_type, error })?;
+    Ok(Some((frame, used)))
+}
+
+/// A KV request read in place: the command borrows the receive buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct KvRequestRef<'a> {
+    pub request_id: u64,
+    pub stale_read: bool,
+    pub command: CommandRef<'a>,
+}
+
+/// What `decode_frame_ref` found.
+#[derive(Debug)]
+pub enum FrameRef<'a> {
+    /// The hot path: a client's KV request, without copying its key and value.
+    Kv(KvRequestRef<'a>),
+    Other(Frame),
+}
+
+/// `decode_frame`, except that a KV request comes back borrowed from `buf`.
+/// The same checks, the same errors.
+pub fn decode_frame_ref(buf: &[u8]) -> Result<Option<(FrameRef<'_>, usize)>, FrameError> {
+    let Some((frame_type, body, used)) = frame_body(buf)? else {
+        return Ok(None);
+    };
+    let body_error = |error| FrameError::Body { frame_type, error };
+    if frame_type == TYPE_REQUEST && body.get(8) == Some(&REQUEST_KV) {
+        let mut r = Reader::new(body);
+        let request_id = r.u64("request_id").map_err(body_error)?;
+        r.u8("request").map_err(body_error)?;
+        let kv = KvRequestRef {
+            request_id,
+            stale_read: r.bool("stale_read").map_err(body_error)?,
+            command: CommandRef::decode_fields(&mut r).map_err(body_error)?,
+        };
+        r.finish().map_err(body_error)?;
+        return Ok(Some((FrameRef::Kv(kv), used)));
+    }
+    let frame = decode_body(frame_type, body).map_err(body_error)?;
+    Ok(Some((FrameRef::Other(frame), used)))
+}
+
+/// A whole frame's type, its body, and the bytes it takes in the buffer.
+type RawFrame<'a> = (u8, &'a [u8], usize);
+
+/// Checks the header and CRC of the frame at the start of `buf`, or
+/// `Ok(None)` until it is whole.
+fn frame_body(buf: &[u8]) -> Result<Option<RawFrame<'_>>, FrameError> {
     if buf.len() >= 2 {
         let magic = BigEndian::read_u16(&buf[0..2]);
         if magic != MAGIC {
@@ -283,9 +336,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     if expected != actual {
         return Err(FrameError::Crc { expected, actual });
     }
-    let frame =
-        decode_body(frame_type, body).map_err(|error| FrameError::Body { frame_type, error })?;
-    Ok(Some((frame, HEADER_BYTES + length)))
+    Ok(Some((frame_type, body, HEADER_BYTES + length)))
 }
 
 fn encode_body(frame: &Frame, out: &mut Vec<u8>) -> u8 {

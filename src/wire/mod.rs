@@ -8,6 +8,7 @@ pub mod codec;
 pub mod frame;
 
 pub use frame::{
-    decode_frame, encode_frame, ErrorCode, FaultSpec, Frame, FrameError, NodeStatus, RequestBody,
-    ResponseBody, Sender, FRAME_BYTES_MAX, HEADER_BYTES, MAGIC, VERSION,
+    decode_frame, decode_frame_ref, encode_frame, ErrorCode, FaultSpec, Frame, FrameError,
+    FrameRef, KvRequestRef, NodeStatus, RequestBody, ResponseBody, Sender, FRAME_BYTES_MAX,
+    HEADER_BYTES, MAGIC, VERSION,
 };
