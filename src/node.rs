@@ -1011,8 +1011,7 @@ impl Node {
                     }
                 } else {
                     // Replication (sent above) runs in parallel with the
-                    // leader's own write: put it on the wire first.
-                    self.flush_dirty();
+                    // leader's own write.
                     if !self.storage.submit(job) {
                         return Err(NodeError::Storage("the storage thread has stopped".into()));
                     }
