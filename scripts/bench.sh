@@ -3,17 +3,23 @@
 # fsync on) for every cell, `raft-ctl bench` at the leader, one table.
 #
 #   scripts/bench.sh [--clients "1 8 64 256"] [--ops "put get"] [--duration S]
-#                    [--warmup S] [--reps N] [--out FILE.jsonl] [--etcd ETCD.jsonl]
+#                    [--warmup S] [--reps N] [--out FILE.jsonl]
+#                    [--etcd ETCD.jsonl [--etcd-harness bench-etcd-matrix.sh]]
 #
-# --out    also write raft-ctl bench's JSON lines (one per cell and rep)
-# --etcd   JSON lines from ../shared/bench/bench-etcd-matrix.sh (kvbench) made
-#          in the same sitting: adds etcd's figures and the ratios
+# --out           also write raft-ctl bench's JSON lines (one per cell and rep)
+# --etcd          JSON lines from ../shared/bench/bench-etcd-matrix.sh (kvbench)
+#                 made in the same sitting: adds etcd's figures and the ratios
+# --etcd-harness  run that harness for each cell and rep just before raftkit's
+#                 run of it, appending to the --etcd file: the two alternate,
+#                 so a machine that speeds up or slows down during the sitting
+#                 moves both alike. Both run at this script's niceness.
 # With --reps N > 1 each cell shows the run with the median ops/s.
-# Also measures the floor (fdatasync p50 + loopback round trip) and checks
-# the c=1 put latency against 1.5 x that floor.
+# Also measures the floor (fdatasync p50 + loopback round trip), at the start
+# and before every c=1 put run, and checks the c=1 put latency against 1.5 x
+# the floor (medians over those measurements).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-clients="1 8 64 256"; ops="put get"; duration=20; warmup=5; reps=1; out=""; etcd=""
+clients="1 8 64 256"; ops="put get"; duration=20; warmup=5; reps=1; out=""; etcd=""; harness=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients="$2"; shift 2 ;;
@@ -23,9 +29,13 @@ while [ $# -gt 0 ]; do
     --reps) reps="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --etcd) etcd="$2"; shift 2 ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    --etcd-harness) harness="$2"; shift 2 ;;
+    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
   esac
 done
+if [ -n "$harness" ] && [ -z "$etcd" ]; then
+  echo "--etcd-harness needs --etcd FILE for etcd's results" >&2; exit 2
+fi
 (cd "$root" && cargo build --release -q --bins)
 bin="$root/target/release"
 log() { :; }
@@ -34,12 +44,21 @@ log() { :; }
 trap 'stop_nodes' EXIT INT TERM
 
 results="$(mktemp "${TMPDIR:-/tmp}/raftkit-bench.XXXXXX")"
-floor=$("$bin/raft-ctl" floor --dir "$root/target" --seconds 3 --json)
-echo "floor: $floor" >&2
+floors="$(mktemp "${TMPDIR:-/tmp}/raftkit-floor.XXXXXX")"
+measure_floor() {
+  local f; f=$("$bin/raft-ctl" floor --dir "$root/target" --seconds 3 --json)
+  echo "$f" >>"$floors"; echo "floor: $f" >&2
+}
+measure_floor
 
 for op in $ops; do
   for c in $clients; do
     for rep in $(seq "$reps"); do
+      if [ -n "$harness" ]; then
+        SIZES=3 TARGETS=leader OPS="$op" CLIENTS="$c" DURATION="$duration" WARMUP="$warmup" \
+          REPS=1 NICE=0 "$harness" "$etcd" >/dev/null
+      fi
+      if [ "$op" = put ] && [ "$c" = 1 ]; then measure_floor; fi
       setup "bench-$op-c$c"
       wait_leader >/dev/null || { echo "no leader" >&2; exit 1; }
       # Reads need keys to read: write them first.
@@ -58,10 +77,10 @@ for op in $ops; do
   done
 done
 
-python3 - "$results" "$floor" "$etcd" <<'EOF'
+python3 - "$results" "$floors" "$etcd" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-floor = json.loads(sys.argv[2])
+floors = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
 etcd = {}
 if sys.argv[3]:
     for l in open(sys.argv[3]):
@@ -99,13 +118,17 @@ for (op, c), ds in cells.items():
         else:
             line += " - | - | - | - | - |"
     print(line)
-f50, rtt = floor["fdatasync_p50_us"], floor["rtt_p50_us"]
+def mid(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+f50 = mid([f["fdatasync_p50_us"] for f in floors])
+rtt = mid([f["rtt_p50_us"] for f in floors])
 target = 1.5 * (f50 + rtt)
 c1 = cells.get(("put", 1))
 print()
-print(f"floor: fdatasync p50 {f50:.0f} µs, loopback round trip p50 {rtt:.0f} µs; 1.5 x floor = {target:.0f} µs")
+print(f"floor (median of {len(floors)}): fdatasync p50 {f50:.0f} µs, loopback round trip p50 {rtt:.0f} µs; 1.5 x floor = {target:.0f} µs")
 if c1:
     p50 = median(c1)["lat"]["p50"]
     print(f"c=1 put p50 {p50} µs: {'within' if p50 <= target else 'ABOVE'} 1.5 x floor")
 EOF
-rm -f "$results"
+rm -f "$results" "$floors"
