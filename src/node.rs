@@ -1025,10 +1025,16 @@ impl Node {
                     entries: rd.entries,
                 };
                 let idle = self.storage_seq == self.storage_durable + 1;
-                if self.raft.role() != Role::Leader && idle && job.entries.len() <= 1 {
-                    // A lone entry (or a vote) and an idle storage thread:
-                    // write it here and answer at once, saving the two
-                    // thread hand-offs. Bigger jobs go to the thread, so
+                // Nothing else in flight: a vote, or one entry right after
+                // the commit index (one client waiting, nothing to batch).
+                let lone = match &job.entries[..] {
+                    [] => true,
+                    [e] => e.index == self.raft.commit_index().next(),
+                    _ => false,
+                };
+                if self.raft.role() != Role::Leader && idle && lone {
+                    // Write it here and answer at once, saving the two
+                    // thread hand-offs. Other jobs go to the thread, so
                     // that the next batch is read while this one is written.
                     self.storage
                         .write_inline(&job)
