@@ -120,7 +120,8 @@ for (op, c), ds in cells.items():
     print(line)
 def mid(xs):
     xs = sorted(xs)
-    return xs[len(xs) // 2]
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 f50 = mid([f["fdatasync_p50_us"] for f in floors])
 rtt = mid([f["rtt_p50_us"] for f in floors])
 target = 1.5 * (f50 + rtt)

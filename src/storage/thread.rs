@@ -9,10 +9,11 @@
 //!
 //! A caller that knows the thread is idle (every job it sent has been
 //! reported durable) may instead write a job on its own thread with
-//! [`StorageThread::write_inline`]. A follower does for a job of one entry:
-//! the hand-offs to the storage thread and back cost two thread wakeups,
-//! a good part of a lone write's latency, and with one entry in flight
-//! there is nothing to overlap with the write.
+//! [`StorageThread::write_inline`]. A follower does when nothing else is in
+//! flight (a vote, or one entry right after its commit index): the
+//! hand-offs to the storage thread and back cost two thread wakeups, a good
+//! part of a lone write's latency, and there is nothing to overlap with the
+//! write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
