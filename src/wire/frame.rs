@@ -8,9 +8,6 @@ use super::codec::{
     put_bool, put_bytes, put_opt_u64, put_u16, put_u32, put_u64, put_u8, DecodeError, Reader,
 };
 use crate::kv::{Command, CommandRef, OpResult};
-
-/// Tag of a KV request body.
-const REQUEST_KV: u8 = 1;
 use crate::raft::{
     Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState,
     RejectHint, Role, Status, Term,
@@ -25,6 +22,9 @@ pub const HEADER_BYTES: usize = 12;
 /// Largest body accepted, checked before anything is allocated. Bounds an
 /// AppendEntries (the core's `append_bytes_max` is far below it).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
+
+/// Tag of a KV request body.
+const REQUEST_KV: u8 = 1;
 
 const TYPE_HELLO: u8 = 1;
 const TYPE_HELLO_OK: u8 = 2;
@@ -279,20 +279,32 @@ pub fn decode_frame_ref(buf: &[u8]) -> Result<Option<(FrameRef<'_>, usize)>, Fra
         return Ok(None);
     };
     let body_error = |error| FrameError::Body { frame_type, error };
+    // A request body: request id (8 bytes), then the request's tag.
     if frame_type == TYPE_REQUEST && body.get(8) == Some(&REQUEST_KV) {
         let mut r = Reader::new(body);
-        let request_id = r.u64("request_id").map_err(body_error)?;
-        r.u8("request").map_err(body_error)?;
-        let kv = KvRequestRef {
-            request_id,
-            stale_read: r.bool("stale_read").map_err(body_error)?,
-            command: CommandRef::decode_fields(&mut r).map_err(body_error)?,
-        };
+        let kv = decode_kv_request(&mut r).map_err(body_error)?;
         r.finish().map_err(body_error)?;
         return Ok(Some((FrameRef::Kv(kv), used)));
     }
     let frame = decode_body(frame_type, body).map_err(body_error)?;
     Ok(Some((FrameRef::Other(frame), used)))
+}
+
+/// A KV request's body, as `encode_kv_request` writes it.
+fn decode_kv_request<'a>(r: &mut Reader<'a>) -> Result<KvRequestRef<'a>, DecodeError> {
+    let request_id = r.u64("request_id")?;
+    r.u8("request")?;
+    let (stale_read, command) = decode_kv_body(r)?;
+    Ok(KvRequestRef {
+        request_id,
+        stale_read,
+        command,
+    })
+}
+
+/// What `encode_kv_body` writes after the request's tag.
+fn decode_kv_body<'a>(r: &mut Reader<'a>) -> Result<(bool, CommandRef<'a>), DecodeError> {
+    Ok((r.bool("stale_read")?, CommandRef::decode_fields(r)?))
 }
 
 /// A whole frame's type, its body, and the bytes it takes in the buffer.
@@ -639,10 +651,10 @@ fn encode_request(body: &RequestBody, out: &mut Vec<u8>) {
 fn decode_request(r: &mut Reader<'_>) -> Result<RequestBody, DecodeError> {
     Ok(match r.u8("request")? {
         REQUEST_KV => {
-            let stale_read = r.bool("stale_read")?;
+            let (stale_read, command) = decode_kv_body(r)?;
             RequestBody::Kv {
                 stale_read,
-                command: Command::decode_fields(r)?,
+                command: command.to_owned(),
             }
         }
         2 => RequestBody::Status,
