@@ -727,7 +727,7 @@ impl Node {
                 self.send_frame(token, &Frame::HelloOk { node: self.id });
                 Ok(())
             }
-            (ConnKind::Pending, f) => Err(format!("expected Hello first, got {}", frame_name(&f))),
+            (ConnKind::Pending, f) => Err(misplaced(ConnKind::Pending, frame_name(&f))),
             (ConnKind::InPeer(p), Frame::Raft(m)) => {
                 if m.from != p || m.to != self.id {
                     return Err(format!("{p} sent a message addressed {}->{}", m.from, m.to));
@@ -747,10 +747,7 @@ impl Node {
                 self.handle_request(token, request_id, body);
                 Ok(())
             }
-            (k, f) => Err(format!(
-                "unexpected {} on a {k:?} connection",
-                frame_name(&f)
-            )),
+            (k, f) => Err(misplaced(k, frame_name(&f))),
         }
     }
 
@@ -760,8 +757,7 @@ impl Node {
                 self.handle_kv(token, kv.request_id, kv.command, kv.stale_read);
                 Ok(())
             }
-            ConnKind::Pending => Err("expected Hello first, got Request".into()),
-            k => Err(format!("unexpected Request on a {k:?} connection")),
+            k => Err(misplaced(k, "Request")),
         }
     }
 
@@ -1032,31 +1028,21 @@ impl Node {
                     [e] => e.index == self.raft.commit_index().next(),
                     _ => false,
                 };
+                self.after_durable
+                    .push_back((self.storage_seq, last, rd.messages_after_persist));
+                // Such a job, at a follower whose storage thread is idle,
+                // is written here and answered at once, saving two thread
+                // hand-offs. Everything else goes to the thread: the next
+                // batch is read while this one is written, and the leader's
+                // write runs in parallel with the replication sent above.
                 if self.raft.role() != Role::Leader && idle && lone {
-                    // Write it here and answer at once, saving the two
-                    // thread hand-offs. Other jobs go to the thread, so
-                    // that the next batch is read while this one is written.
                     self.storage
                         .write_inline(&job)
                         .map_err(NodeError::Storage)?;
                     self.storage_durable = self.storage_seq;
-                    if let Some((index, term)) = last {
-                        self.raft.persisted(index, term);
-                    }
-                    for m in rd.messages_after_persist {
-                        self.send_message(m);
-                    }
-                } else {
-                    // Replication (sent above) runs in parallel with the
-                    // leader's own write.
-                    if !self.storage.submit(job) {
-                        return Err(NodeError::Storage("the storage thread has stopped".into()));
-                    }
-                    self.after_durable.push_back((
-                        self.storage_seq,
-                        last,
-                        rd.messages_after_persist,
-                    ));
+                    self.release_durable();
+                } else if !self.storage.submit(job) {
+                    return Err(NodeError::Storage("the storage thread has stopped".into()));
                 }
             } else if !rd.messages_after_persist.is_empty() {
                 if self.storage_seq > self.storage_durable {
@@ -1093,6 +1079,12 @@ impl Node {
                 Durable::Failed(e) => return Err(NodeError::Storage(e)),
             }
         }
+        self.release_durable();
+        Ok(())
+    }
+
+    /// Tells the core what is now durable and sends what waited for it.
+    fn release_durable(&mut self) {
         while self
             .after_durable
             .front()
@@ -1108,7 +1100,6 @@ impl Node {
                 self.send_message(m);
             }
         }
-        Ok(())
     }
 
     fn apply(&mut self, e: Entry) {
@@ -1179,6 +1170,14 @@ impl Node {
             let body = self.not_leader();
             self.respond(w.token, w.request_id, body);
         }
+    }
+}
+
+/// Why a frame of this type may not come on a connection of this kind.
+fn misplaced(kind: ConnKind, frame: &str) -> String {
+    match kind {
+        ConnKind::Pending => format!("expected Hello first, got {frame}"),
+        k => format!("unexpected {frame} on a {k:?} connection"),
     }
 }
 
