@@ -3,9 +3,9 @@
 //! The event loop sends numbered [`Job`]s down a channel and carries on. The
 //! thread takes the first job, then every job that queued up behind it,
 //! writes them all (the newest hard state first, then the entries in
-//! order) and makes them durable at once (`Wal::sync`), and reports the highest job number as
-//! [`Durable`], waking the event loop through a `mio::Waker`. Jobs become
-//! durable in the order they were sent.
+//! order), makes them durable at once (`Wal::sync`), and reports the
+//! highest job number as [`Durable`], waking the event loop through a
+//! `mio::Waker`. Jobs become durable in the order they were sent.
 //!
 //! A caller that knows the thread is idle (every job it sent has been
 //! reported durable) may instead write a job on its own thread with
@@ -16,7 +16,7 @@
 //! write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -181,21 +181,23 @@ fn job_bytes(j: &Job) -> usize {
         .sum()
 }
 
-/// Writes the jobs and makes them durable. A writer that panicked while
-/// holding the store left it in an unknown state: nothing writes after it.
+/// Writes the jobs and makes them durable, holding the store's lock. A
+/// writer that panicked while holding it left the store in an unknown
+/// state: nothing writes after it.
 fn write_batch(store: &Mutex<Box<dyn LogStore>>, batch: &[Job]) -> Result<(), String> {
-    let mut store: MutexGuard<'_, Box<dyn LogStore>> = store
+    let mut store = store
         .lock()
         .map_err(|_| "a write panicked; the log is in an unknown state".to_string())?;
-    let write = |store: &mut dyn LogStore| {
-        // The term must never lag the log: the hard state goes first.
-        if let Some(hs) = batch.iter().rev().find_map(|j| j.hard_state) {
-            store.save_hard_state(&hs)?;
-        }
-        for j in batch {
-            store.append(&j.entries)?;
-        }
-        store.sync()
-    };
-    write(store.as_mut()).map_err(|e: super::StorageError| e.to_string())
+    write_jobs(store.as_mut(), batch).map_err(|e| e.to_string())
+}
+
+fn write_jobs(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::StorageError> {
+    // The term must never lag the log: the hard state goes first.
+    if let Some(hs) = batch.iter().rev().find_map(|j| j.hard_state) {
+        store.save_hard_state(&hs)?;
+    }
+    for j in batch {
+        store.append(&j.entries)?;
+    }
+    store.sync()
 }
