@@ -277,15 +277,6 @@ impl Command {
         self.as_ref().encode(out);
     }
 
-    /// Client id, seq, op (the wire form, without the format byte).
-    pub fn encode_fields(&self, out: &mut Vec<u8>) {
-        self.as_ref().encode_fields(out);
-    }
-
-    pub fn decode_fields(r: &mut Reader<'_>) -> Result<Command, DecodeError> {
-        CommandRef::decode_fields(r).map(CommandRef::to_owned)
-    }
-
     /// Decodes a log entry's data.
     pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
         CommandRef::decode(buf).map(CommandRef::to_owned)
