@@ -12,7 +12,8 @@ use super::message::{Message, MessageBody, RejectHint};
 use super::progress::Progress;
 use super::rng::Rng;
 use super::types::{
-    Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Status, Term,
+    Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Snapshot,
+    Status, Term,
 };
 
 /// Settings of one core. Times are in ticks; the driver decides how long a
@@ -437,7 +438,9 @@ impl Raft {
                     pre_vote: true,
                     vote_granted: true,
                 } => {}
-                MessageBody::AppendEntries { .. } => self.become_follower(m.term, Some(m.from)),
+                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+                    self.become_follower(m.term, Some(m.from))
+                }
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.current_term {
@@ -454,6 +457,10 @@ impl Raft {
                 pre_vote,
                 vote_granted,
             } => self.handle_request_vote_response(m.from, pre_vote, vote_granted),
+            MessageBody::InstallSnapshot {
+                snapshot,
+                read_round,
+            } => self.handle_install_snapshot(m.from, snapshot, read_round),
             MessageBody::AppendEntries {
                 prev_log_index,
                 prev_log_term,
@@ -691,7 +698,8 @@ impl Raft {
     fn handle_stale_term(&mut self, m: Message) {
         debug!("{} t{}: stale {m}", self.id(), self.current_term);
         match m.body {
-            MessageBody::AppendEntries { read_round, .. } => {
+            MessageBody::AppendEntries { read_round, .. }
+            | MessageBody::InstallSnapshot { read_round, .. } => {
                 let reply = MessageBody::AppendEntriesResponse {
                     success: false,
                     match_index: LogIndex(0),
@@ -859,6 +867,10 @@ impl Raft {
         self.reply(leader, reply, true);
     }
 
+    fn handle_install_snapshot(&mut self, _leader: NodeId, _snapshot: Snapshot, _read_round: u64) {
+        todo!()
+    }
+
     /// Adds entries whose predecessor matched: skips those we already hold,
     /// truncates only at a real conflict (a stale, reordered AppendEntries
     /// never cuts what a newer one added).
@@ -1004,6 +1016,7 @@ impl Raft {
                 .expect("leader has progress for every peer");
             match pr.state {
                 ProgressState::Probe => pr.probe_sent = false,
+                ProgressState::Snapshot => {}
                 ProgressState::Replicate => {
                     if !pr.inflight.is_empty() && pr.match_index < last_index {
                         pr.stalled_heartbeats += 1;
@@ -1033,6 +1046,7 @@ impl Raft {
         match pr.state {
             ProgressState::Probe => !pr.probe_sent,
             ProgressState::Replicate => pr.inflight.len() < self.config.inflight_msgs_max,
+            ProgressState::Snapshot => false,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::types::{Entry, LogIndex, NodeId, Term};
+use super::types::{Entry, LogIndex, NodeId, Snapshot, Term};
 
 /// One message from `from` to `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +58,15 @@ pub enum MessageBody {
         /// ReadIndex request registered before it.
         read_round: u64,
     },
+    /// Replaces the follower's state with the leader's snapshot, for a
+    /// follower that needs entries the leader has compacted away. Answered
+    /// with an AppendEntriesResponse whose `match_index` is the snapshot's
+    /// index, once the snapshot is durable.
+    InstallSnapshot {
+        snapshot: Snapshot,
+        /// As in AppendEntries.
+        read_round: u64,
+    },
     AppendEntriesResponse {
         success: bool,
         /// On success, the last index this message proves the follower has
@@ -84,6 +93,7 @@ impl MessageBody {
             } => "RequestVoteResponse",
             MessageBody::RequestVoteResponse { pre_vote: true, .. } => "PreVoteResponse",
             MessageBody::AppendEntries { .. } => "AppendEntries",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
         }
     }
@@ -135,6 +145,16 @@ impl fmt::Display for Message {
                 }
                 f.write_str("]")
             }
+            MessageBody::InstallSnapshot {
+                snapshot,
+                read_round,
+            } => write!(
+                f,
+                " snapshot={}/{} ({} bytes) round={read_round}",
+                snapshot.index,
+                snapshot.term,
+                snapshot.data.len()
+            ),
             MessageBody::AppendEntriesResponse {
                 success,
                 match_index,

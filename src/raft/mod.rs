@@ -8,7 +8,8 @@ pub mod types;
 
 pub use message::{Message, MessageBody, RejectHint};
 pub use types::{
-    Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Status, Term,
+    Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Snapshot,
+    Status, Term,
 };
 
 pub mod core;

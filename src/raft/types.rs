@@ -107,6 +107,17 @@ impl fmt::Display for Entry {
 
 /// The state every server must persist before it answers (Figure 2,
 /// "Persistent state on all servers"), apart from the log itself.
+/// A snapshot of the state machine: the effect of every entry up to and
+/// including `index` (whose entry had `term`), as opaque bytes the
+/// application produced. Entries up to `index` may then be dropped from the
+/// log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub index: LogIndex,
+    pub term: Term,
+    pub data: Arc<[u8]>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
     /// Latest term this server has seen; increases monotonically.
@@ -163,6 +174,10 @@ pub enum ProgressState {
     Probe,
     /// Optimistic pipelining: up to `inflight_msgs_max` AppendEntries in flight.
     Replicate,
+    /// An InstallSnapshot is out (the follower needs entries the leader
+    /// has compacted away); nothing else is sent until it is acknowledged
+    /// or presumed lost.
+    Snapshot,
 }
 
 /// The leader's view of one follower, as shown by `raft-ctl status`.

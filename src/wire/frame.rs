@@ -481,6 +481,7 @@ fn encode_message(m: &Message, out: &mut Vec<u8>) {
     put_u64(out, m.to.0);
     put_u64(out, m.term.0);
     match &m.body {
+        MessageBody::InstallSnapshot { .. } => todo!("wire: InstallSnapshot"),
         MessageBody::RequestVote {
             pre_vote,
             last_log_index,
@@ -721,10 +722,10 @@ fn encode_response(body: &ResponseBody, out: &mut Vec<u8>) {
                 put_u64(out, p.next_index.0);
                 put_u8(
                     out,
-                    if p.state == ProgressState::Probe {
-                        1
-                    } else {
-                        2
+                    match p.state {
+                        ProgressState::Probe => 1,
+                        ProgressState::Replicate => 2,
+                        ProgressState::Snapshot => 3,
                     },
                 );
                 put_u32(out, p.inflight);
@@ -793,6 +794,7 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
                 let state = match r.u8("peer.state")? {
                     1 => ProgressState::Probe,
                     2 => ProgressState::Replicate,
+                    3 => ProgressState::Snapshot,
                     tag => {
                         return Err(DecodeError::BadTag {
                             field: "peer.state",
