@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     };
     let start = Instant::now();
     let (mut steps, mut elections, mut commits, mut crashes, mut messages) = (0, 0, 0, 0, 0);
+    let (mut snapshots, mut installs) = (0, 0);
     let mut violations = Vec::new();
     for &seed in &seeds {
         let mut opts = SimOptions::new(seed);
@@ -58,6 +59,8 @@ fn main() -> ExitCode {
         commits += report.commit_index_max;
         crashes += report.crashes;
         messages += report.messages;
+        snapshots += report.snapshots;
+        installs += report.installs;
         if let Some(v) = report.violation {
             println!("seed {seed}: VIOLATION: {v}");
             println!(
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "seeds={} nodes={} steps={steps} elections={elections} commits={commits} crashes={crashes} messages={messages} violations={} time={:.1}s",
+        "seeds={} nodes={} steps={steps} elections={elections} commits={commits} crashes={crashes} messages={messages} snapshots={snapshots} installs={installs} violations={} time={:.1}s",
         seeds.len(),
         args.nodes,
         violations.len(),

@@ -116,6 +116,10 @@ pub struct SoftState {
 /// 4. apply `committed_entries` in order and answer `read_states` once
 ///    applied up to their index.
 ///
+/// A `snapshot` (sent by the leader) comes first in step 2, before the
+/// entries: it replaces the stored log up to its index. The application
+/// also replaces its state machine with it before step 4.
+///
 /// Step 3 waits for step 2 even when it happens on another thread: a vote
 /// or an acknowledgement that outruns its fsync can elect two leaders or
 /// lose a committed entry after a crash.
@@ -123,6 +127,7 @@ pub struct SoftState {
 pub struct Ready {
     pub soft_state: Option<SoftState>,
     pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
     pub messages_after_persist: Vec<Message>,
@@ -133,7 +138,7 @@ pub struct Ready {
 impl Ready {
     /// Whether step 2 has anything to write.
     pub fn must_persist(&self) -> bool {
-        self.hard_state.is_some() || !self.entries.is_empty()
+        self.hard_state.is_some() || self.snapshot.is_some() || !self.entries.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -169,6 +174,11 @@ pub struct Raft {
     /// Vote given in `current_term` (Figure 2). Persist before answering.
     voted_for: Option<NodeId>,
     log: RaftLog,
+    /// The newest snapshot: taken here (`compact`) or received from a
+    /// leader. Sent to followers that need compacted entries.
+    snapshot: Option<Snapshot>,
+    /// A snapshot received from the leader, for the next `ready`.
+    snapshot_to_install: Option<Snapshot>,
     role: Role,
     /// The leader of `current_term` when known.
     leader: Option<NodeId>,
@@ -215,8 +225,24 @@ impl Raft {
     /// durable log; all empty for a new node). It starts as a follower
     /// that knows nothing is committed yet.
     pub fn new(config: Config, hard_state: HardState, entries: Vec<Entry>) -> Raft {
+        Raft::restore(config, hard_state, None, entries)
+    }
+
+    /// As `new`, for a node whose storage also held a snapshot: `entries`
+    /// then start just after it. Everything up to the snapshot is known to
+    /// be committed and applied (the application restores its state
+    /// machine from the snapshot itself).
+    pub fn restore(
+        config: Config,
+        hard_state: HardState,
+        snapshot: Option<Snapshot>,
+        entries: Vec<Entry>,
+    ) -> Raft {
         config.validate();
-        let log = RaftLog::new(entries);
+        let (offset, offset_term) = snapshot
+            .as_ref()
+            .map_or((LogIndex(0), Term(0)), |s| (s.index, s.term));
+        let log = RaftLog::with_offset(offset, offset_term, entries);
         let stable_index = log.last_index();
         let rng = Rng::new(config.seed ^ 0x5DEE_CE66_D1CE_4E5B);
         let soft = SoftState {
@@ -229,10 +255,12 @@ impl Raft {
             current_term: hard_state.current_term,
             voted_for: hard_state.voted_for,
             log,
+            snapshot,
+            snapshot_to_install: None,
             role: Role::Follower,
             leader: None,
-            commit_index: LogIndex(0),
-            last_applied: LogIndex(0),
+            commit_index: offset,
+            last_applied: offset,
             stable_index,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -283,6 +311,10 @@ impl Raft {
     }
     pub fn log(&self) -> &RaftLog {
         &self.log
+    }
+    /// The newest snapshot this node holds, if any.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
     pub fn hard_state(&self) -> HardState {
         HardState {
@@ -384,6 +416,48 @@ impl Raft {
         }
         self.register_read(id);
         Ok(())
+    }
+
+    /// The application took `snapshot` of its state machine (at an index it
+    /// has applied): keep it to send to followers that fall behind, and
+    /// drop the log entries before `keep_from` (at most up to the
+    /// snapshot's index), so that a follower a little behind still gets
+    /// entries rather than the whole snapshot. The caller makes the
+    /// snapshot durable before it deletes any stored entry it covers.
+    pub fn compact(&mut self, snapshot: Snapshot, keep_from: LogIndex) {
+        assert!(
+            snapshot.index <= self.last_applied,
+            "snapshot at {} past last applied {}",
+            snapshot.index,
+            self.last_applied
+        );
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.index >= snapshot.index)
+        {
+            return;
+        }
+        assert_eq!(
+            self.log.term_at(snapshot.index),
+            Some(snapshot.term),
+            "snapshot {}/{} does not match the log",
+            snapshot.index,
+            snapshot.term
+        );
+        let to = keep_from.prev().min(snapshot.index);
+        if to > self.log.offset() {
+            self.log.compact_to(to);
+        }
+        debug!(
+            "{} t{}: snapshot at {}/{}, log from {}",
+            self.id(),
+            self.current_term,
+            snapshot.index,
+            snapshot.term,
+            self.log.first_index()
+        );
+        self.snapshot = Some(snapshot);
     }
 
     /// Starts an election now (as if the election timer had fired), with a
@@ -520,6 +594,7 @@ impl Raft {
             self.hard_state_dirty = false;
             rd.hard_state = Some(self.hard_state());
         }
+        rd.snapshot = self.snapshot_to_install.take();
         if let Some(from) = self.unpersisted_from.take() {
             rd.entries = self.log.slice(from, self.log.last_index()).to_vec();
         }
@@ -547,6 +622,7 @@ impl Raft {
     /// state to persist).
     pub fn has_ready(&self) -> bool {
         self.hard_state_dirty
+            || self.snapshot_to_install.is_some()
             || self.unpersisted_from.is_some()
             || !self.out_messages.is_empty()
             || !self.out_after_persist.is_empty()
@@ -818,7 +894,12 @@ impl Raft {
         self.election_elapsed = 0;
 
         // Set the answer to a rejection with a hint; overwrite it on success.
-        let our_prev_term = self.log.term_at(prev_log_index);
+        let our_prev_term = if prev_log_index < self.log.offset() {
+            // Compacted: committed, so the leader holds the same entry.
+            Some(prev_log_term)
+        } else {
+            self.log.term_at(prev_log_index)
+        };
         if our_prev_term != Some(prev_log_term) {
             let hint = match our_prev_term {
                 None => RejectHint {
@@ -867,8 +948,60 @@ impl Raft {
         self.reply(leader, reply, true);
     }
 
-    fn handle_install_snapshot(&mut self, _leader: NodeId, _snapshot: Snapshot, _read_round: u64) {
-        todo!()
+    /// The leader of our term sent its snapshot: we lack entries it has
+    /// compacted away (Raft paper, section 7).
+    fn handle_install_snapshot(&mut self, leader: NodeId, snapshot: Snapshot, read_round: u64) {
+        if self.role == Role::Leader {
+            panic!(
+                "{} t{}: InstallSnapshot from {leader} in our own term",
+                self.id(),
+                self.current_term
+            );
+        }
+        if self.role != Role::Follower {
+            self.become_follower(self.current_term, Some(leader));
+        }
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+        let (index, term) = (snapshot.index, snapshot.term);
+        if index > self.commit_index {
+            if self.log.term_at(index) == Some(term) {
+                // Our log agrees up to the snapshot: keep what follows.
+                self.log.compact_to(index);
+            } else {
+                info!(
+                    "{} t{}: installing snapshot {index}/{term} from {leader}; dropping the log {}..{}",
+                    self.id(),
+                    self.current_term,
+                    self.log.first_index(),
+                    self.log.last_index()
+                );
+                self.log.reset(index, term);
+                // Nothing past the commit index is known to agree any more;
+                // the snapshot's own write reports `persisted` for it.
+                self.stable_index = self.stable_index.min(self.commit_index);
+            }
+            self.unpersisted_from = self
+                .unpersisted_from
+                .map(|from| from.max(index.next()))
+                .filter(|&from| from <= self.log.last_index());
+            self.commit_index = index;
+            self.last_applied = index;
+            if self.snapshot.as_ref().is_none_or(|s| s.index < index) {
+                self.snapshot = Some(snapshot.clone());
+            }
+            self.snapshot_to_install = Some(snapshot);
+        }
+        // Up to the snapshot's index we now agree with the leader (either
+        // it was committed here already, or we take the snapshot); the
+        // acknowledgement waits until the snapshot is durable.
+        let reply = MessageBody::AppendEntriesResponse {
+            success: true,
+            match_index: index,
+            reject: None,
+            read_round,
+        };
+        self.reply(leader, reply, true);
     }
 
     /// Adds entries whose predecessor matched: skips those we already hold,
@@ -877,6 +1010,9 @@ impl Raft {
     fn append_from_leader(&mut self, entries: Vec<Entry>) {
         let mut iter = entries.into_iter();
         for e in iter.by_ref() {
+            if e.index <= self.log.offset() {
+                continue; // compacted here: committed, so it matches
+            }
             match self.log.term_at(e.index) {
                 Some(t) if t == e.term => continue,
                 Some(t) => {
@@ -940,6 +1076,9 @@ impl Raft {
             if pr.state == ProgressState::Probe && pr.match_index >= pr.next_index.prev() {
                 pr.become_replicate();
             }
+            if pr.state == ProgressState::Snapshot && pr.match_index >= pr.pending_snapshot {
+                pr.become_replicate();
+            }
             self.maybe_commit();
             self.confirm_reads();
             return;
@@ -949,6 +1088,12 @@ impl Raft {
             // handled before this.
             return;
         };
+        if pr.state == ProgressState::Snapshot {
+            // An answer to something sent before the snapshot, or to a
+            // heartbeat at a point the follower does not have yet.
+            self.confirm_reads();
+            return;
+        }
         if hint.rejected_prev_index == pr.match_index && hint.conflict_index <= pr.match_index {
             // A heartbeat at the acknowledged index failed: the follower lost
             // entries it had acknowledged (a lost or in-memory disk). Start
@@ -1014,18 +1159,28 @@ impl Raft {
                 .progress
                 .get_mut(&peer)
                 .expect("leader has progress for every peer");
+            // Nothing acknowledged for a whole election timeout with
+            // messages out: assume one was lost and probe again.
+            let stall_max = (self.config.election_timeout_ticks_min
+                / self.config.heartbeat_interval_ticks)
+                .max(2);
             match pr.state {
                 ProgressState::Probe => pr.probe_sent = false,
-                ProgressState::Snapshot => {}
+                ProgressState::Snapshot => {
+                    pr.stalled_heartbeats += 1;
+                    if pr.stalled_heartbeats >= stall_max {
+                        debug!(
+                            "{} t{}: snapshot to {peer} unanswered; probing",
+                            self.config.id, self.current_term
+                        );
+                        let next = pr.match_index.next();
+                        pr.become_probe(next);
+                    }
+                }
                 ProgressState::Replicate => {
                     if !pr.inflight.is_empty() && pr.match_index < last_index {
                         pr.stalled_heartbeats += 1;
                     }
-                    // Nothing acknowledged for a whole election timeout with
-                    // messages out: assume one was lost and probe again.
-                    let stall_max = (self.config.election_timeout_ticks_min
-                        / self.config.heartbeat_interval_ticks)
-                        .max(2);
                     if pr.stalled_heartbeats >= stall_max {
                         debug!(
                             "{} t{}: replication to {peer} stalled; probing",
@@ -1063,6 +1218,10 @@ impl Raft {
             if !probing && next > self.log.last_index() {
                 return;
             }
+            if next.prev() < self.log.offset() {
+                self.send_snapshot(peer);
+                return;
+            }
             let entries = self
                 .log
                 .slice_bytes(next, self.config.append_bytes_max)
@@ -1094,12 +1253,33 @@ impl Raft {
         }
     }
 
-    /// An empty AppendEntries at the follower's `match_index`: it always
-    /// matches, so it refreshes the leader's lease and commit index and
-    /// confirms reads without disturbing the pipeline.
+    /// The follower needs entries compacted away: send the snapshot, and
+    /// nothing else until it is acknowledged (or presumed lost).
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let snapshot = self
+            .snapshot
+            .clone()
+            .expect("a compacted log comes with a snapshot");
+        debug!(
+            "{} t{}: sending snapshot {}/{} to {peer}",
+            self.config.id, self.current_term, snapshot.index, snapshot.term
+        );
+        let pr = self.progress.get_mut(&peer).expect("leader has progress");
+        pr.become_snapshot(snapshot.index);
+        let body = MessageBody::InstallSnapshot {
+            snapshot,
+            read_round: self.read_round,
+        };
+        self.reply(peer, body, false);
+    }
+
+    /// An empty AppendEntries at the follower's `match_index` (or at our
+    /// compaction point, if later): it always matches, so it refreshes the
+    /// leader's lease and commit index and confirms reads without
+    /// disturbing the pipeline.
     fn send_heartbeat(&mut self, peer: NodeId) {
         let pr = &self.progress[&peer];
-        let prev_log_index = pr.match_index;
+        let prev_log_index = pr.match_index.max(self.log.offset());
         let prev_log_term = self
             .log
             .term_at(prev_log_index)

@@ -29,6 +29,8 @@ pub struct Progress {
     /// Heartbeat periods in a row in which `match_index` did not advance
     /// while messages were in flight; used to detect a lost AppendEntries.
     pub stalled_heartbeats: u32,
+    /// In `Snapshot`: the index of the snapshot sent.
+    pub pending_snapshot: LogIndex,
 }
 
 impl Progress {
@@ -42,6 +44,7 @@ impl Progress {
             recent_active: false,
             acked_read_round: 0,
             stalled_heartbeats: 0,
+            pending_snapshot: LogIndex(0),
         }
     }
 
@@ -58,6 +61,16 @@ impl Progress {
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
         self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.stalled_heartbeats = 0;
+    }
+
+    /// A snapshot up to `index` was sent: wait for its acknowledgement.
+    pub fn become_snapshot(&mut self, index: LogIndex) {
+        self.state = ProgressState::Snapshot;
+        self.pending_snapshot = index;
+        self.next_index = index.next();
         self.probe_sent = false;
         self.inflight.clear();
         self.stalled_heartbeats = 0;

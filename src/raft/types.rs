@@ -105,8 +105,6 @@ impl fmt::Display for Entry {
     }
 }
 
-/// The state every server must persist before it answers (Figure 2,
-/// "Persistent state on all servers"), apart from the log itself.
 /// A snapshot of the state machine: the effect of every entry up to and
 /// including `index` (whose entry had `term`), as opaque bytes the
 /// application produced. Entries up to `index` may then be dropped from the
@@ -118,6 +116,8 @@ pub struct Snapshot {
     pub data: Arc<[u8]>,
 }
 
+/// The state every server must persist before it answers (Figure 2,
+/// "Persistent state on all servers"), apart from the log itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
     /// Latest term this server has seen; increases monotonically.

@@ -5,14 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::raft::{
-    Config, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, Raft, Role, Term,
+    Config, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, Raft, Role,
+    Snapshot, Term,
 };
 
 /// One node of a `TestCluster`: its core, its "disk" and what it applied.
 pub struct TestNode {
     pub raft: Raft,
     pub hard_state: HardState,
-    /// The durable log, kept in step with every `Ready`.
+    /// The durable snapshot (received from a leader).
+    pub snapshot: Option<Snapshot>,
+    /// The durable log after `snapshot`, kept in step with every `Ready`.
     pub disk: Vec<Entry>,
     /// Entries handed out as committed, in order.
     pub applied: Vec<Entry>,
@@ -71,6 +74,7 @@ impl TestCluster {
                 TestNode {
                     raft,
                     hard_state,
+                    snapshot: None,
                     disk: log,
                     applied: Vec::new(),
                 },
@@ -102,8 +106,22 @@ impl TestCluster {
         if let Some(hs) = rd.hard_state {
             node.hard_state = hs;
         }
+        if let Some(snap) = rd.snapshot {
+            // Keep the stored entries after the snapshot only if the log
+            // holds its last entry.
+            let base = node.snapshot.as_ref().map_or(0, |s| s.index.0);
+            let k = snap.index.0.saturating_sub(base + 1) as usize;
+            if snap.index.0 > base && node.disk.get(k).map(|e| e.term) == Some(snap.term) {
+                node.disk.drain(..=k);
+            } else {
+                node.disk.clear();
+            }
+            node.raft.persisted(snap.index, snap.term);
+            node.snapshot = Some(snap);
+        }
         if let Some(first) = rd.entries.first() {
-            node.disk.truncate(first.index.0 as usize - 1);
+            let base = node.snapshot.as_ref().map_or(0, |s| s.index.0);
+            node.disk.truncate((first.index.0 - base - 1) as usize);
             let last = rd.entries.last().map(|e| (e.index, e.term));
             node.disk.extend(rd.entries);
             if let Some((i, t)) = last {

@@ -1,16 +1,19 @@
 //! The randomized cluster simulator: 3 or 5 cores in one process on a
 //! network that delays, drops, duplicates and reorders messages and
 //! partitions the cluster in changing ways, with simulated disks that lose
-//! whatever was not reported durable when a node crashes. After every step it
+//! whatever was not reported durable when a node crashes. Nodes snapshot
+//! their state machine and compact their logs at random points, so lagging
+//! followers are caught up with InstallSnapshot. After every step it
 //! checks Raft's safety properties; everything follows from the seed, so a
 //! failing seed replays exactly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::raft::rng::Rng;
 use crate::raft::{
-    Config, Entry, EntryKind, HardState, LogIndex, Message, NodeId, Raft, Role, Term,
+    Config, Entry, HardState, LogIndex, Message, NodeId, Raft, Role, Snapshot, Term,
 };
 
 /// What a run does; every field has a default in `SimOptions::new`.
@@ -37,6 +40,8 @@ pub struct SimOptions {
     pub down_steps_max: u64,
     /// Per step: chance of a client proposal at the leader.
     pub propose: f64,
+    /// Per step and node: chance of taking a snapshot and compacting the log.
+    pub compact: f64,
     /// After healing: steps allowed to elect a leader and commit a new entry
     /// everywhere.
     pub liveness_steps_max: u64,
@@ -67,6 +72,7 @@ impl SimOptions {
             down_steps_min: 1,
             down_steps_max: pick(&mut r, &[3.0, 80.0]) as u64,
             propose: 0.3,
+            compact: pick(&mut r, &[0.0, 0.005, 0.03]),
             liveness_steps_max: 400,
             trace: false,
         }
@@ -82,6 +88,9 @@ pub struct SimReport {
     pub commit_index_max: u64,
     pub crashes: u64,
     pub messages: u64,
+    /// Snapshots taken, and installed from a leader.
+    pub snapshots: u64,
+    pub installs: u64,
     /// The first safety or liveness violation, if any.
     pub violation: Option<String>,
     /// The transcript, when tracing.
@@ -91,6 +100,7 @@ pub struct SimReport {
 struct DiskWrite {
     done_at: u64,
     hard_state: Option<HardState>,
+    snapshot: Option<Snapshot>,
     entries: Vec<Entry>,
     messages: Vec<Message>,
 }
@@ -103,11 +113,33 @@ struct SimNode {
     down_until: u64,
     /// What survives a crash.
     disk_hard_state: HardState,
+    disk_snapshot: Option<Snapshot>,
+    /// The stored log after `disk_snapshot`.
     disk_log: Vec<Entry>,
     /// Writes handed to the disk and not yet durable, oldest first.
     writing: Vec<DiskWrite>,
-    /// The state machine: entries applied since the last restart.
+    /// The state machine: a hash chain over every applied entry, up to
+    /// `sm_index`; its snapshot is these two numbers.
+    sm_index: u64,
+    sm_hash: u64,
+    /// Entries applied since the last restart or installed snapshot, from
+    /// `applied_base + 1`.
+    applied_base: u64,
     applied: Vec<Entry>,
+}
+
+const CHAIN_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn encode_sm(index: u64, hash: u64) -> Arc<[u8]> {
+    let mut v = index.to_le_bytes().to_vec();
+    v.extend_from_slice(&hash.to_le_bytes());
+    v.into()
+}
+
+fn decode_sm(data: &[u8]) -> Option<(u64, u64)> {
+    let index = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
+    let hash = u64::from_le_bytes(data.get(8..16)?.try_into().ok()?);
+    Some((index, hash))
 }
 
 struct InFlight {
@@ -133,8 +165,12 @@ pub struct Sim {
     /// Committed entries known so far, by index: (term, data, lowest term of
     /// an observer that saw it committed).
     committed: Vec<(Term, std::sync::Arc<[u8]>, Term)>,
-    /// Each node's log as last seen while it was leader: (term, log terms).
-    leader_logs: HashMap<NodeId, (Term, Vec<Term>)>,
+    /// Each node's log as last seen while it was leader: (term, first
+    /// index held, terms from there).
+    leader_logs: HashMap<NodeId, (Term, LogIndex, Vec<Term>)>,
+    /// A violation found while a node applied or installed a snapshot,
+    /// reported by the next check.
+    install_violation: Option<String>,
 }
 
 impl Sim {
@@ -154,6 +190,7 @@ impl Sim {
             leader_of_term: BTreeMap::new(),
             committed: Vec::new(),
             leader_logs: HashMap::new(),
+            install_violation: None,
             opts,
         };
         for &id in &ids {
@@ -163,8 +200,12 @@ impl Sim {
                 restarts: 0,
                 down_until: 0,
                 disk_hard_state: HardState::default(),
+                disk_snapshot: None,
                 disk_log: Vec::new(),
                 writing: Vec::new(),
+                sm_index: 0,
+                sm_hash: CHAIN_START,
+                applied_base: 0,
                 applied: Vec::new(),
             };
             node.raft = Some(sim.boot(&node));
@@ -183,7 +224,12 @@ impl Sim {
             .wrapping_add(node.id.0 * 7919 + node.restarts);
         config.inflight_msgs_max = 8;
         config.append_bytes_max = 256;
-        Raft::new(config, node.disk_hard_state, node.disk_log.clone())
+        Raft::restore(
+            config,
+            node.disk_hard_state,
+            node.disk_snapshot.clone(),
+            node.disk_log.clone(),
+        )
     }
 
     fn trace(&mut self, line: impl FnOnce() -> String) {
@@ -233,7 +279,51 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.process_ready(i);
         }
-        self.check_safety()
+        self.check_safety()?;
+        // After the check: everything committed so far has been recorded
+        // from the logs before any of it is compacted away.
+        for i in 0..self.nodes.len() {
+            if self.rng.chance(self.opts.compact) {
+                self.take_snapshot(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// The node snapshots its state machine and compacts its log, keeping
+    /// a few entries behind the snapshot at random.
+    fn take_snapshot(&mut self, i: usize) {
+        let keep = self.rng.range(0, 5);
+        let node = &mut self.nodes[i];
+        let Some(r) = node.raft.as_mut() else {
+            return;
+        };
+        let index = LogIndex(node.sm_index);
+        if r.snapshot().map_or(0, |s| s.index.0) >= index.0 || index.0 == 0 {
+            return;
+        }
+        let Some(term) = r.log().term_at(index) else {
+            return;
+        };
+        let snap = Snapshot {
+            index,
+            term,
+            data: encode_sm(node.sm_index, node.sm_hash),
+        };
+        r.compact(snap.clone(), LogIndex((index.0 + 1).saturating_sub(keep)));
+        let prev_done = node.writing.last().map_or(self.now, |w| w.done_at);
+        let latency = self.rng.range(0, self.opts.disk_steps_max + 1);
+        let node = &mut self.nodes[i];
+        node.writing.push(DiskWrite {
+            done_at: prev_done.max(self.now + latency),
+            hard_state: None,
+            snapshot: Some(snap),
+            entries: Vec::new(),
+            messages: Vec::new(),
+        });
+        self.report.snapshots += 1;
+        let id = self.nodes[i].id;
+        self.trace(|| format!("{id} snapshot at {index}/{term}"));
     }
 
     fn inject_faults(&mut self) {
@@ -282,9 +372,18 @@ impl Sim {
             .range(self.opts.down_steps_min, self.opts.down_steps_max + 1);
         let node = &mut self.nodes[i];
         node.raft = None;
-        // Whatever the disk had not made durable is gone.
+        // Whatever the disk had not made durable is gone; the state
+        // machine restarts from the stored snapshot.
         node.writing.clear();
         node.applied.clear();
+        let (index, hash) = node
+            .disk_snapshot
+            .as_ref()
+            .and_then(|s| decode_sm(&s.data))
+            .unwrap_or((0, CHAIN_START));
+        node.sm_index = index;
+        node.sm_hash = hash;
+        node.applied_base = index;
         node.down_until = self.now + down;
         self.report.crashes += 1;
         let id = node.id;
@@ -311,9 +410,41 @@ impl Sim {
                 if let Some(hs) = w.hard_state {
                     node.disk_hard_state = hs;
                 }
-                let last = w.entries.last().map(|e| (e.index, e.term));
+                let mut last = None;
+                if let Some(snap) = w.snapshot {
+                    // As the real store: keep the stored entries after the
+                    // snapshot if the log holds its last entry, else none.
+                    let base = node.disk_snapshot.as_ref().map_or(0, |s| s.index.0);
+                    let at = snap.index.0.checked_sub(base + 1).map(|k| k as usize);
+                    let holds = match at {
+                        Some(k) => node.disk_log.get(k).map(|e| e.term) == Some(snap.term),
+                        None => snap.index.0 == base,
+                    };
+                    if holds {
+                        let drop = (snap.index.0 - base) as usize;
+                        node.disk_log.drain(..drop.min(node.disk_log.len()));
+                    } else {
+                        node.disk_log.clear();
+                    }
+                    last = Some((snap.index, snap.term));
+                    node.disk_snapshot = Some(snap);
+                }
+                if let Some(e) = w.entries.last() {
+                    last = Some((e.index, e.term));
+                }
                 if let Some(first) = w.entries.first() {
-                    node.disk_log.truncate(first.index.0 as usize - 1);
+                    let base = node.disk_snapshot.as_ref().map_or(0, |s| s.index.0);
+                    assert!(
+                        first.index.0 > base,
+                        "entries {} written at or before the stored snapshot {base}",
+                        first.index
+                    );
+                    node.disk_log.truncate((first.index.0 - base - 1) as usize);
+                    assert_eq!(
+                        base + node.disk_log.len() as u64 + 1,
+                        first.index.0,
+                        "gap in the stored log"
+                    );
                     node.disk_log.extend(w.entries);
                 }
                 if let (Some((idx, term)), Some(r)) = (last, node.raft.as_mut()) {
@@ -324,6 +455,53 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The state machine hash after the committed entries `1..=index`, if
+    /// all of them are known.
+    fn committed_hash(&self, index: u64) -> Option<u64> {
+        let mut h = CHAIN_START;
+        for (term, data, _) in self.committed.get(..index as usize)? {
+            h = chain_parts(h, *term, data);
+        }
+        Some(h)
+    }
+
+    /// The node replaces its state machine with a leader's snapshot, which
+    /// must be the state after the committed prefix.
+    fn install(&mut self, i: usize, snap: &Snapshot) -> Result<(), String> {
+        let Some((index, hash)) = decode_sm(&snap.data) else {
+            return Err(format!("step {}: malformed snapshot", self.now));
+        };
+        if index != snap.index.0 {
+            return Err(format!(
+                "step {}: snapshot at {} holds the state at {index}",
+                self.now, snap.index
+            ));
+        }
+        match self.committed_hash(index) {
+            Some(h) if h == hash => {}
+            Some(_) => {
+                return Err(format!(
+                    "step {}: state machine safety: {} installed a snapshot at {index} that is not the committed prefix",
+                    self.now, self.nodes[i].id
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "step {}: {} installed a snapshot at {index}, past what is known committed ({})",
+                    self.now,
+                    self.nodes[i].id,
+                    self.committed.len()
+                ))
+            }
+        }
+        let node = &mut self.nodes[i];
+        node.sm_index = index;
+        node.sm_hash = hash;
+        node.applied.clear();
+        node.applied_base = index;
+        Ok(())
     }
 
     fn send(&mut self, m: Message) {
@@ -415,9 +593,29 @@ impl Sim {
             let id = self.nodes[i].id;
             self.trace(|| format!("{id} t{}: {} (leader {:?})", ss.term, ss.role, ss.leader));
         }
+        if let Some(snap) = &rd.snapshot {
+            self.report.installs += 1;
+            let id = self.nodes[i].id;
+            let (index, term) = (snap.index, snap.term);
+            self.trace(|| format!("{id} installs snapshot {index}/{term}"));
+            if let Err(v) = self.install(i, snap) {
+                self.install_violation.get_or_insert(v);
+            }
+        }
         let node = &mut self.nodes[i];
+        for e in &rd.committed_entries {
+            if e.index.0 == node.sm_index + 1 {
+                node.sm_hash = chain(node.sm_hash, e);
+                node.sm_index = e.index.0;
+            } else {
+                self.install_violation.get_or_insert(format!(
+                    "step {}: {} applied {} after {}",
+                    self.now, node.id, e.index, node.sm_index
+                ));
+            }
+        }
+        let must_persist = rd.must_persist();
         node.applied.extend(rd.committed_entries);
-        let must_persist = rd.hard_state.is_some() || !rd.entries.is_empty();
         let messages_now = rd.messages;
         if must_persist || !rd.messages_after_persist.is_empty() {
             let prev_done = node.writing.last().map_or(self.now, |w| w.done_at);
@@ -426,6 +624,7 @@ impl Sim {
             node.writing.push(DiskWrite {
                 done_at: prev_done.max(self.now + latency),
                 hard_state: rd.hard_state,
+                snapshot: rd.snapshot,
                 entries: rd.entries,
                 messages: rd.messages_after_persist,
             });
@@ -438,6 +637,9 @@ impl Sim {
     // ---- checks -----------------------------------------------------------
 
     fn check_safety(&mut self) -> Result<(), String> {
+        if let Some(v) = self.install_violation.take() {
+            return Err(v);
+        }
         let now = self.now;
         for i in 0..self.nodes.len() {
             let Some(r) = self.nodes[i].raft.as_ref() else {
@@ -446,6 +648,7 @@ impl Sim {
             let id = r.id();
             let term = r.current_term();
             let log = r.log().entries();
+            let offset = r.log().offset().0 as usize;
             // Election Safety: at most one leader per term.
             if r.role() == Role::Leader {
                 let first = *self.leader_of_term.entry(term).or_insert(id);
@@ -454,12 +657,17 @@ impl Sim {
                         "step {now}: election safety: {first} and {id} both leaders of term {term}"
                     ));
                 }
-                // Leader Append-Only: a leader never changes or drops entries.
+                // Leader Append-Only: a leader never changes or drops entries
+                // (it may compact committed ones away).
                 let terms: Vec<Term> = log.iter().map(|e| e.term).collect();
-                if let Some((t, before)) = self.leader_logs.get(&id) {
-                    if *t == term
-                        && (terms.len() < before.len() || terms[..before.len()] != before[..])
-                    {
+                let first = r.log().first_index();
+                if let Some((t, before_first, before)) = self.leader_logs.get(&id) {
+                    let before_last = before_first.0 + before.len() as u64;
+                    let changed = before.iter().enumerate().any(|(k, bt)| {
+                        let idx = LogIndex(before_first.0 + k as u64);
+                        idx >= first && r.log().term_at(idx) != Some(*bt)
+                    });
+                    if *t == term && (r.log().last_index().0 + 1 < before_last || changed) {
                         return Err(format!(
                             "step {now}: leader append-only: {id} t{term} changed its log"
                         ));
@@ -468,14 +676,17 @@ impl Sim {
                 // Leader Completeness: entries committed in earlier terms are
                 // in this leader's log.
                 for (idx, (cterm, _, seen_term)) in self.committed.iter().enumerate() {
-                    if *seen_term < term && log.get(idx).map(|e| e.term) != Some(*cterm) {
+                    if idx < offset {
+                        continue; // in its snapshot, checked when installed
+                    }
+                    if *seen_term < term && log.get(idx - offset).map(|e| e.term) != Some(*cterm) {
                         return Err(format!(
                             "step {now}: leader completeness: {id} t{term} lacks committed entry {}/{cterm}",
                             idx + 1
                         ));
                     }
                 }
-                self.leader_logs.insert(id, (term, terms));
+                self.leader_logs.insert(id, (term, first, terms));
             }
             if r.last_applied() > r.commit_index() {
                 return Err(format!(
@@ -486,13 +697,21 @@ impl Sim {
             }
             // Committed prefix agrees with everything committed elsewhere.
             let commit = r.commit_index().0 as usize;
-            if commit > log.len() {
+            if commit > offset + log.len() || commit < offset {
                 return Err(format!(
-                    "step {now}: {id} commit {commit} past its log {}",
-                    log.len()
+                    "step {now}: {id} commit {commit} outside its log {}..{}",
+                    offset + 1,
+                    offset + log.len()
                 ));
             }
-            for (idx, e) in log[..commit].iter().enumerate() {
+            if offset > self.committed.len() {
+                return Err(format!(
+                    "step {now}: {id} compacted to {offset}, past what is known committed ({})",
+                    self.committed.len()
+                ));
+            }
+            for (k, e) in log[..commit - offset].iter().enumerate() {
+                let idx = offset + k;
                 match self.committed.get_mut(idx) {
                     Some((t, data, seen)) => {
                         if *t != e.term || *data != e.data {
@@ -511,7 +730,8 @@ impl Sim {
         }
         // State Machine Safety on what was actually applied.
         for node in &self.nodes {
-            for (idx, e) in node.applied.iter().enumerate() {
+            for (k, e) in node.applied.iter().enumerate() {
+                let idx = node.applied_base as usize + k;
                 if e.index.0 as usize != idx + 1 {
                     return Err(format!(
                         "step {now}: {} applied {} out of order",
@@ -535,13 +755,23 @@ impl Sim {
     /// Log Matching: two logs with the same term at an index are identical
     /// up to it. Checked through a hash chain of each log.
     fn check_log_matching(&self) -> Result<(), String> {
+        // Compacted entries are committed (checked against the committed
+        // record), so the chains start after the highest compaction point,
+        // where every log that reaches it holds its entries.
+        let base = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .map(|r| r.log().offset())
+            .max()
+            .unwrap_or(LogIndex(0));
         let mut seen: HashMap<(u64, u64), (u64, NodeId)> = HashMap::new();
         for node in &self.nodes {
             let Some(r) = node.raft.as_ref() else {
                 continue;
             };
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for e in r.log().entries() {
+            let mut h = CHAIN_START;
+            for e in r.log().slice(base.next(), r.log().last_index()) {
                 h = chain(h, e);
                 match seen.get(&(e.index.0, e.term.0)) {
                     Some(&(other, who)) if other != h => {
@@ -605,11 +835,13 @@ impl Sim {
                 }
             }
             if marker.is_some() {
-                let everywhere = self.nodes.iter().all(|n| {
-                    n.applied
-                        .iter()
-                        .any(|e| e.kind == EntryKind::Command && &e.data[..] == b"liveness")
-                });
+                // Applied, or taken in with a snapshot that covers it.
+                let first_marker = self
+                    .committed
+                    .iter()
+                    .position(|(_, data, _)| &data[..] == b"liveness");
+                let everywhere =
+                    first_marker.is_some_and(|k| self.nodes.iter().all(|n| n.sm_index > k as u64));
                 if everywhere {
                     self.opts.loss = saved.0;
                     self.opts.duplicate = saved.1;
@@ -625,8 +857,12 @@ impl Sim {
 }
 
 fn chain(h: u64, e: &Entry) -> u64 {
+    chain_parts(h, e.term, &e.data)
+}
+
+fn chain_parts(h: u64, term: Term, data: &[u8]) -> u64 {
     let mut h = h;
-    for b in e.term.0.to_le_bytes().iter().chain(e.data.iter()) {
+    for b in term.0.to_le_bytes().iter().chain(data.iter()) {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
