@@ -3,10 +3,15 @@
 //! parser really runs).
 
 use raftkit::kv::{Command, Op};
-use raftkit::raft::{Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, Term};
+use raftkit::raft::{
+    Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState, Role,
+    Snapshot, Status, Term,
+};
+use raftkit::wire::codec::DecodeError;
 use raftkit::wire::{
-    decode_frame, decode_frame_ref, encode_frame, Frame, FrameRef, RequestBody, Sender,
-    HEADER_BYTES,
+    decode_frame, decode_frame_ref, encode_frame, FaultSpec, Frame, FrameError, FrameRef,
+    NodeStatus, RequestBody, ResponseBody, Sender, FRAME_BYTES_MAX, HEADER_BYTES,
+    SNAPSHOT_DATA_BYTES_MAX,
 };
 
 struct Rng(u64);
@@ -18,6 +23,22 @@ impl Rng {
             .wrapping_add(1442695040888963407);
         self.0 >> 17
     }
+}
+
+fn install_snapshot(data: &[u8], read_round: u64) -> Frame {
+    Frame::Raft(Message {
+        from: NodeId(1),
+        to: NodeId(3),
+        term: Term(5),
+        body: MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                index: LogIndex(1000),
+                term: Term(4),
+                data: data.into(),
+            },
+            read_round,
+        },
+    })
 }
 
 fn samples() -> Vec<Vec<u8>> {
@@ -60,6 +81,7 @@ fn samples() -> Vec<Vec<u8>> {
                 stale_read: false,
             },
         },
+        install_snapshot(&[0xAB; 40], 6),
     ];
     frames
         .iter()
@@ -222,4 +244,149 @@ fn wire_kv_request_from_borrowed_parts_matches_the_frame() {
             assert!(matches!(decoded, Frame::Request { .. }));
         }
     }
+}
+
+/// Encodes `frame` and decodes it whole, both ways.
+fn round_trip(frame: &Frame) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_frame(frame, &mut b);
+    let (decoded, used) = decode_frame(&b).expect("valid").expect("whole");
+    assert_eq!(decoded, *frame);
+    assert_eq!(used, b.len());
+    match decode_frame_ref(&b).expect("valid").expect("whole") {
+        (FrameRef::Other(f), used) => {
+            assert_eq!(f, *frame);
+            assert_eq!(used, b.len());
+        }
+        (FrameRef::Kv(kv), _) => panic!("not a KV request: {kv:?}"),
+    }
+    b
+}
+
+#[test]
+fn wire_install_snapshot_round_trips() {
+    for data in [
+        &[][..],
+        &[0][..],
+        &b"state machine bytes"[..],
+        &[7u8; 70_000][..],
+    ] {
+        for read_round in [0, 1, u64::MAX] {
+            round_trip(&install_snapshot(data, read_round));
+        }
+    }
+}
+
+/// The bytes of docs/PROTOCOL.md: after from, to and term, message type 5,
+/// index, term, read_round, then the data as `bytes`.
+#[test]
+fn wire_install_snapshot_layout_is_as_documented() {
+    let b = round_trip(&install_snapshot(b"xyz", 6));
+    let body = &b[HEADER_BYTES..];
+    let mut expected = Vec::new();
+    for v in [1u64, 3, 5] {
+        expected.extend_from_slice(&v.to_be_bytes());
+    }
+    expected.push(5);
+    for v in [1000u64, 4, 6] {
+        expected.extend_from_slice(&v.to_be_bytes());
+    }
+    expected.extend_from_slice(&3u32.to_be_bytes());
+    expected.extend_from_slice(b"xyz");
+    assert_eq!(body, &expected[..]);
+    assert_eq!(b[3], 10, "a Raft frame");
+    // The largest snapshot that can be sent fills a frame exactly.
+    assert_eq!(body.len() - 3 + SNAPSHOT_DATA_BYTES_MAX, FRAME_BYTES_MAX);
+}
+
+/// A body cut anywhere (length and CRC made to match, so the body parser
+/// runs) is a decode error, never a panic or a short read; so is a data
+/// length that claims more bytes than the frame holds.
+#[test]
+fn wire_truncated_install_snapshot_is_an_error() {
+    let whole = round_trip(&install_snapshot(&[1, 2, 3, 4, 5, 6, 7, 8], 9));
+    for keep in HEADER_BYTES..whole.len() {
+        let mut b = whole[..keep].to_vec();
+        b[4..8].copy_from_slice(&((keep - HEADER_BYTES) as u32).to_be_bytes());
+        fix_crc(&mut b);
+        match decode_frame(&b) {
+            Err(FrameError::Body {
+                frame_type: 10,
+                error: DecodeError::Truncated { .. },
+            }) => {}
+            other => panic!("body cut to {} bytes: {other:?}", keep - HEADER_BYTES),
+        }
+        decode_both(&b);
+    }
+    // The data length field (last 4 bytes before the 8 data bytes) claims
+    // far more than is there.
+    let mut b = whole.clone();
+    let at = b.len() - 8 - 4;
+    b[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(
+        decode_frame(&b),
+        Err(FrameError::Body {
+            error: DecodeError::Truncated {
+                field: "snapshot.data",
+                ..
+            },
+            ..
+        })
+    ));
+    // One byte more than the data length says: trailing bytes.
+    let mut b = whole;
+    b.push(0);
+    let len = (b.len() - HEADER_BYTES) as u32;
+    b[4..8].copy_from_slice(&len.to_be_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(
+        decode_frame(&b),
+        Err(FrameError::Body {
+            error: DecodeError::Trailing { bytes: 1 },
+            ..
+        })
+    ));
+}
+
+/// A leader's status shows a follower being sent a snapshot as peer state 3.
+#[test]
+fn wire_status_with_a_peer_in_snapshot_state_round_trips() {
+    let peer = |id, state| PeerStatus {
+        id: NodeId(id),
+        match_index: LogIndex(10),
+        next_index: LogIndex(11),
+        state,
+        inflight: 0,
+    };
+    let frame = Frame::Response {
+        request_id: 3,
+        body: ResponseBody::Status(NodeStatus {
+            status: Status {
+                id: NodeId(1),
+                role: Role::Leader,
+                current_term: Term(2),
+                voted_for: Some(NodeId(1)),
+                leader: Some(NodeId(1)),
+                commit_index: LogIndex(10),
+                last_applied: LogIndex(10),
+                first_index: LogIndex(5),
+                last_index: LogIndex(12),
+                peers: vec![
+                    peer(2, ProgressState::Snapshot),
+                    peer(3, ProgressState::Replicate),
+                    peer(4, ProgressState::Probe),
+                ],
+            },
+            addr: "127.0.0.1:7001".into(),
+            fault: FaultSpec::default(),
+            uptime_ms: 1234,
+        }),
+    };
+    let b = round_trip(&frame);
+    // The first peer's state byte: after the fixed status fields (request
+    // id, response type, id, role, term, two opt-u64 with values, four
+    // indexes, peer count) and the peer's id, match and next index.
+    let at = HEADER_BYTES + 8 + 1 + 8 + 1 + 8 + 9 + 9 + 8 * 4 + 4 + 8 * 3;
+    assert_eq!(b[at], 3);
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::command::{ClientId, CommandRef, OpRef, OpResult};
 use crate::raft::LogIndex;
+use crate::wire::codec::{put_bytes, put_u32, put_u64, DecodeError, Reader};
 
 /// Sessions kept at most; past it, the client whose last request is oldest
 /// (by log index) is forgotten. Eviction depends only on the log, so every
@@ -29,8 +30,20 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+/// First bytes of a [`KvStore::snapshot`].
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTKKVS";
+/// Format version of a [`KvStore::snapshot`]; `restore` reads only this one.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Magic, format version, total length.
+const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8;
+/// The CRC-32C that ends a snapshot.
+const SNAPSHOT_CRC_BYTES: usize = 4;
+/// Bytes of a key/value pair besides the key and value: their two lengths.
+const SNAPSHOT_PAIR_FIXED_BYTES: usize = 4 + 4;
+/// Bytes of a session at least: client id, last seq, last index, result tag.
+const SNAPSHOT_SESSION_BYTES_MIN: usize = 8 + 8 + 8 + 1;
+
 /// Keys and values, sessions, and the count of raw appends.
-#[derive(Default)]
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     sessions: HashMap<ClientId, Session>,
@@ -41,6 +54,21 @@ pub struct KvStore {
     session_age: VecDeque<(LogIndex, ClientId)>,
     appends_applied: u64,
     last_applied: LogIndex,
+    /// `SESSIONS_MAX`; smaller in tests, to exercise eviction.
+    sessions_max: usize,
+}
+
+impl Default for KvStore {
+    fn default() -> KvStore {
+        KvStore {
+            map: BTreeMap::new(),
+            sessions: HashMap::new(),
+            session_age: VecDeque::new(),
+            appends_applied: 0,
+            last_applied: LogIndex(0),
+            sessions_max: SESSIONS_MAX,
+        }
+    }
 }
 
 impl KvStore {
@@ -125,7 +153,7 @@ impl KvStore {
             },
         );
         self.session_age.push_back((index, client_id));
-        while self.sessions.len() > SESSIONS_MAX {
+        while self.sessions.len() > self.sessions_max {
             let Some((i, c)) = self.session_age.pop_front() else {
                 break;
             };
@@ -170,6 +198,204 @@ impl KvStore {
         }
     }
 
+    /// The whole state, as bytes that [`KvStore::restore`] turns back into
+    /// a store that answers and applies exactly as this one does. Two stores
+    /// that applied the same entries give the same bytes.
+    ///
+    /// All integers big-endian; `bytes` and `result` as in
+    /// docs/PROTOCOL.md:
+    ///
+    /// | offset | size | field |
+    /// |---:|---:|---|
+    /// | 0 | 8 | magic `RAFTKKVS` |
+    /// | 8 | 4 | format version, `1` |
+    /// | 12 | 8 | total length in bytes, this header and the CRC included |
+    /// | 20 | 8 | last applied index |
+    /// | 28 | 8 | raw appends applied |
+    /// | 36 | 4 | key count, then each: bytes key, bytes value, keys ascending |
+    /// | | 4 | session count, then each: u64 client id, u64 last seq, u64 last index, result; in eviction order (oldest last index first) |
+    /// | end - 4 | 4 | CRC-32C of every byte before it |
+    ///
+    /// Only the eviction queue's live entries are written: the stale ones
+    /// are skipped by eviction anyway, so the restored queue evicts the same
+    /// sessions in the same order.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.snapshot_size_hint());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        put_u32(&mut out, SNAPSHOT_FORMAT_VERSION);
+        put_u64(&mut out, 0); // total length, filled in below
+        put_u64(&mut out, self.last_applied.0);
+        put_u64(&mut out, self.appends_applied);
+        // A u32 count: four billion keys would need far more memory than a
+        // node has.
+        put_u32(&mut out, self.map.len() as u32);
+        for (k, v) in &self.map {
+            put_bytes(&mut out, k);
+            put_bytes(&mut out, v);
+        }
+        let count_at = out.len();
+        put_u32(&mut out, 0); // session count, filled in below
+        let mut written: u32 = 0;
+        for (index, client) in &self.session_age {
+            let Some(s) = self.sessions.get(client).filter(|s| s.last_index == *index) else {
+                continue; // stale
+            };
+            put_u64(&mut out, *client);
+            put_u64(&mut out, s.last_seq);
+            put_u64(&mut out, s.last_index.0);
+            s.last_result.encode(&mut out);
+            written += 1;
+        }
+        debug_assert_eq!(
+            written as usize,
+            self.sessions.len(),
+            "one live age entry per session"
+        );
+        out[count_at..count_at + 4].copy_from_slice(&written.to_be_bytes());
+        let total = (out.len() + SNAPSHOT_CRC_BYTES) as u64;
+        out[12..20].copy_from_slice(&total.to_be_bytes());
+        let crc = crc32c::crc32c(&out);
+        put_u32(&mut out, crc);
+        out
+    }
+
+    /// What `snapshot` will take, near enough to allocate once.
+    fn snapshot_size_hint(&self) -> usize {
+        let pairs: usize = self
+            .map
+            .iter()
+            .map(|(k, v)| SNAPSHOT_PAIR_FIXED_BYTES + k.len() + v.len())
+            .sum();
+        SNAPSHOT_HEADER_BYTES
+            + 8
+            + 8
+            + 4
+            + pairs
+            + 4
+            + self.sessions.len() * (SNAPSHOT_SESSION_BYTES_MIN + 5)
+            + SNAPSHOT_CRC_BYTES
+    }
+
+    /// The store a [`KvStore::snapshot`] was taken of. Truncated, corrupt
+    /// or inconsistent bytes give an error naming what is wrong and at
+    /// which byte offset.
+    pub fn restore(data: &[u8]) -> Result<KvStore, String> {
+        let len = data.len();
+        if len < SNAPSHOT_HEADER_BYTES {
+            return Err(format!(
+                "kv snapshot truncated: {len} bytes, shorter than the \
+                 {SNAPSHOT_HEADER_BYTES}-byte header"
+            ));
+        }
+        if &data[..8] != SNAPSHOT_MAGIC {
+            return Err(format!(
+                "not a kv snapshot: bytes 0..8 are {:02x?}, not the magic \"RAFTKKVS\"",
+                &data[..8]
+            ));
+        }
+        let mut header = Reader::new(&data[8..SNAPSHOT_HEADER_BYTES]);
+        let version = header.u32("version").map_err(|e| e.to_string())?;
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(format!(
+                "kv snapshot format version {version} at byte 8 is not supported \
+                 (this build reads version {SNAPSHOT_FORMAT_VERSION})"
+            ));
+        }
+        let total = header.u64("length").map_err(|e| e.to_string())?;
+        if total != len as u64 {
+            let what = if total > len as u64 {
+                "truncated"
+            } else {
+                "has trailing bytes"
+            };
+            return Err(format!(
+                "kv snapshot {what}: {len} bytes, but the length at byte 12 says {total}"
+            ));
+        }
+        if len < SNAPSHOT_HEADER_BYTES + SNAPSHOT_CRC_BYTES {
+            return Err(format!(
+                "kv snapshot truncated: {len} bytes, no room for the CRC"
+            ));
+        }
+        let crc_at = len - SNAPSHOT_CRC_BYTES;
+        let stored = u32::from_be_bytes([
+            data[crc_at],
+            data[crc_at + 1],
+            data[crc_at + 2],
+            data[crc_at + 3],
+        ]);
+        let actual = crc32c::crc32c(&data[..crc_at]);
+        if stored != actual {
+            return Err(format!(
+                "kv snapshot corrupt: CRC-32C at byte {crc_at} is 0x{stored:08x}, \
+                 bytes 0..{crc_at} have 0x{actual:08x}"
+            ));
+        }
+        let mut r = SnapshotReader {
+            r: Reader::new(&data[SNAPSHOT_HEADER_BYTES..crc_at]),
+            end: crc_at,
+        };
+        let kv = KvStore::restore_body(&mut r)?;
+        let at = r.offset();
+        r.r.finish()
+            .map_err(|e| format!("kv snapshot: {e} (at byte {at})"))?;
+        Ok(kv)
+    }
+
+    /// The fields between the header and the CRC.
+    fn restore_body(r: &mut SnapshotReader<'_>) -> Result<KvStore, String> {
+        let mut kv = KvStore::new();
+        kv.last_applied = LogIndex(r.read(|r| r.u64("last_applied"))?);
+        kv.appends_applied = r.read(|r| r.u64("appends_applied"))?;
+        let keys = r.read(|r| r.count("keys", SNAPSHOT_PAIR_FIXED_BYTES))?;
+        let mut previous: Option<&[u8]> = None;
+        for _ in 0..keys {
+            let at = r.offset();
+            let key = r.read(|r| r.bytes("key"))?;
+            if previous.is_some_and(|p| p >= key) {
+                return Err(format!(
+                    "kv snapshot: key at byte {at} is not after the key before it \
+                     (keys must be ascending and distinct)"
+                ));
+            }
+            let value = r.read(|r| r.bytes("value"))?;
+            kv.map.insert(key.to_vec(), value.to_vec());
+            previous = Some(key);
+        }
+        let sessions = r.read(|r| r.count("sessions", SNAPSHOT_SESSION_BYTES_MIN))?;
+        kv.sessions.reserve(sessions);
+        kv.session_age.reserve(sessions);
+        let mut previous_index = LogIndex(0);
+        for _ in 0..sessions {
+            let at = r.offset();
+            let client = r.read(|r| r.u64("session.client_id"))?;
+            let last_seq = r.read(|r| r.u64("session.last_seq"))?;
+            let last_index = LogIndex(r.read(|r| r.u64("session.last_index"))?);
+            let last_result = r.read(OpResult::decode)?;
+            if last_index <= previous_index || last_index > kv.last_applied {
+                return Err(format!(
+                    "kv snapshot: session of client {client} at byte {at} has last index \
+                     {last_index}, not after the previous session's {previous_index} and at \
+                     most the last applied {}",
+                    kv.last_applied
+                ));
+            }
+            let session = Session {
+                last_seq,
+                last_result,
+                last_index,
+            };
+            if kv.sessions.insert(client, session).is_some() {
+                return Err(format!(
+                    "kv snapshot: client {client} has a second session at byte {at}"
+                ));
+            }
+            kv.session_age.push_back((last_index, client));
+            previous_index = last_index;
+        }
+        Ok(kv)
+    }
+
     /// Sets `key`, reusing the existing value's buffer when the key is there
     /// (the common overwrite allocates nothing).
     fn set(&mut self, key: &[u8], value: &[u8]) {
@@ -182,6 +408,28 @@ impl KvStore {
                 self.map.insert(key.to_vec(), value.to_vec());
             }
         }
+    }
+}
+
+/// A reader over a snapshot's body whose errors say at which byte of the
+/// whole snapshot the field starts.
+struct SnapshotReader<'a> {
+    r: Reader<'a>,
+    /// Offset in the snapshot of the body's end.
+    end: usize,
+}
+
+impl<'a> SnapshotReader<'a> {
+    fn offset(&self) -> usize {
+        self.end - self.r.remaining()
+    }
+
+    fn read<T>(
+        &mut self,
+        field: impl FnOnce(&mut Reader<'a>) -> Result<T, DecodeError>,
+    ) -> Result<T, String> {
+        let at = self.offset();
+        field(&mut self.r).map_err(|e| format!("kv snapshot: {e} (at byte {at})"))
     }
 }
 
@@ -333,5 +581,373 @@ mod tests {
         }
         assert!(kv.session_age.len() <= 2 * kv.sessions.len() + 1024);
         assert_eq!(kv.sessions.len(), SESSIONS_MAX);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+    use crate::kv::{Command, Op};
+    use proptest::prelude::*;
+
+    fn entry(client: u64, seq: u64, op: Op) -> Vec<u8> {
+        let mut out = Vec::new();
+        Command {
+            client_id: client,
+            seq,
+            op,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn put(k: &str, v: &str) -> Op {
+        Op::Put {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn cas(k: &str, expected: Option<&str>, new: &str) -> Op {
+        Op::Cas {
+            key: k.into(),
+            expected: expected.map(Into::into),
+            new: new.into(),
+        }
+    }
+
+    fn restore_err(b: &[u8]) -> String {
+        match KvStore::restore(b) {
+            Ok(_) => panic!("restored from bad bytes"),
+            Err(e) => e,
+        }
+    }
+
+    /// One log entry: a command, or a leader's no-op (`None`).
+    type LogEntry = Option<Vec<u8>>;
+
+    fn apply_all(kv: &mut KvStore, from: u64, log: &[LogEntry]) -> Vec<Result<Applied, String>> {
+        log.iter()
+            .zip(from..)
+            .map(|(e, i)| match e {
+                Some(data) => kv.apply(LogIndex(i), data),
+                None => {
+                    kv.note_applied(LogIndex(i));
+                    Err("no-op".into())
+                }
+            })
+            .collect()
+    }
+
+    /// Everything a client or the log can observe is the same.
+    fn assert_same(a: &KvStore, b: &KvStore, clients: u64, seqs: u64) {
+        assert_eq!(a.snapshot(), b.snapshot());
+        assert_eq!(a.map, b.map);
+        assert_eq!(a.last_applied(), b.last_applied());
+        assert_eq!(a.appends_applied(), b.appends_applied());
+        assert_eq!(a.sessions.len(), b.sessions.len());
+        for c in 0..=clients {
+            for s in 0..=seqs {
+                assert_eq!(a.cached(c, s), b.cached(c, s), "client {c} seq {s}");
+            }
+        }
+    }
+
+    /// Puts, deletes, CAS both ways, a read through the log, raw appends,
+    /// retries, a request older than the client's last, no-ops and an entry
+    /// that does not decode.
+    fn mixed_log() -> Vec<LogEntry> {
+        vec![
+            Some(entry(1, 1, put("a", "1"))),
+            Some(entry(2, 1, put("b", "2"))),
+            None,
+            Some(entry(1, 2, Op::Delete { key: "a".into() })),
+            Some(entry(1, 2, Op::Delete { key: "a".into() })), // retry
+            Some(entry(3, 1, cas("b", Some("2"), "3"))),
+            Some(entry(2, 2, cas("b", Some("2"), "9"))), // mismatch
+            Some(entry(4, 1, Op::Append { data: vec![0; 3] })),
+            Some(entry(4, 1, Op::Append { data: vec![0; 3] })), // retry
+            Some(entry(5, 1, Op::Get { key: "b".into() })),
+            Some(entry(6, 1, Op::Delete { key: "zz".into() })),
+            Some(entry(2, 1, put("b", "old"))), // older than client 2's last
+            Some(vec![9, 9, 9]),                // undecodable
+            Some(entry(7, 1, put("", ""))),     // empty key and value
+            Some(entry(7, 2, put("c", "x"))),
+        ]
+    }
+
+    #[test]
+    fn kv_snapshot_restores_a_store_that_behaves_the_same() {
+        let log = mixed_log();
+        let mut kv = KvStore::new();
+        apply_all(&mut kv, 1, &log);
+        let snap = kv.snapshot();
+        let mut restored = KvStore::restore(&snap).unwrap();
+        assert_same(&kv, &restored, 8, 3);
+        assert_eq!(restored.get(b"b"), Some(&b"3"[..]));
+        assert_eq!(restored.get(b"a"), None);
+        assert_eq!(restored.last_applied(), LogIndex(log.len() as u64));
+        assert_eq!(restored.appends_applied(), 1);
+        assert_eq!(
+            restored.cached(2, 2),
+            Some(&OpResult::CasMismatch(Some(b"3".to_vec())))
+        );
+        assert_eq!(
+            restored.cached(5, 1),
+            Some(&OpResult::Value(Some(b"3".to_vec())))
+        );
+
+        // Then the same entries on both, with room for only three sessions:
+        // retries of answered requests, new clients, and evictions.
+        kv.sessions_max = 3;
+        restored.sessions_max = 3;
+        let more = vec![
+            Some(entry(2, 2, cas("b", Some("2"), "9"))), // retry: the first answer
+            Some(entry(4, 1, Op::Append { data: vec![1] })), // retry: not applied again
+            Some(entry(8, 1, put("d", "4"))),            // evicts clients 1, 3, 2, 4, 5
+            Some(entry(1, 2, Op::Delete { key: "a".into() })), // forgotten: applies anew
+            Some(entry(9, 1, Op::Append { data: vec![2] })),
+            None,
+            Some(entry(7, 2, put("c", "x"))),
+            Some(entry(8, 2, Op::Get { key: "d".into() })),
+        ];
+        let from = log.len() as u64 + 1;
+        let a = apply_all(&mut kv, from, &more);
+        let b = apply_all(&mut restored, from, &more);
+        assert_eq!(a, b);
+        assert_eq!(
+            a[0].as_ref().unwrap().result,
+            Ok(OpResult::CasMismatch(Some(b"3".to_vec())))
+        );
+        assert!(a[1].as_ref().unwrap().duplicate);
+        assert!(!a[3].as_ref().unwrap().duplicate);
+        assert!(!a[6].as_ref().unwrap().duplicate, "client 7 was evicted");
+        assert_eq!(kv.sessions.len(), 3);
+        for (client, seq) in [(9, 1), (7, 2), (8, 2)] {
+            assert!(restored.cached(client, seq).is_some(), "client {client}");
+        }
+        assert_same(&kv, &restored, 10, 3);
+    }
+
+    #[test]
+    fn kv_snapshot_is_the_same_bytes_for_the_same_entries() {
+        let log = mixed_log();
+        let mut a = KvStore::new();
+        let mut b = KvStore::new();
+        apply_all(&mut a, 1, &log);
+        apply_all(&mut b, 1, &log);
+        assert_eq!(a.snapshot(), b.snapshot());
+        let restored = KvStore::restore(&a.snapshot()).unwrap();
+        assert_eq!(restored.snapshot(), a.snapshot());
+    }
+
+    #[test]
+    fn kv_snapshot_of_an_empty_store() {
+        let snap = KvStore::new().snapshot();
+        assert_eq!(&snap[..8], b"RAFTKKVS");
+        assert_eq!(snap.len(), 20 + 8 + 8 + 4 + 4 + 4);
+        let kv = KvStore::restore(&snap).unwrap();
+        assert!(kv.is_empty());
+        assert_eq!(kv.last_applied(), LogIndex(0));
+        assert_eq!(kv.sessions_max, SESSIONS_MAX);
+    }
+
+    /// Stale entries in the eviction queue are not written: the restored
+    /// queue holds one entry per session and evicts in the same order.
+    #[test]
+    fn kv_snapshot_keeps_the_eviction_order_without_stale_entries() {
+        let mut kv = KvStore::new();
+        kv.sessions_max = 3;
+        // Client 1 is oldest, then 2 and 3; client 1 moves on, so 2 is
+        // oldest and 1 is newest.
+        let log: Vec<LogEntry> = vec![
+            Some(entry(1, 1, put("k", "1"))),
+            Some(entry(2, 1, put("k", "2"))),
+            Some(entry(3, 1, put("k", "3"))),
+            Some(entry(1, 2, put("k", "4"))),
+        ];
+        apply_all(&mut kv, 1, &log);
+        assert_eq!(kv.session_age.len(), 4);
+        let mut restored = KvStore::restore(&kv.snapshot()).unwrap();
+        restored.sessions_max = 3;
+        assert_eq!(
+            restored.session_age,
+            VecDeque::from([(LogIndex(2), 2), (LogIndex(3), 3), (LogIndex(4), 1)])
+        );
+        let newcomer = vec![Some(entry(4, 1, put("k", "5")))];
+        apply_all(&mut kv, 5, &newcomer);
+        apply_all(&mut restored, 5, &newcomer);
+        for store in [&kv, &restored] {
+            assert!(store.cached(2, 1).is_none(), "client 2 is evicted");
+            assert!(store.cached(1, 2).is_some());
+            assert!(store.cached(3, 1).is_some());
+        }
+        assert_same(&kv, &restored, 5, 3);
+    }
+
+    fn small_snapshot() -> Vec<u8> {
+        let mut kv = KvStore::new();
+        apply_all(&mut kv, 1, &mixed_log());
+        kv.snapshot()
+    }
+
+    #[test]
+    fn kv_restore_rejects_every_truncation_and_bit_flip() {
+        let snap = small_snapshot();
+        for cut in 0..snap.len() {
+            let e = KvStore::restore(&snap[..cut]).err();
+            assert!(e.is_some(), "cut to {cut} bytes");
+        }
+        for i in 0..snap.len() {
+            for bit in 0..8 {
+                let mut b = snap.clone();
+                b[i] ^= 1 << bit;
+                assert!(KvStore::restore(&b).is_err(), "byte {i} bit {bit}");
+            }
+        }
+        let mut longer = snap.clone();
+        longer.push(0);
+        assert!(restore_err(&longer).contains("trailing bytes"));
+    }
+
+    #[test]
+    fn kv_restore_errors_say_what_and_where() {
+        let snap = small_snapshot();
+        let err = restore_err;
+        assert!(err(&snap[..5]).contains("truncated"), "{}", err(&snap[..5]));
+        let e = err(&snap[..snap.len() - 1]);
+        assert!(e.contains("truncated") && e.contains("byte 12"), "{e}");
+        let mut b = snap.clone();
+        b[0] = b'X';
+        assert!(err(&b).contains("not a kv snapshot"), "{}", err(&b));
+        let mut b = snap.clone();
+        b[11] = 2;
+        assert!(err(&b).contains("version 2"), "{}", err(&b));
+        let mut b = snap.clone();
+        b[40] ^= 1;
+        let e = err(&b);
+        assert!(
+            e.contains("CRC") && e.contains(&format!("byte {}", snap.len() - 4)),
+            "{e}"
+        );
+    }
+
+    /// Rewrites the CRC so that only the content checks can catch `b`.
+    fn fix_crc(b: &mut [u8]) {
+        let at = b.len() - 4;
+        let crc = crc32c::crc32c(&b[..at]);
+        b[at..].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn kv_restore_rejects_inconsistent_content_with_a_valid_crc() {
+        // Keys "a" < "b": make the first "c", so the second (at byte 50) is
+        // out of order.
+        let mut kv = KvStore::new();
+        apply_all(
+            &mut kv,
+            1,
+            &[
+                Some(entry(1, 1, put("a", "1"))),
+                Some(entry(2, 1, put("b", "2"))),
+            ],
+        );
+        let snap = kv.snapshot();
+        let first_key = 20 + 8 + 8 + 4 + 4;
+        assert_eq!(snap[first_key], b'a');
+        let mut b = snap.clone();
+        b[first_key] = b'c';
+        fix_crc(&mut b);
+        let e = restore_err(&b);
+        assert!(e.contains("ascending") && e.contains("byte 50"), "{e}");
+
+        // Two sessions of client 1: the second one's client id rewritten.
+        // The session count follows the two pairs (length, byte, length,
+        // byte each); a session is three u64 and the one-byte Done.
+        let session_count = first_key - 4 + 2 * (4 + 1 + 4 + 1);
+        let second_client = session_count + 4 + 8 + 8 + 8 + 1;
+        assert_eq!(snap[second_client + 7], 2);
+        let mut b = snap.clone();
+        b[second_client + 7] = 1;
+        fix_crc(&mut b);
+        let e = restore_err(&b);
+        assert!(
+            e.contains("client 1 has a second session")
+                && e.contains(&format!("byte {second_client}")),
+            "{e}"
+        );
+
+        // A session whose last index is past the last applied.
+        let mut b = snap.clone();
+        b[second_client + 16 + 7] = 9;
+        fix_crc(&mut b);
+        assert!(restore_err(&b).contains("last index 9"));
+
+        // A result tag that means nothing.
+        let mut b = snap.clone();
+        b[second_client + 24] = 77;
+        fix_crc(&mut b);
+        let e = restore_err(&b);
+        assert!(
+            e.contains("unknown tag 77") && e.contains(&format!("byte {}", second_client + 24)),
+            "{e}"
+        );
+
+        // A key count larger than the bytes can hold.
+        let mut b = snap;
+        b[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+        fix_crc(&mut b);
+        let e = restore_err(&b);
+        assert!(e.contains("keys") && e.contains("byte 36"), "{e}");
+    }
+
+    /// A random log entry over few clients and keys, so that retries, old
+    /// requests, CAS hits and evictions are common.
+    fn arb_entry() -> impl Strategy<Value = LogEntry> {
+        let key = prop::sample::select(vec!["a", "b", "c", ""]);
+        let value = prop::sample::select(vec!["1", "2", ""]);
+        let op = prop_oneof![
+            (key.clone(), value.clone()).prop_map(|(k, v)| put(k, v)),
+            key.clone().prop_map(|k| Op::Get { key: k.into() }),
+            key.clone().prop_map(|k| Op::Delete { key: k.into() }),
+            (key, prop::option::of(value.clone()), value).prop_map(|(k, e, n)| cas(k, e, n)),
+            prop::collection::vec(any::<u8>(), 0..4).prop_map(|data| Op::Append { data }),
+        ];
+        prop_oneof![
+            8 => (1..6u64, 1..5u64, op).prop_map(|(c, s, op)| Some(entry(c, s, op))),
+            1 => Just(None),
+            1 => prop::collection::vec(any::<u8>(), 0..6).prop_map(Some),
+        ]
+    }
+
+    proptest! {
+        /// Snapshot anywhere, restore, apply the rest to both: the same
+        /// answers and the same state, byte for byte.
+        #[test]
+        fn kv_snapshot_round_trip_then_same_behaviour(
+            log in prop::collection::vec(arb_entry(), 0..60),
+            split in any::<prop::sample::Index>(),
+            sessions_max in 1..5usize,
+        ) {
+            let split = split.index(log.len() + 1);
+            let mut kv = KvStore::new();
+            kv.sessions_max = sessions_max;
+            apply_all(&mut kv, 1, &log[..split]);
+            let snap = kv.snapshot();
+            let mut restored = KvStore::restore(&snap).unwrap();
+            restored.sessions_max = sessions_max;
+            prop_assert_eq!(restored.snapshot(), snap);
+            let from = split as u64 + 1;
+            let a = apply_all(&mut kv, from, &log[split..]);
+            let b = apply_all(&mut restored, from, &log[split..]);
+            prop_assert_eq!(a, b);
+            assert_same(&kv, &restored, 6, 5);
+        }
+
+        /// Arbitrary bytes never panic `restore`.
+        #[test]
+        fn kv_restore_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = KvStore::restore(&bytes);
+        }
     }
 }

@@ -10,7 +10,7 @@ use super::codec::{
 use crate::kv::{Command, CommandRef, OpResult};
 use crate::raft::{
     Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState,
-    RejectHint, Role, Status, Term,
+    RejectHint, Role, Snapshot, Status, Term,
 };
 
 /// First two bytes of every frame: "RK".
@@ -476,12 +476,21 @@ fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
     Ok(v)
 }
 
+/// Bytes of a Raft frame's body carrying an InstallSnapshot besides the
+/// snapshot's data: from, to, term, message type, index, term, read_round,
+/// data length.
+const INSTALL_SNAPSHOT_FIXED_BYTES: usize = 8 + 8 + 8 + 1 + 8 + 8 + 8 + 4;
+
+/// Largest snapshot (its data) that fits in one InstallSnapshot frame: the
+/// snapshot travels whole, so a larger one cannot be sent (a receiver
+/// rejects the frame as too large).
+pub const SNAPSHOT_DATA_BYTES_MAX: usize = FRAME_BYTES_MAX - INSTALL_SNAPSHOT_FIXED_BYTES;
+
 fn encode_message(m: &Message, out: &mut Vec<u8>) {
     put_u64(out, m.from.0);
     put_u64(out, m.to.0);
     put_u64(out, m.term.0);
     match &m.body {
-        MessageBody::InstallSnapshot { .. } => todo!("wire: InstallSnapshot"),
         MessageBody::RequestVote {
             pre_vote,
             last_log_index,
@@ -534,6 +543,16 @@ fn encode_message(m: &Message, out: &mut Vec<u8>) {
                 None => put_bool(out, false),
             }
         }
+        MessageBody::InstallSnapshot {
+            snapshot,
+            read_round,
+        } => {
+            put_u8(out, 5);
+            put_u64(out, snapshot.index.0);
+            put_u64(out, snapshot.term.0);
+            put_u64(out, *read_round);
+            put_bytes(out, &snapshot.data);
+        }
     }
 }
 
@@ -575,6 +594,16 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
                 success,
                 match_index,
                 reject,
+                read_round,
+            }
+        }
+        5 => {
+            let index = LogIndex(r.u64("snapshot.index")?);
+            let term = Term(r.u64("snapshot.term")?);
+            let read_round = r.u64("read_round")?;
+            let data = r.bytes("snapshot.data")?.into();
+            MessageBody::InstallSnapshot {
+                snapshot: Snapshot { index, term, data },
                 read_round,
             }
         }

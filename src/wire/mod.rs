@@ -10,5 +10,5 @@ pub mod frame;
 pub use frame::{
     decode_frame, decode_frame_ref, encode_frame, ErrorCode, FaultSpec, Frame, FrameError,
     FrameRef, KvRequestRef, NodeStatus, RequestBody, ResponseBody, Sender, FRAME_BYTES_MAX,
-    HEADER_BYTES, MAGIC, VERSION,
+    HEADER_BYTES, MAGIC, SNAPSHOT_DATA_BYTES_MAX, VERSION,
 };
