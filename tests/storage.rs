@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use raftkit::raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 use raftkit::storage::wal::{self, decode_record, encode_record, segment_name, ScanMode};
 use raftkit::storage::{
-    DiskStore, Durable, Job, LogStore, Meta, StorageError, StorageThread, Wal, WalOptions,
+    DiskStore, Durable, Job, LogStart, LogStore, Meta, StorageError, StorageThread, Wal, WalOptions,
 };
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
@@ -304,9 +304,9 @@ fn repair_cuts_at_the_first_bad_record() {
     fs::write(&victim, &b).unwrap();
     assert!(DiskStore::open(&store_dir, &owner(1), small(600)).is_err());
     let kept = raftkit::storage::repair(&store_dir).unwrap();
-    assert_eq!(kept as u64, seg.first_index);
+    assert_eq!(kept, seg.first_index);
     let (_, rec) = DiskStore::open(&store_dir, &owner(1), small(600)).unwrap();
-    assert_eq!(rec.entries.len(), kept);
+    assert_eq!(rec.entries.len() as u64, kept);
     assert_eq!(rec.hard_state.current_term, Term(1));
 }
 
@@ -409,6 +409,7 @@ fn storage_thread_group_commits_in_order() {
         assert!(t.submit(Job {
             seq,
             hard_state: hs,
+            snapshot: None,
             entries: vec![entry(i, 1, b"x")],
         }));
     }
@@ -449,6 +450,7 @@ fn inline_writes_interleave_with_the_thread() {
             assert!(t.submit(Job {
                 seq,
                 hard_state: None,
+                snapshot: None,
                 entries: vec![entry(i, if round > 10 { 2 } else { 1 }, b"thread")],
             }));
         }
@@ -477,6 +479,7 @@ fn inline_writes_interleave_with_the_thread() {
         t.write_inline(&Job {
             seq,
             hard_state: hs,
+            snapshot: None,
             entries: vec![entry(i, term, b"inline")],
         })
         .unwrap();
@@ -488,6 +491,7 @@ fn inline_writes_interleave_with_the_thread() {
                 t.write_inline(&Job {
                     seq,
                     hard_state: None,
+                    snapshot: None,
                     entries: vec![entry(j, 2, data)],
                 })
                 .unwrap();
