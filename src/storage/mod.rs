@@ -130,7 +130,8 @@ pub trait LogStore: Send + 'static {
     /// Makes every append so far durable, replaces the snapshot durably,
     /// then drops the log entries it makes unnecessary: up to its index if
     /// the log holds its last entry, else the whole log, which then goes on
-    /// at `snap.index + 1`.
+    /// at `snap.index + 1`. `snap` is not older than the snapshot saved
+    /// before it.
     fn save_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError>;
 }
 
