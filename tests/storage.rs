@@ -674,7 +674,7 @@ fn compaction_removes_the_segments_the_snapshot_covers() {
         s.save_snapshot(&snap(at, 1)).unwrap();
         let firsts = segment_firsts(&d);
         // The segment holding the snapshot's index is the first one left.
-        let holder = *before.iter().filter(|&&f| f <= at).next_back().unwrap();
+        let holder = *before.iter().rfind(|&&f| f <= at).unwrap();
         assert_eq!(firsts[0], holder, "snapshot at {at}: {firsts:?}");
         assert_eq!(s.wal().first_index(), holder);
         assert_eq!(s.wal().segment_count(), firsts.len());
