@@ -166,6 +166,7 @@ fn group_commit(dir: &Path, queued: usize, secs: f64) -> (f64, f64) {
             t.submit(Job {
                 seq,
                 hard_state: None,
+                snapshot: None,
                 entries: vec![Entry {
                     index: LogIndex(seq),
                     term: Term(0),

@@ -1018,6 +1018,7 @@ impl Node {
                 let job = Job {
                     seq: self.storage_seq,
                     hard_state: rd.hard_state,
+                    snapshot: None,
                     entries: rd.entries,
                 };
                 let idle = self.storage_seq == self.storage_durable + 1;

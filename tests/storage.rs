@@ -3,10 +3,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use raftkit::raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
+use raftkit::raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Snapshot, Term};
 use raftkit::storage::wal::{self, decode_record, encode_record, segment_name, ScanMode};
 use raftkit::storage::{
-    DiskStore, Durable, Job, LogStore, Meta, StorageError, StorageThread, Wal, WalOptions,
+    DiskStore, Durable, Job, LogStart, LogStore, Meta, StorageError, StorageThread, Wal, WalOptions,
 };
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
@@ -304,9 +304,9 @@ fn repair_cuts_at_the_first_bad_record() {
     fs::write(&victim, &b).unwrap();
     assert!(DiskStore::open(&store_dir, &owner(1), small(600)).is_err());
     let kept = raftkit::storage::repair(&store_dir).unwrap();
-    assert_eq!(kept as u64, seg.first_index);
+    assert_eq!(kept, seg.first_index);
     let (_, rec) = DiskStore::open(&store_dir, &owner(1), small(600)).unwrap();
-    assert_eq!(rec.entries.len(), kept);
+    assert_eq!(rec.entries.len() as u64, kept);
     assert_eq!(rec.hard_state.current_term, Term(1));
 }
 
@@ -409,6 +409,7 @@ fn storage_thread_group_commits_in_order() {
         assert!(t.submit(Job {
             seq,
             hard_state: hs,
+            snapshot: None,
             entries: vec![entry(i, 1, b"x")],
         }));
     }
@@ -449,6 +450,7 @@ fn inline_writes_interleave_with_the_thread() {
             assert!(t.submit(Job {
                 seq,
                 hard_state: None,
+                snapshot: None,
                 entries: vec![entry(i, if round > 10 { 2 } else { 1 }, b"thread")],
             }));
         }
@@ -477,6 +479,7 @@ fn inline_writes_interleave_with_the_thread() {
         t.write_inline(&Job {
             seq,
             hard_state: hs,
+            snapshot: None,
             entries: vec![entry(i, term, b"inline")],
         })
         .unwrap();
@@ -488,6 +491,7 @@ fn inline_writes_interleave_with_the_thread() {
                 t.write_inline(&Job {
                     seq,
                     hard_state: None,
+                    snapshot: None,
                     entries: vec![entry(j, 2, data)],
                 })
                 .unwrap();
@@ -600,4 +604,365 @@ fn direct_io_falls_back_where_unsupported() {
     drop(w);
     let (_, got) = Wal::open(d.path(), small(1 << 20)).unwrap();
     assert_eq!(got, entries(1, 100, 1));
+}
+
+// Snapshots and compaction.
+
+fn snap(index: u64, term: u64) -> Snapshot {
+    Snapshot {
+        index: LogIndex(index),
+        term: Term(term),
+        data: format!("state-{index}-t{term}").into_bytes().into(),
+    }
+}
+
+fn term(t: u64) -> HardState {
+    HardState {
+        current_term: Term(t),
+        voted_for: None,
+    }
+}
+
+/// A data dir whose log holds `1..=last` in `t` (hard state term `t`).
+fn store_with(d: &Path, opts: WalOptions, last: u64, t: u64) -> DiskStore {
+    let (mut s, _) = DiskStore::open(d, &owner(1), opts).unwrap();
+    s.save_hard_state(&term(t)).unwrap();
+    for chunk in entries(1, last, t).chunks(9) {
+        s.append(chunk).unwrap();
+        s.sync().unwrap();
+    }
+    s
+}
+
+fn segment_firsts(d: &Path) -> Vec<u64> {
+    segments(&d.join("wal"))
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_snapshot_survives_reopen_with_only_the_entries_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let mut s = store_with(&d, small(1 << 20), 50, 1);
+    s.save_snapshot(&snap(30, 1)).unwrap();
+    s.append(&entries(51, 60, 1)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(1 << 20)).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(30, 1)));
+    assert_eq!(rec.entries, entries(31, 60, 1));
+    // The snapshot is the newest one saved.
+    let (mut s, _) = DiskStore::open(&d, &owner(1), small(1 << 20)).unwrap();
+    s.save_snapshot(&snap(60, 1)).unwrap();
+    drop(s);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(1 << 20)).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(60, 1)));
+    assert!(rec.entries.is_empty());
+}
+
+#[test]
+fn compaction_removes_the_segments_the_snapshot_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let opts = small(512);
+    let mut s = store_with(&d, opts, 200, 1);
+    let before = segment_firsts(&d);
+    assert!(before.len() > 10, "{before:?}");
+    for at in [before[3] - 1, before[3], 150, 200] {
+        s.save_snapshot(&snap(at, 1)).unwrap();
+        let firsts = segment_firsts(&d);
+        // The segment holding the snapshot's index is the first one left.
+        let holder = *before.iter().rfind(|&&f| f <= at).unwrap();
+        assert_eq!(firsts[0], holder, "snapshot at {at}: {firsts:?}");
+        assert_eq!(s.wal().first_index(), holder);
+        assert_eq!(s.wal().segment_count(), firsts.len());
+        assert_eq!(firsts[..], before[before.len() - firsts.len()..]);
+    }
+    // The log goes on, rolls, and takes a conflict above the snapshot.
+    s.save_hard_state(&term(2)).unwrap();
+    s.append(&entries(201, 260, 1)).unwrap();
+    s.append(&entries(240, 250, 2)).unwrap();
+    s.sync().unwrap();
+    assert!(segment_firsts(&d).len() > 1);
+    drop(s);
+    let (_, rec) = DiskStore::open(&d, &owner(1), opts).unwrap();
+    let mut want = entries(201, 239, 1);
+    want.extend(entries(240, 250, 2));
+    assert_eq!(rec.snapshot, Some(snap(200, 1)));
+    assert_eq!(rec.entries, want);
+    // The whole log, snapshot and all, reads back through the tools too.
+    let ins = raftkit::storage::inspect(&d).unwrap();
+    assert_eq!(ins.snapshot, Some(snap(200, 1)));
+    assert_eq!(ins.scan.entries.last().unwrap().index, LogIndex(250));
+}
+
+#[test]
+fn a_snapshot_the_log_does_not_hold_resets_the_log() {
+    // The log ends before the snapshot, or holds another term at its index.
+    for (last, at) in [(20, 100), (50, 30), (0, 10)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("n1");
+        let mut s = store_with(&d, small(400), last, 1);
+        s.save_hard_state(&term(3)).unwrap();
+        s.save_snapshot(&snap(at, 3)).unwrap();
+        assert_eq!(segment_firsts(&d), vec![at + 1]);
+        assert_eq!(s.wal().last_index(), at);
+        s.append(&entries(at + 1, at + 30, 3)).unwrap();
+        s.sync().unwrap();
+        // A conflict above the snapshot.
+        s.save_hard_state(&term(4)).unwrap();
+        s.append(&entries(at + 15, at + 18, 4)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = DiskStore::open(&d, &owner(1), small(400)).unwrap();
+        assert_eq!(rec.snapshot, Some(snap(at, 3)));
+        let mut want = entries(at + 1, at + 14, 3);
+        want.extend(entries(at + 15, at + 18, 4));
+        assert_eq!(rec.entries, want, "log up to {last}, snapshot at {at}");
+    }
+    // A log that starts right after the snapshot continues it: kept.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let (mut s, _) = DiskStore::open(&d, &owner(1), small(400)).unwrap();
+    s.save_hard_state(&term(2)).unwrap();
+    s.save_snapshot(&snap(40, 2)).unwrap();
+    s.append(&entries(41, 45, 2)).unwrap();
+    s.save_snapshot(&snap(40, 2)).unwrap();
+    s.append(&entries(46, 47, 2)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(400)).unwrap();
+    assert_eq!(rec.entries, entries(41, 47, 2));
+}
+
+/// A crash after the snapshot file is durable and before the log is
+/// compacted or reset: the log on disk is the old one.
+#[test]
+fn crash_between_snapshot_and_log_reset() {
+    // (log 1..=last in term 1, snapshot at, snapshot term, segments to
+    // remove as a partial reset would, newest first)
+    let cases: [(u64, u64, u64, usize); 5] = [
+        (50, 30, 2, 0),  // another term at the snapshot's index
+        (10, 30, 2, 0),  // the log ends before the snapshot
+        (50, 30, 2, 2),  // part of a reset: a prefix of the old log
+        (50, 30, 1, 0),  // the same term: compaction not done yet, kept
+        (100, 5, 1, 99), // the log starts past the snapshot (see below)
+    ];
+    for (last, at, t, drop_newest) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("n1");
+        let s = store_with(&d, small(400), last, 1);
+        drop(s);
+        let old = segments(&d.join("wal"));
+        if drop_newest == 99 {
+            // A log whose early segments are gone, behind a snapshot that
+            // ends before it starts: it cannot continue the snapshot.
+            for p in &old[..2] {
+                fs::remove_file(p).unwrap();
+            }
+        } else {
+            for p in old.iter().rev().take(drop_newest) {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        fs::write(
+            d.join("hardstate"),
+            raftkit::storage::files::encode_hardstate(&term(2)),
+        )
+        .unwrap();
+        raftkit::storage::files::write_snapshot(&d, &snap(at, t), true).unwrap();
+        let (mut s, rec) = DiskStore::open(&d, &owner(1), small(400)).unwrap();
+        assert_eq!(rec.snapshot, Some(snap(at, t)));
+        let kept = t == 1 && drop_newest != 99;
+        if kept {
+            assert_eq!(rec.entries, entries(at + 1, last, 1));
+            continue;
+        }
+        assert!(rec.entries.is_empty(), "case {last} {at} {t}");
+        assert_eq!(segment_firsts(&d), vec![at + 1]);
+        s.append(&entries(at + 1, at + 20, 2)).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = DiskStore::open(&d, &owner(1), small(400)).unwrap();
+        assert_eq!(rec.snapshot, Some(snap(at, t)));
+        assert_eq!(rec.entries, entries(at + 1, at + 20, 2));
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_with_its_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let mut s = store_with(&d, small(1 << 20), 10, 1);
+    s.save_snapshot(&snap(5, 1)).unwrap();
+    drop(s);
+    let path = d.join("snapshot");
+    let good = fs::read(&path).unwrap();
+    let crc_at = (good.len() - 4) as u64;
+    for (damaged, offset) in [
+        (
+            {
+                let mut b = good.clone();
+                b[42] ^= 8;
+                b
+            },
+            crc_at,
+        ),
+        (good[..good.len() - 3].to_vec(), 32),
+        (good[..20].to_vec(), 20),
+        (
+            {
+                let mut b = good.clone();
+                b[3] = b'X';
+                b
+            },
+            0,
+        ),
+    ] {
+        fs::write(&path, &damaged).unwrap();
+        match DiskStore::open(&d, &owner(1), small(1 << 20)) {
+            Err(e @ StorageError::Corrupt { .. }) => {
+                let StorageError::Corrupt {
+                    path: p, offset: o, ..
+                } = &e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((p, *o), (&path, offset), "{e}");
+                assert!(e.to_string().contains("snapshot"), "{e}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("damaged snapshot accepted"),
+        }
+        assert!(raftkit::storage::inspect(&d).is_err());
+    }
+    // A partial temp file from a crash while writing the next one is
+    // ignored: the last complete snapshot counts.
+    fs::write(&path, &good).unwrap();
+    fs::write(d.join("snapshot.tmp"), &good[..30]).unwrap();
+    let (mut s, rec) = DiskStore::open(&d, &owner(1), small(1 << 20)).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(5, 1)));
+    assert_eq!(rec.entries, entries(6, 10, 1));
+    // And the next snapshot replaces it.
+    s.save_snapshot(&snap(8, 1)).unwrap();
+    drop(s);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(1 << 20)).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(8, 1)));
+}
+
+#[test]
+fn snapshot_rules_at_open() {
+    // A term behind the snapshot's is refused like one behind the log's.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let mut s = store_with(&d, small(1 << 20), 10, 1);
+    s.save_snapshot(&snap(10, 1)).unwrap();
+    drop(s);
+    raftkit::storage::files::write_snapshot(&d, &snap(10, 3), true).unwrap();
+    let e = DiskStore::open(&d, &owner(1), small(1 << 20))
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("older than the snapshot's term"),
+        "{e}"
+    );
+    // Without a snapshot, a log that does not start at 1 is still damage.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let mut s = store_with(&d, small(400), 100, 1);
+    s.save_snapshot(&snap(80, 1)).unwrap();
+    drop(s);
+    assert!(segment_firsts(&d)[0] > 1);
+    fs::remove_file(d.join("snapshot")).unwrap();
+    let e = DiskStore::open(&d, &owner(1), small(400)).err().unwrap();
+    assert!(e.to_string().contains("not 1"), "{e}");
+    // A snapshot without `meta` is not a new node.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    fs::create_dir_all(&d).unwrap();
+    raftkit::storage::files::write_snapshot(&d, &snap(3, 1), false).unwrap();
+    assert!(DiskStore::open(&d, &owner(1), small(400)).is_err());
+}
+
+#[test]
+fn repair_with_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let mut s = store_with(&d, small(600), 120, 1);
+    s.save_snapshot(&snap(70, 1)).unwrap();
+    drop(s);
+    let scan = wal::scan_with(&d.join("wal"), ScanMode::Strict, LogStart::AfterSnapshot).unwrap();
+    assert!(scan.segments[0].first_index > 1 && scan.segments.len() >= 3);
+    let seg = &scan.segments[scan.segments.len() - 2];
+    let mut b = fs::read(&seg.path).unwrap();
+    b[seg.offsets[1] as usize + 20] ^= 1;
+    fs::write(&seg.path, &b).unwrap();
+    assert!(DiskStore::open(&d, &owner(1), small(600)).is_err());
+    let last = raftkit::storage::repair(&d).unwrap();
+    assert_eq!(last, seg.first_index);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(600)).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(70, 1)));
+    assert_eq!(rec.entries, entries(71, last, 1));
+}
+
+/// The thread writes a job's snapshot before its entries, after the
+/// entries of earlier jobs in the same batch.
+#[test]
+fn storage_thread_writes_snapshots_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let (s, _) = DiskStore::open(&d, &owner(1), small(2048)).unwrap();
+    let t = StorageThread::spawn(Box::new(s), None).unwrap();
+    let jobs = [
+        Job {
+            seq: 1,
+            hard_state: Some(term(1)),
+            snapshot: None,
+            entries: entries(1, 100, 1),
+        },
+        Job {
+            seq: 2,
+            hard_state: None,
+            snapshot: Some(snap(80, 1)),
+            entries: entries(101, 110, 1),
+        },
+        // A leader's snapshot past the log, and what follows it.
+        Job {
+            seq: 3,
+            hard_state: Some(term(2)),
+            snapshot: Some(snap(500, 2)),
+            entries: entries(501, 505, 2),
+        },
+    ];
+    let mut second_dir = None;
+    for (n, job) in jobs.into_iter().enumerate() {
+        assert!(t.submit(job));
+        if n == 1 {
+            // Wait for the compaction, and look at the log in between.
+            loop {
+                match t.done().recv().unwrap() {
+                    Durable::Upto(2) => break,
+                    Durable::Upto(_) => {}
+                    Durable::Failed(e) => panic!("{e}"),
+                }
+            }
+            second_dir = Some(segment_firsts(&d));
+        }
+    }
+    loop {
+        match t.done().recv().unwrap() {
+            Durable::Upto(3) => break,
+            Durable::Upto(_) => {}
+            Durable::Failed(e) => panic!("{e}"),
+        }
+    }
+    drop(t);
+    let firsts = second_dir.unwrap();
+    assert!(firsts[0] > 1 && firsts[0] <= 80, "{firsts:?}");
+    assert_eq!(segment_firsts(&d), vec![501]);
+    let (_, rec) = DiskStore::open(&d, &owner(1), small(2048)).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(500, 2)));
+    assert_eq!(rec.entries, entries(501, 505, 2));
 }

@@ -1,8 +1,9 @@
-//! The two small files beside the log: `meta` (which node of which cluster
-//! owns this data dir) and `hardstate` (current term and vote). Both are
-//! replaced atomically: write `NAME.tmp`, fsync it, rename it over `NAME`,
-//! fsync the directory. A reader sees the old file or the new one, never a
-//! mix; a CRC-32C catches a file damaged at rest.
+//! The files beside the log: `meta` (which node of which cluster owns this
+//! data dir), `hardstate` (current term and vote) and `snapshot` (the state
+//! machine up to some index, which lets the log drop the entries before it).
+//! All are replaced atomically: write `NAME.tmp`, fsync it, rename it over
+//! `NAME`, fsync the directory. A reader sees the old file or the new one,
+//! never a mix; a CRC-32C catches a file damaged at rest.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -11,12 +12,18 @@ use std::path::Path;
 use byteorder::{ByteOrder, LittleEndian};
 
 use super::StorageError;
-use crate::raft::{HardState, NodeId, Term};
+use crate::raft::{HardState, LogIndex, NodeId, Snapshot, Term};
 
 pub const META_FILE: &str = "meta";
 pub const HARDSTATE_FILE: &str = "hardstate";
 pub const META_MAGIC: &[u8; 8] = b"RAFTKMET";
 pub const HARDSTATE_MAGIC: &[u8; 8] = b"RAFTKHST";
+pub const SNAPSHOT_FILE: &str = "snapshot";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTKSNP";
+/// magic(8) version(4) reserved(4) index(8) term(8) data_len(8)
+pub const SNAPSHOT_HEADER_BYTES: usize = 40;
+/// The CRC-32C after the data.
+pub const SNAPSHOT_TRAILER_BYTES: usize = 4;
 pub const FORMAT_VERSION: u32 = 1;
 /// magic(8) version(4) reserved(4) term(8) voted_for(8) crc(4)
 pub const HARDSTATE_BYTES: usize = 36;
@@ -37,6 +44,13 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Replaces `dir/name` with `bytes` atomically and durably.
 pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8], fsync: bool) -> io::Result<()> {
+    atomic_write_parts(dir, name, &[bytes], fsync)
+}
+
+/// `atomic_write` of the concatenation of `parts`, so that a large body
+/// (a snapshot's data) is written where it lies instead of being copied
+/// behind its header first.
+pub fn atomic_write_parts(dir: &Path, name: &str, parts: &[&[u8]], fsync: bool) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut f = OpenOptions::new()
@@ -44,7 +58,9 @@ pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8], fsync: bool) -> io::Re
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        for part in parts {
+            f.write_all(part)?;
+        }
         if fsync {
             f.sync_all()?;
         }
@@ -174,4 +190,191 @@ pub fn read_hardstate(dir: &Path) -> Result<Option<HardState>, StorageError> {
     read_optional(dir, HARDSTATE_FILE)?
         .map(|b| decode_hardstate(&dir.join(HARDSTATE_FILE), &b))
         .transpose()
+}
+
+/// The header of a snapshot file; the file is this, the data, and
+/// `snapshot_trailer`.
+pub fn encode_snapshot_header(snap: &Snapshot) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut out = [0u8; SNAPSHOT_HEADER_BYTES];
+    out[..8].copy_from_slice(SNAPSHOT_MAGIC);
+    LittleEndian::write_u32(&mut out[8..12], FORMAT_VERSION);
+    LittleEndian::write_u64(&mut out[16..24], snap.index.0);
+    LittleEndian::write_u64(&mut out[24..32], snap.term.0);
+    LittleEndian::write_u64(&mut out[32..40], snap.data.len() as u64);
+    out
+}
+
+/// The CRC-32C of the header and the data, which ends a snapshot file.
+pub fn snapshot_trailer(
+    header: &[u8; SNAPSHOT_HEADER_BYTES],
+    data: &[u8],
+) -> [u8; SNAPSHOT_TRAILER_BYTES] {
+    crc32c::crc32c_append(crc32c::crc32c(header), data).to_le_bytes()
+}
+
+/// The whole snapshot file, in one buffer (for tests and tools; the store
+/// writes the parts without joining them).
+pub fn encode_snapshot(snap: &Snapshot) -> Vec<u8> {
+    let header = encode_snapshot_header(snap);
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + snap.data.len() + 4);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&snap.data);
+    out.extend_from_slice(&snapshot_trailer(&header, &snap.data));
+    out
+}
+
+pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> {
+    let bad = |offset: u64, what: String| StorageError::corrupt(path, offset, what);
+    let fixed = SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES;
+    if b.len() < 16 {
+        return Err(bad(
+            0,
+            format!("{} bytes, shorter than a snapshot file's header", b.len()),
+        ));
+    }
+    check_preamble(b, SNAPSHOT_MAGIC, "snapshot file").map_err(|(o, w)| bad(o, w))?;
+    if b.len() < fixed {
+        return Err(bad(
+            b.len() as u64,
+            format!(
+                "the file ends after {} bytes, a snapshot file has at least {fixed}",
+                b.len()
+            ),
+        ));
+    }
+    let data_len = LittleEndian::read_u64(&b[32..40]);
+    // The length comes from disk: compare without converting it to an
+    // offset, which could overflow.
+    let have = (b.len() - fixed) as u64;
+    if data_len != have {
+        let why = if data_len > have {
+            "the file is truncated"
+        } else {
+            "the file has bytes past its end"
+        };
+        return Err(bad(
+            32,
+            format!("data length {data_len}, but the file holds {have} bytes of data: {why}"),
+        ));
+    }
+    let end = SNAPSHOT_HEADER_BYTES + have as usize;
+    let stored = LittleEndian::read_u32(&b[end..]);
+    let computed = crc32c::crc32c(&b[..end]);
+    if computed != stored {
+        return Err(bad(
+            end as u64,
+            format!("CRC mismatch (stored {stored:08x}, computed {computed:08x})"),
+        ));
+    }
+    Ok(Snapshot {
+        index: LogIndex(LittleEndian::read_u64(&b[16..24])),
+        term: Term(LittleEndian::read_u64(&b[24..32])),
+        data: b[SNAPSHOT_HEADER_BYTES..end].into(),
+    })
+}
+
+/// `dir`'s snapshot, if it has one. A leftover `snapshot.tmp` (a crash
+/// while the next one was written) is not looked at.
+pub fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
+    read_optional(dir, SNAPSHOT_FILE)?
+        .map(|b| decode_snapshot(&dir.join(SNAPSHOT_FILE), &b))
+        .transpose()
+}
+
+/// Replaces `dir`'s snapshot with `snap`, atomically and (with `fsync`)
+/// durably.
+pub fn write_snapshot(dir: &Path, snap: &Snapshot, fsync: bool) -> Result<(), StorageError> {
+    let header = encode_snapshot_header(snap);
+    let trailer = snapshot_trailer(&header, &snap.data);
+    atomic_write_parts(dir, SNAPSHOT_FILE, &[&header, &snap.data, &trailer], fsync)
+        .map_err(|e| StorageError::io(&dir.join(SNAPSHOT_FILE), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(index: u64, term: u64, data: &[u8]) -> Snapshot {
+        Snapshot {
+            index: LogIndex(index),
+            term: Term(term),
+            data: data.into(),
+        }
+    }
+
+    fn corrupt_at(r: Result<Snapshot, StorageError>) -> (u64, String) {
+        match r {
+            Err(StorageError::Corrupt { offset, what, .. }) => (offset, what),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let p = Path::new("snapshot");
+        for s in [snap(42, 7, b"state machine"), snap(1, 1, b"")] {
+            let b = encode_snapshot(&s);
+            assert_eq!(b.len(), SNAPSHOT_HEADER_BYTES + s.data.len() + 4);
+            assert_eq!(decode_snapshot(p, &b).ok(), Some(s));
+        }
+    }
+
+    #[test]
+    fn snapshot_damage_is_reported_with_its_offset() {
+        let p = Path::new("snapshot");
+        let b = encode_snapshot(&snap(42, 7, b"state machine"));
+        let crc_at = (b.len() - 4) as u64;
+        // A flipped bit anywhere past the preamble: the CRC, or the length.
+        for byte in 16..b.len() {
+            let mut d = b.clone();
+            d[byte] ^= 0x20;
+            let (offset, what) = corrupt_at(decode_snapshot(p, &d));
+            let want = if (32..40).contains(&byte) { 32 } else { crc_at };
+            assert_eq!(offset, want, "flip at {byte}: {what}");
+        }
+        let mut d = b.clone();
+        d[20] ^= 1;
+        let (_, what) = corrupt_at(decode_snapshot(p, &d));
+        assert!(what.starts_with("CRC mismatch"), "{what}");
+        // Wrong magic, and a version this build does not read.
+        let mut d = b.clone();
+        d[..8].copy_from_slice(b"RAFTKHST");
+        let (offset, what) = corrupt_at(decode_snapshot(p, &d));
+        assert_eq!((offset, what.contains("bad magic")), (0, true), "{what}");
+        let mut d = b.clone();
+        d[8] = 9;
+        assert_eq!(corrupt_at(decode_snapshot(p, &d)).0, 8);
+        // Every truncation.
+        for len in 0..b.len() {
+            let (offset, what) = corrupt_at(decode_snapshot(p, &b[..len]));
+            let want = match len {
+                0..=15 => 0,
+                16..=43 => len as u64,
+                _ => 32,
+            };
+            assert_eq!(offset, want, "truncated to {len}: {what}");
+        }
+        // Bytes past the end, and a length that overflows any offset.
+        let mut d = b.clone();
+        d.push(0);
+        assert_eq!(corrupt_at(decode_snapshot(p, &d)).0, 32);
+        let mut d = b.clone();
+        LittleEndian::write_u64(&mut d[32..40], u64::MAX);
+        let (offset, what) = corrupt_at(decode_snapshot(p, &d));
+        assert_eq!(offset, 32);
+        assert!(what.contains("truncated"), "{what}");
+    }
+
+    #[test]
+    fn snapshot_file_is_replaced_and_a_partial_temp_file_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_snapshot(dir.path()).ok(), Some(None));
+        write_snapshot(dir.path(), &snap(10, 2, b"ten"), true).expect("write");
+        write_snapshot(dir.path(), &snap(20, 3, b"twenty"), false).expect("write");
+        fs::write(dir.path().join("snapshot.tmp"), b"RAFTKSNP\x01\x00").expect("tmp");
+        assert_eq!(
+            read_snapshot(dir.path()).ok(),
+            Some(Some(snap(20, 3, b"twenty")))
+        );
+    }
 }

@@ -1,10 +1,12 @@
 //! Durable state of one node: the Raft log as a segmented write-ahead log,
-//! the hard state (term and vote), and a `meta` file naming the node and
-//! cluster the data dir belongs to.
+//! the hard state (term and vote), the latest snapshot of the state
+//! machine, and a `meta` file naming the node and cluster the data dir
+//! belongs to.
 //!
 //! ```text
 //! <data_dir>/meta        which node of which cluster (written once)
 //! <data_dir>/hardstate   current term and vote (replaced atomically)
+//! <data_dir>/snapshot    the state machine up to some index (replaced atomically)
 //! <data_dir>/wal/*.wal   log segments, named by their first index
 //! ```
 //!
@@ -29,9 +31,9 @@ use log::info;
 
 pub use files::Meta;
 pub use thread::{Durable, Job, StorageStats, StorageThread};
-pub use wal::{ScanMode, Wal, WalOptions, WalStats};
+pub use wal::{LogStart, ScanMode, Wal, WalOptions, WalStats};
 
-use crate::raft::{Entry, HardState};
+use crate::raft::{Entry, HardState, Snapshot};
 
 /// Storage that cannot be read or written.
 #[derive(Debug)]
@@ -109,6 +111,9 @@ impl std::error::Error for StorageError {}
 #[derive(Debug)]
 pub struct Recovered {
     pub hard_state: HardState,
+    /// The latest snapshot saved, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The log after the snapshot (from index 1 without one).
     pub entries: Vec<Entry>,
     /// The data dir was new (missing or empty).
     pub fresh: bool,
@@ -122,6 +127,12 @@ pub trait LogStore: Send + 'static {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
     /// Makes every append so far durable.
     fn sync(&mut self) -> Result<(), StorageError>;
+    /// Makes every append so far durable, replaces the snapshot durably,
+    /// then drops the log entries it makes unnecessary: up to its index if
+    /// the log holds its last entry, else the whole log, which then goes on
+    /// at `snap.index + 1`. `snap` is not older than the snapshot saved
+    /// before it.
+    fn save_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError>;
 }
 
 /// A node's data dir on disk.
@@ -167,15 +178,31 @@ impl DiskStore {
                 ))
             }
         };
-        let (wal, entries) = Wal::open(&dir.join(WAL_DIR), opts)?;
-        if let Some(last) = entries.last() {
-            if last.term > hard_state.current_term {
+        let snapshot = files::read_snapshot(dir)?;
+        let (wal, entries) = Wal::open_at(
+            &dir.join(WAL_DIR),
+            opts,
+            ScanMode::Strict,
+            snapshot.as_ref().map(|s| (s.index.0, s.term)),
+        )?;
+        // The hard state is written before any entry or snapshot of a
+        // batch, so its term is never behind theirs.
+        let newest = entries
+            .last()
+            .map(|e| (e.term, "the last log entry's", e.index))
+            .or_else(|| {
+                snapshot
+                    .as_ref()
+                    .map(|s| (s.term, "the snapshot's", s.index))
+            });
+        if let Some((term, whose, index)) = newest {
+            if term > hard_state.current_term {
                 return Err(StorageError::corrupt(
                     &hs_path,
                     16,
                     format!(
-                        "current term {} is older than the last log entry's term {} (entry {})",
-                        hard_state.current_term, last.term, last.index
+                        "current term {} is older than {whose} term {term} (entry {index})",
+                        hard_state.current_term
                     ),
                 ));
             }
@@ -188,6 +215,7 @@ impl DiskStore {
             },
             Recovered {
                 hard_state,
+                snapshot,
                 entries,
                 fresh,
             },
@@ -210,6 +238,16 @@ impl DiskStore {
                     ),
                 ));
             }
+        }
+        if let Some(snap) = files::read_snapshot(dir)? {
+            return Err(StorageError::corrupt(
+                &dir.join(files::META_FILE),
+                0,
+                format!(
+                    "the meta file is missing but a snapshot up to index {} is present",
+                    snap.index
+                ),
+            ));
         }
         if let Some(hs) = files::read_hardstate(dir)? {
             if hs.current_term.0 > 0 {
@@ -275,29 +313,49 @@ impl LogStore for DiskStore {
     fn sync(&mut self) -> Result<(), StorageError> {
         self.wal.sync()
     }
+
+    /// In this order: the appends before it (which compaction may cut
+    /// around), the snapshot file, and only then the log's compaction, so
+    /// that no segment is removed before the snapshot that replaces it is
+    /// durable.
+    fn save_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        self.wal.sync()?;
+        files::write_snapshot(&self.dir, snap, self.fsync)?;
+        self.wal.compact(snap.index.0, snap.term)
+    }
 }
 
 /// Reads a stopped node's data dir without changing it.
 pub fn inspect(dir: &Path) -> Result<Inspection, StorageError> {
     let meta = files::read_meta(dir)?;
     let hard_state = files::read_hardstate(dir)?;
-    let scan = wal::scan(&dir.join(WAL_DIR), ScanMode::Strict)?;
+    let snapshot = files::read_snapshot(dir)?;
+    let start = match snapshot {
+        Some(_) => LogStart::AfterSnapshot,
+        None => LogStart::AtOne,
+    };
+    let scan = wal::scan_with(&dir.join(WAL_DIR), ScanMode::Strict, start)?;
     Ok(Inspection {
         meta,
         hard_state,
+        snapshot,
         scan,
     })
 }
 
 /// Cuts the log at its first bad record (operator repair), keeping the
-/// hard state. Returns the entries kept.
-pub fn repair(dir: &Path) -> Result<usize, StorageError> {
-    let (_, entries) = Wal::open_with(
+/// hard state and the snapshot. Returns the index the log now ends at
+/// (the snapshot's, if no entry follows it). A log that does not continue
+/// the snapshot is reset to start after it, as the node would do at start.
+pub fn repair(dir: &Path) -> Result<u64, StorageError> {
+    let snapshot = files::read_snapshot(dir)?;
+    let (wal, _) = Wal::open_at(
         &dir.join(WAL_DIR),
         WalOptions::default(),
         ScanMode::CutAtFirstError,
+        snapshot.as_ref().map(|s| (s.index.0, s.term)),
     )?;
-    Ok(entries.len())
+    Ok(wal.last_index())
 }
 
 /// What `inspect` found.
@@ -305,5 +363,7 @@ pub fn repair(dir: &Path) -> Result<usize, StorageError> {
 pub struct Inspection {
     pub meta: Option<Meta>,
     pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    /// The whole log, including entries the snapshot already covers.
     pub scan: wal::Scan,
 }

@@ -2,10 +2,10 @@
 //!
 //! The event loop sends numbered [`Job`]s down a channel and carries on. The
 //! thread takes the first job, then every job that queued up behind it,
-//! writes them all (the newest hard state first, then the entries in
-//! order), makes them durable at once (`Wal::sync`), and reports the
-//! highest job number as [`Durable`], waking the event loop through a
-//! `mio::Waker`. Jobs become durable in the order they were sent.
+//! writes them all (the newest hard state first, then each job's snapshot
+//! and entries in order), makes them durable at once (`Wal::sync`), and
+//! reports the highest job number as [`Durable`], waking the event loop
+//! through a `mio::Waker`. Jobs become durable in the order they were sent.
 //!
 //! A caller that knows the thread is idle (every job it sent has been
 //! reported durable) may instead write a job on its own thread with
@@ -23,18 +23,21 @@ use crossbeam_channel::{Receiver, Sender};
 use log::error;
 
 use super::LogStore;
-use crate::raft::{Entry, HardState};
+use crate::raft::{Entry, HardState, Snapshot};
 
 /// Jobs (and bytes) written under one `fdatasync` at most; the rest wait
 /// for the next round.
 const BATCH_JOBS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 64 << 20;
 
-/// One unit of work: make this hard state and these entries durable.
+/// One unit of work: make this hard state, this snapshot and these
+/// entries durable. The entries follow the snapshot (a follower installs
+/// a leader's snapshot, then appends what comes after it).
 #[derive(Debug, Default)]
 pub struct Job {
     pub seq: u64,
     pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
 }
 
@@ -175,10 +178,12 @@ impl StorageStats {
 }
 
 fn job_bytes(j: &Job) -> usize {
-    j.entries
-        .iter()
-        .map(|e| super::wal::record_bytes(e.data.len()) as usize)
-        .sum()
+    let snapshot = j.snapshot.as_ref().map_or(0, |s| s.data.len());
+    snapshot
+        + j.entries
+            .iter()
+            .map(|e| super::wal::record_bytes(e.data.len()) as usize)
+            .sum::<usize>()
 }
 
 /// Writes the jobs and makes them durable, holding the store's lock. A
@@ -197,6 +202,10 @@ fn write_jobs(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::Stor
         store.save_hard_state(&hs)?;
     }
     for j in batch {
+        // `save_snapshot` makes the appends before it durable itself.
+        if let Some(snap) = &j.snapshot {
+            store.save_snapshot(snap)?;
+        }
         store.append(&j.entries)?;
     }
     store.sync()

@@ -191,6 +191,17 @@ pub struct Scan {
     pub strangers: Vec<PathBuf>,
 }
 
+/// Where `scan` expects the log to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStart {
+    /// At index 1: there is no snapshot, so a log that starts later has
+    /// lost its first segments.
+    AtOne,
+    /// At any index: a snapshot holds what came before. Whether the log
+    /// actually continues the snapshot is for the caller to check.
+    AfterSnapshot,
+}
+
 /// How `scan` treats a bad record before the tail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanMode {
@@ -205,6 +216,11 @@ pub enum ScanMode {
 /// is in the last segment and no intact record follows it; anything else is
 /// corruption and an error naming the file and the offset.
 pub fn scan(dir: &Path, mode: ScanMode) -> Result<Scan, StorageError> {
+    scan_with(dir, mode, LogStart::AtOne)
+}
+
+/// `scan`, saying where the log may start.
+pub fn scan_with(dir: &Path, mode: ScanMode, start: LogStart) -> Result<Scan, StorageError> {
     let mut names = Vec::new();
     let mut strangers = Vec::new();
     let rd = match fs::read_dir(dir) {
@@ -229,6 +245,10 @@ pub fn scan(dir: &Path, mode: ScanMode) -> Result<Scan, StorageError> {
     let count = names.len();
     for (i, (first, path)) in names.iter().enumerate() {
         let (first, path) = (*first, path.clone());
+        // Index 0 is never an entry's: such a segment stays unexpected.
+        if i == 0 && start == LogStart::AfterSnapshot && first > 0 {
+            expected = first;
+        }
         let is_last = i + 1 == count;
         let b = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
         let file_bytes = b.len() as u64;
@@ -398,8 +418,30 @@ impl Wal {
         opts: WalOptions,
         mode: ScanMode,
     ) -> Result<(Wal, Vec<Entry>), StorageError> {
+        Self::open_at(dir, opts, mode, None)
+    }
+
+    /// `open_with` for a log that follows a snapshot of the entries up to
+    /// `snapshot` (its index and its last entry's term), if there is one.
+    /// The first segment may then start past index 1, and only the entries
+    /// after the snapshot are returned. A log that does not continue the
+    /// snapshot (it ends before it, starts after it, or holds another term
+    /// at its index) belongs to the log the snapshot replaced: the crash
+    /// came between writing the snapshot and resetting the log. It is
+    /// reset here, with a warning, so that the entry after the snapshot
+    /// can be appended.
+    pub fn open_at(
+        dir: &Path,
+        opts: WalOptions,
+        mode: ScanMode,
+        snapshot: Option<(u64, Term)>,
+    ) -> Result<(Wal, Vec<Entry>), StorageError> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        let mut scan = scan(dir, mode)?;
+        let start = match snapshot {
+            Some(_) => LogStart::AfterSnapshot,
+            None => LogStart::AtOne,
+        };
+        let mut scan = scan_with(dir, mode, start)?;
         if let Some(t) = scan.torn.clone() {
             warn!(
                 "{}: offset {}: {}; cutting {} bytes of an incomplete last write{}",
@@ -428,9 +470,11 @@ impl Wal {
             .collect();
         let mut stats = WalStats::default();
         if segments.is_empty() {
-            segments.push(create_segment(dir, 1, opts.fsync)?);
+            let first = snapshot.map_or(1, |(index, _)| index.saturating_add(1));
+            segments.push(create_segment(dir, first, opts.fsync)?);
             stats.segments_created += 1;
         }
+        let first_index = segments[0].first_index;
         let last = segments
             .last()
             .ok_or_else(|| StorageError::io(dir, io::ErrorKind::NotFound.into()))?;
@@ -441,23 +485,43 @@ impl Wal {
             .map_err(|e| StorageError::io(&last.path, e))?
             .len()
             .max(written);
-        let last_index = entries.last().map_or(0, |e| e.index.0);
-        Ok((
-            Wal {
-                dir: dir.to_path_buf(),
-                opts,
-                segments,
-                file,
-                direct,
-                written,
-                allocated,
-                buf: Vec::with_capacity(1 << 20),
-                dirty: false,
-                last_index,
-                stats,
-            },
-            entries,
-        ))
+        // The scan's entries run without a gap from the first segment's
+        // first index (at least 1: see `scan_with`).
+        let last_index = first_index - 1 + entries.len() as u64;
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            segments,
+            file,
+            direct,
+            written,
+            allocated,
+            buf: Vec::with_capacity(1 << 20),
+            dirty: false,
+            last_index,
+            stats,
+        };
+        let Some((index, term)) = snapshot else {
+            return Ok((wal, entries));
+        };
+        match entries_after_snapshot(entries, first_index, index, term) {
+            Ok(after) => Ok((wal, after)),
+            Err(why) => {
+                warn!(
+                    "{}: {why}, so it does not continue the snapshot (index {index}, term {term}) \
+                     and belongs to the log the snapshot replaced; starting an empty log at index {}",
+                    dir.display(),
+                    index.saturating_add(1)
+                );
+                wal.reset(index.saturating_add(1))?;
+                Ok((wal, Vec::new()))
+            }
+        }
+    }
+
+    /// Index of the first entry the log holds or will hold.
+    pub fn first_index(&self) -> u64 {
+        self.segments[0].first_index
     }
 
     pub fn last_index(&self) -> u64 {
@@ -473,8 +537,8 @@ impl Wal {
     }
 
     fn current(&self) -> &Segment {
-        // `open` guarantees at least one segment and nothing removes the
-        // first.
+        // `open` guarantees at least one segment; nothing removes the last
+        // but `reset`, which puts a new one in its place.
         &self.segments[self.segments.len() - 1]
     }
 
@@ -691,6 +755,144 @@ impl Wal {
         self.dirty = true;
         Ok(())
     }
+}
+
+impl Wal {
+    /// The term of the entry at `index`, if the log holds it, read back
+    /// from its record.
+    pub fn term_at(&mut self, index: u64) -> Result<Option<Term>, StorageError> {
+        if index < self.first_index() || index > self.last_index {
+            return Ok(None);
+        }
+        // The record may still be in the buffer.
+        self.flush()?;
+        let Some(seg) = self.segments.iter().rev().find(|s| s.first_index <= index) else {
+            return Ok(None);
+        };
+        let Some(&off) = seg.offsets.get((index - seg.first_index) as usize) else {
+            return Ok(None);
+        };
+        let e = read_record(&seg.path, off)?;
+        if e.index.0 != index {
+            return Err(StorageError::corrupt(
+                &seg.path,
+                off,
+                format!("record holds index {}, expected {index}", e.index),
+            ));
+        }
+        Ok(Some(e.term))
+    }
+
+    /// Drops what a snapshot of the entries up to `index` (whose entry had
+    /// `term`) makes unnecessary; the snapshot must be durable already. If
+    /// the log continues the snapshot (holds that entry, or starts right
+    /// after it), the segments wholly at or before `index` go, except the
+    /// one being written and the one holding `index` (recovery checks the
+    /// snapshot's term against it). Otherwise the log is of another
+    /// history (a follower given the leader's snapshot) and is reset to
+    /// an empty segment starting at `index + 1`.
+    pub fn compact(&mut self, index: u64, term: Term) -> Result<(), StorageError> {
+        let continues =
+            self.first_index() == index.saturating_add(1) || self.term_at(index)? == Some(term);
+        if continues {
+            self.remove_segments_through(index)
+        } else {
+            self.reset(index.saturating_add(1))
+        }
+    }
+
+    /// Removes the segments before the one holding `index` (never the
+    /// last). Oldest first: a crash part way leaves a log that starts
+    /// later, never one with a hole.
+    fn remove_segments_through(&mut self, index: u64) -> Result<(), StorageError> {
+        let keep = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_index <= index)
+            .unwrap_or(0)
+            .min(self.segments.len() - 1);
+        if keep == 0 {
+            return Ok(());
+        }
+        for s in self.segments.drain(..keep) {
+            fs::remove_file(&s.path).map_err(|e| StorageError::io(&s.path, e))?;
+            debug!("{}: removed (covered by the snapshot)", s.path.display());
+        }
+        if self.opts.fsync {
+            fsync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole log with an empty segment starting at `first`.
+    /// The old segments go newest first, so that a crash part way leaves a
+    /// prefix of the old log, which recovery sees does not continue the
+    /// snapshot; a suffix could start right after the snapshot and pass for
+    /// its continuation. For the same reason the removals are durable
+    /// before the new segment is created.
+    fn reset(&mut self, first: u64) -> Result<(), StorageError> {
+        self.buf.clear();
+        for s in self.segments.drain(..).rev() {
+            fs::remove_file(&s.path).map_err(|e| StorageError::io(&s.path, e))?;
+        }
+        if self.opts.fsync {
+            fsync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
+        }
+        let seg = create_segment(&self.dir, first, self.opts.fsync)?;
+        (self.file, self.direct) = open_last(&seg.path, self.opts)?;
+        self.written = seg.len;
+        self.allocated = seg.len;
+        self.segments.push(seg);
+        self.dirty = false;
+        self.last_index = first - 1;
+        self.stats.segments_created += 1;
+        Ok(())
+    }
+}
+
+/// The entries of a log that starts at `first` which come after a
+/// snapshot at (`index`, `term`), or why the log does not continue that
+/// snapshot.
+fn entries_after_snapshot(
+    mut entries: Vec<Entry>,
+    first: u64,
+    index: u64,
+    term: Term,
+) -> Result<Vec<Entry>, String> {
+    let last = first - 1 + entries.len() as u64;
+    if first > index.saturating_add(1) {
+        return Err(format!(
+            "the log starts at index {first}, after the snapshot's {index} + 1"
+        ));
+    }
+    if last < index {
+        return Err(format!(
+            "the log ends at index {last}, before the snapshot's {index}"
+        ));
+    }
+    if index >= first {
+        let held = entries[(index - first) as usize].term;
+        if held != term {
+            return Err(format!("the log's entry {index} has term {held}"));
+        }
+    }
+    Ok(entries.split_off((index + 1 - first) as usize))
+}
+
+/// Reads back and checks the record at `off` in the segment at `path`.
+fn read_record(path: &Path, off: u64) -> Result<Entry, StorageError> {
+    let f = File::open(path).map_err(|e| StorageError::io(path, e))?;
+    let mut head = [0u8; RECORD_HEADER_BYTES];
+    f.read_exact_at(&mut head, off)
+        .map_err(|e| StorageError::io(path, e))?;
+    let len = (LittleEndian::read_u32(&head[..4]) as usize)
+        .min(RECORD_FIXED_BYTES + ENTRY_DATA_BYTES_MAX);
+    let mut b = vec![0u8; RECORD_HEADER_BYTES + len];
+    f.read_exact_at(&mut b, off)
+        .map_err(|e| StorageError::io(path, e))?;
+    decode_record(&b, 0)
+        .map(|(e, _)| e)
+        .map_err(|why| StorageError::corrupt(path, off, why))
 }
 
 /// Opens the last segment for appends: the file itself, and a direct

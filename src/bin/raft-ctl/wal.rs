@@ -1,4 +1,6 @@
 //! Offline commands on a stopped node's data dir: `wal-dump`, `wal-repair`.
+//! The log they show includes entries a snapshot already covers (a
+//! compacted log keeps the segment that holds the snapshot's index).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,7 +11,7 @@ use serde_json::json;
 
 use crate::{fail, payload, EXIT_ERROR};
 
-/// Prints the meta, hard state, segments and entries of `dir`.
+/// Prints the meta, hard state, snapshot, segments and entries of `dir`.
 pub fn dump(dir: &Path, json_out: bool, entries_too: bool) -> ExitCode {
     if !dir.is_dir() {
         return fail(2, format!("{}: not a directory", dir.display()));
@@ -26,6 +28,9 @@ pub fn dump(dir: &Path, json_out: bool, entries_too: bool) -> ExitCode {
             "hard_state": ins.hard_state.map(|h| json!({
                 "current_term": h.current_term.0,
                 "voted_for": h.voted_for.map(|v| v.0),
+            })),
+            "snapshot": ins.snapshot.as_ref().map(|s| json!({
+                "index": s.index.0, "term": s.term.0, "bytes": s.data.len(),
             })),
             "segments": ins.scan.segments.iter().map(|s| json!({
                 "file": s.path.display().to_string(),
@@ -64,6 +69,15 @@ pub fn dump(dir: &Path, json_out: bool, entries_too: bool) -> ExitCode {
             h.voted_for.map_or("nobody".into(), |v| v.to_string())
         ),
         None => println!("no hard state file"),
+    }
+    match &ins.snapshot {
+        Some(s) => println!(
+            "snapshot up to index {} (term {}), {} bytes",
+            s.index,
+            s.term,
+            s.data.len()
+        ),
+        None => println!("no snapshot"),
     }
     println!(
         "{} entries (index {}..={}, last term {last_term}) in {} segments",
