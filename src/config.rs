@@ -49,6 +49,8 @@ struct RawCluster {
     append_bytes_max: Option<usize>,
     inflight_msgs_max: Option<usize>,
     segment_bytes_max: Option<u64>,
+    snapshot_entries: Option<u64>,
+    snapshot_keep_entries: Option<u64>,
     fsync: Option<bool>,
     direct_io: Option<bool>,
     pre_vote: Option<bool>,
@@ -75,6 +77,12 @@ pub struct ClusterConfig {
     pub append_bytes_max: usize,
     pub inflight_msgs_max: usize,
     pub segment_bytes_max: u64,
+    /// Take a snapshot of the state machine (and compact the log) once
+    /// this many entries were applied since the last one; 0: never.
+    pub snapshot_entries: u64,
+    /// Entries kept in memory behind a snapshot, so that a follower a
+    /// little behind gets entries rather than the whole snapshot.
+    pub snapshot_keep_entries: u64,
     /// Off only for experiments: a crash can then lose acknowledged writes.
     pub fsync: bool,
     /// With fsync on: write the log with O_DIRECT | O_DSYNC where the file
@@ -174,6 +182,8 @@ impl Config {
             append_bytes_max: c.append_bytes_max.unwrap_or(1 << 20),
             inflight_msgs_max: c.inflight_msgs_max.unwrap_or(64).max(1),
             segment_bytes_max: c.segment_bytes_max.unwrap_or(64 << 20),
+            snapshot_entries: c.snapshot_entries.unwrap_or(100_000),
+            snapshot_keep_entries: c.snapshot_keep_entries.unwrap_or(5_000),
             fsync: c.fsync.unwrap_or(true),
             direct_io: c.direct_io.unwrap_or(true),
             pre_vote: c.pre_vote.unwrap_or(true),

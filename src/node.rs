@@ -22,7 +22,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::config::Config;
 use crate::kv::{ClientId, CommandRef, KvStore, OpRef, OpResult};
 use crate::raft::rng::Rng;
-use crate::raft::{self, Entry, EntryKind, LogIndex, Message, NodeId, NotLeader, Raft, Role};
+use crate::raft::{
+    self, Entry, EntryKind, LogIndex, Message, NodeId, NotLeader, Raft, Role, Snapshot,
+};
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
 use crate::wire::{
     decode_frame_ref, encode_frame, ErrorCode, FaultSpec, Frame, FrameRef, KvRequestRef,
@@ -214,8 +216,30 @@ impl Node {
         let Recovered {
             hard_state,
             entries,
+            snapshot,
             ..
         } = recovered;
+        let kv = match &snapshot {
+            Some(snap) => {
+                let kv = KvStore::restore(&snap.data).map_err(|e| {
+                    NodeError::Storage(format!(
+                        "{}: the snapshot at index {} does not decode: {e}",
+                        me.data_dir.join("snapshot").display(),
+                        snap.index
+                    ))
+                })?;
+                if kv.last_applied() != snap.index {
+                    return Err(NodeError::Storage(format!(
+                        "{}: the snapshot at index {} holds the state at index {}",
+                        me.data_dir.join("snapshot").display(),
+                        snap.index,
+                        kv.last_applied()
+                    )));
+                }
+                kv
+            }
+            None => KvStore::new(),
+        };
         let (emin, emax) = config.election_timeout_ticks();
         let mut rc = raft::Config::new(id, config.ids());
         rc.election_timeout_ticks_min = emin;
@@ -232,12 +256,20 @@ impl Node {
             ^ id.0;
         rc.seed = seed;
         info!(
-            "{id}: starting with term {} vote {:?} and {} log entries",
+            "{id}: starting with term {} vote {:?}, {} and {} log entries",
             hard_state.current_term,
             hard_state.voted_for.map(|v| v.to_string()),
+            snapshot
+                .as_ref()
+                .map_or("no snapshot".to_string(), |s| format!(
+                    "a snapshot at {}/{} ({} bytes)",
+                    s.index,
+                    s.term,
+                    s.data.len()
+                )),
             entries.len()
         );
-        let raft = Raft::new(rc, hard_state, entries);
+        let raft = Raft::restore(rc, hard_state, snapshot, entries);
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(me.addr).map_err(|source| NodeError::Bind {
             addr: me.addr,
@@ -277,7 +309,7 @@ impl Node {
             storage_seq: 0,
             storage_durable: 0,
             after_durable: VecDeque::new(),
-            kv: KvStore::new(),
+            kv,
             poll,
             listener,
             conns: IdMap::default(),
@@ -1012,23 +1044,31 @@ impl Node {
             for m in rd.messages {
                 self.send_message(m);
             }
+            if let Some(snap) = &rd.snapshot {
+                self.install_snapshot(snap)?;
+            }
             if must_persist {
                 self.storage_seq += 1;
-                let last = rd.entries.last().map(|e| (e.index, e.term));
+                let last = rd
+                    .entries
+                    .last()
+                    .map(|e| (e.index, e.term))
+                    .or(rd.snapshot.as_ref().map(|s| (s.index, s.term)));
                 let job = Job {
                     seq: self.storage_seq,
                     hard_state: rd.hard_state,
-                    snapshot: None,
+                    snapshot: rd.snapshot,
                     entries: rd.entries,
                 };
                 let idle = self.storage_seq == self.storage_durable + 1;
                 // Nothing else in flight: a vote, or one entry right after
                 // the commit index (one client waiting, nothing to batch).
-                let lone = match &job.entries[..] {
-                    [] => true,
-                    [e] => e.index == self.raft.commit_index().next(),
-                    _ => false,
-                };
+                let lone = job.snapshot.is_none()
+                    && match &job.entries[..] {
+                        [] => true,
+                        [e] => e.index == self.raft.commit_index().next(),
+                        _ => false,
+                    };
                 self.after_durable
                     .push_back((self.storage_seq, last, rd.messages_after_persist));
                 // Such a job, at a follower whose storage thread is idle,
@@ -1062,6 +1102,7 @@ impl Node {
             for e in rd.committed_entries {
                 self.apply(e);
             }
+            self.maybe_snapshot()?;
             for rs in rd.read_states {
                 if let Some(w) = self.waiting_reads.remove(&rs.id) {
                     self.confirmed_reads.push((rs.index, w));
@@ -1101,6 +1142,74 @@ impl Node {
                 self.send_message(m);
             }
         }
+    }
+
+    /// The leader sent its snapshot: it replaces the state machine (the
+    /// core has already replaced the log).
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
+        let kv = KvStore::restore(&snap.data).map_err(|e| {
+            NodeError::Storage(format!(
+                "the leader's snapshot at {}/{} does not decode: {e}",
+                snap.index, snap.term
+            ))
+        })?;
+        info!(
+            "{}: installed the leader's snapshot at {}/{} ({} bytes, {} keys)",
+            self.id,
+            snap.index,
+            snap.term,
+            snap.data.len(),
+            kv.len()
+        );
+        self.kv = kv;
+        Ok(())
+    }
+
+    /// Every `snapshot_entries` applied entries: snapshot the state
+    /// machine, let the core drop the log behind it (keeping
+    /// `snapshot_keep_entries`), and have the storage thread write it and
+    /// delete the WAL segments it covers.
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let every = self.config.cluster.snapshot_entries;
+        let applied = self.raft.last_applied();
+        let last = self.raft.snapshot().map_or(LogIndex(0), |s| s.index);
+        if every == 0 || applied.0 < last.0 + every {
+            return Ok(());
+        }
+        let Some(term) = self.raft.log().term_at(applied) else {
+            return Ok(());
+        };
+        debug_assert_eq!(self.kv.last_applied(), applied);
+        let started = Instant::now();
+        let snap = Snapshot {
+            index: applied,
+            term,
+            data: self.kv.snapshot().into(),
+        };
+        let keep = self.config.cluster.snapshot_keep_entries;
+        self.raft
+            .compact(snap.clone(), LogIndex((applied.0 + 1).saturating_sub(keep)));
+        info!(
+            "{}: snapshot at {applied}/{term} ({} bytes, {} keys, {} µs); log now from {}",
+            self.id,
+            snap.data.len(),
+            self.kv.len(),
+            started.elapsed().as_micros(),
+            self.raft.log().first_index()
+        );
+        self.storage_seq += 1;
+        self.after_durable
+            .push_back((self.storage_seq, None, Vec::new()));
+        let job = Job {
+            seq: self.storage_seq,
+            hard_state: None,
+            snapshot: Some(snap),
+            entries: Vec::new(),
+        };
+        if !self.storage.submit(job) {
+            return Err(NodeError::Storage("the storage thread has stopped".into()));
+        }
+        Ok(())
     }
 
     fn apply(&mut self, e: Entry) {

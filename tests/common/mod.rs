@@ -45,10 +45,16 @@ pub fn free_port() -> u16 {
 
 impl TestCluster {
     pub fn start(n: u64) -> TestCluster {
+        TestCluster::start_with(n, "")
+    }
+
+    /// As `start`, with `extra` lines added to the `[cluster]` table.
+    pub fn start_with(n: u64, extra: &str) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut text = String::from(
             "[cluster]\nname = \"test\"\ndata_dir = \"data\"\nelection_timeout_ms = [300, 600]\nheartbeat_interval_ms = 50\n",
         );
+        text.push_str(extra);
         for id in 1..=n {
             text.push_str(&format!(
                 "\n[[node]]\nid = {id}\naddr = \"127.0.0.1:{}\"\n",

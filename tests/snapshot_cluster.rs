@@ -1,0 +1,87 @@
+//! Snapshots over real processes: a follower that was down while the
+//! others compacted their logs catches up from the leader's snapshot, and a
+//! whole cluster restarts from snapshot plus WAL with its data intact.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{put, TestCluster};
+const SMALL_SNAPSHOTS: &str =
+    "snapshot_entries = 50\nsnapshot_keep_entries = 10\nsegment_bytes_max = 65536\n";
+
+fn wal_segments(tc: &TestCluster, id: u64) -> usize {
+    let dir = tc.dir.path().join(format!("data/n{id}/wal"));
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn lagging_follower_catches_up_from_a_snapshot_and_all_restart_intact() {
+    let mut tc = TestCluster::start_with(3, SMALL_SNAPSHOTS);
+    let leader = tc.wait_leader(&[1, 2, 3]);
+    let lagger = if leader == 3 { 2 } else { 3 };
+    tc.kill(lagger);
+    let mut c = tc.client();
+    // Values of 2 000 bytes fill 64 KiB segments every ~30 entries.
+    let pad = "x".repeat(2_000);
+    for i in 0..400 {
+        put(&mut c, &format!("k{}", i % 20), &format!("v{i}-{pad}"));
+    }
+    put(&mut c, "last", "before-restart");
+
+    // The leader compacted: its log starts well past 1, and old segments
+    // are gone.
+    let st = tc.status(&mut c, leader).expect("leader status");
+    assert!(
+        st.first_index.0 > 300,
+        "leader log still starts at {}",
+        st.first_index
+    );
+    assert!(
+        wal_segments(&tc, leader) < 10,
+        "leader keeps {} WAL segments",
+        wal_segments(&tc, leader)
+    );
+
+    tc.start_node(lagger);
+    tc.wait_value_everywhere(&[lagger], "last", "before-restart");
+    tc.wait_value_everywhere(&[lagger], "k19", &format!("v399-{pad}"));
+    let log =
+        std::fs::read_to_string(tc.dir.path().join(format!("n{lagger}.log"))).expect("node log");
+    assert!(
+        log.contains("installed the leader's snapshot"),
+        "n{lagger} caught up without a snapshot"
+    );
+
+    // Everyone restarts from snapshot + WAL.
+    for id in 1..=3 {
+        tc.kill(id);
+    }
+    for id in 1..=3 {
+        tc.start_node(id);
+    }
+    tc.wait_leader(&[1, 2, 3]);
+    tc.wait_value_everywhere(&[1, 2, 3], "last", "before-restart");
+    tc.wait_value_everywhere(&[1, 2, 3], "k7", &format!("v387-{pad}"));
+    let mut c = tc.client();
+    put(&mut c, "after", "restart");
+    tc.wait_value_everywhere(&[1, 2, 3], "after", "restart");
+    // Every node's commit index covers everything written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let commits: Vec<u64> = (1..=3)
+            .filter_map(|id| tc.status(&mut c, id).map(|s| s.commit_index.0))
+            .collect();
+        if commits.len() == 3 && commits.iter().all(|&x| x >= 402) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "commit indexes {commits:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
