@@ -2,31 +2,39 @@
 # Failure drills: a fresh local cluster, a recorded load, a fault schedule,
 # heal, settle, verify every node, check the history for linearizability.
 #
-#   scripts/drill.sh NAME [--seconds S] [--release] [--keep]
+#   scripts/drill.sh NAME [--seconds S] [--release] [--keep] [--snapshot-entries N]
 #
 # NAME: leader-kill rolling-restart minority-partition leader-isolated
 #       flaky-network pause crash-all majority-down, or all.
 # --seconds S   how long faults are injected (default 60; CI uses 10)
 # --release     use release binaries
 # --keep        keep the drill's directory (kept anyway when a drill fails)
+# --snapshot-entries N  nodes snapshot and compact every N applied entries
+#               (default 5000, far below the node's default, so that faults
+#               also hit snapshot writes and InstallSnapshot; 0 = never)
 #
 # Ends with one verdict line per drill; exits 0 only if every drill passed.
 # Nodes are started and stopped by PID only.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_drills=(leader-kill rolling-restart minority-partition leader-isolated flaky-network pause crash-all majority-down)
-usage() { echo "usage: $0 NAME|all [--seconds S] [--release] [--keep]   (NAME: ${all_drills[*]})" >&2; exit 2; }
+usage() { echo "usage: $0 NAME|all [--seconds S] [--release] [--keep] [--snapshot-entries N]   (NAME: ${all_drills[*]})" >&2; exit 2; }
 name="${1:-}"; [ -n "$name" ] || usage; shift
-seconds=60; profile=debug; keep=0
+seconds=60; profile=debug; keep=0; snapshot_entries=5000
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="${2:?}"; shift 2 ;;
     --release) profile=release; shift ;;
     --keep) keep=1; shift ;;
+    --snapshot-entries) snapshot_entries="${2:?}"; shift 2 ;;
     *) usage ;;
   esac
 done
 case "$seconds" in ''|*[!0-9]*) echo "--seconds takes whole seconds" >&2; exit 2 ;; esac
+case "$snapshot_entries" in ''|*[!0-9]*) echo "--snapshot-entries takes a whole number" >&2; exit 2 ;; esac
+# Read by setup() in scripts/lib.sh.
+cluster_extra="snapshot_entries = $snapshot_entries
+snapshot_keep_entries = $(( snapshot_entries / 5 ))"
 if [ "$name" != all ]; then
   case " ${all_drills[*]} " in *" $name "*) ;; *) usage ;; esac
 fi

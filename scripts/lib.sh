@@ -16,7 +16,7 @@ pick_ports() {
 
 ctl() { "$bin/raft-ctl" --config "$cfg" --timeout 5 "$@"; }
 
-setup() {  # NAME: a fresh 3-node cluster in a new temp dir
+setup() {  # NAME: a fresh 3-node cluster in a new temp dir ($cluster_extra: more [cluster] lines)
   work="$(mktemp -d "${TMPDIR:-/tmp}/raftkit-$1.XXXXXX")"
   cfg="$work/cluster.toml"
   read -r p1 p2 p3 <<<"$(pick_ports)"
@@ -26,6 +26,7 @@ name = "drill"
 data_dir = "data"
 election_timeout_ms = [300, 600]
 heartbeat_interval_ms = 50
+${cluster_extra:-}
 
 [[node]]
 id = 1

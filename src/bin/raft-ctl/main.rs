@@ -460,7 +460,7 @@ fn log_all(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
         let arr: Vec<Value> = logs
             .iter()
             .map(|(id, l)| match l {
-                Some((c, es)) => json!({"id": id.0, "reachable": true, "commit_index": c.0, "terms": es.iter().map(|e| e.term.0).collect::<Vec<_>>()}),
+                Some((c, es)) => json!({"id": id.0, "reachable": true, "commit_index": c.0, "first_index": es.first().map_or(c.0 + 1, |e| e.index.0), "terms": es.iter().map(|e| e.term.0).collect::<Vec<_>>()}),
                 None => json!({"id": id.0, "reachable": false}),
             })
             .collect();
@@ -470,7 +470,7 @@ fn log_all(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
     let last = logs
         .iter()
         .filter_map(|(_, l)| l.as_ref())
-        .map(|(_, es)| es.len())
+        .filter_map(|(_, es)| es.last().map(|e| e.index.0 as usize))
         .max()
         .unwrap_or(0);
     let first = last.saturating_sub(40) + 1;
@@ -485,10 +485,19 @@ fn log_all(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
         match l {
             None => println!("  (down)"),
             Some((commit, es)) => {
+                // A node's log may start past 1 (compacted behind a
+                // snapshot): `s` marks indexes its snapshot holds.
+                let held_from = es
+                    .first()
+                    .map_or(commit.0 as usize + 1, |e| e.index.0 as usize);
                 for i in first..=last {
-                    let cell = es
-                        .get(i - 1)
-                        .map_or(String::from("."), |e| e.term.0.to_string());
+                    let cell = if i < held_from && i as u64 <= commit.0 {
+                        String::from("s")
+                    } else {
+                        i.checked_sub(held_from)
+                            .and_then(|k| es.get(k))
+                            .map_or(String::from("."), |e| e.term.0.to_string())
+                    };
                     let mark = if i as u64 == commit.0 { "|" } else { "" };
                     print!("{:>w$}", format!("{cell}{mark}"), w = w);
                 }
@@ -503,6 +512,13 @@ fn log_all(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
         );
     } else {
         println!("(cells are terms; | marks each node's commit index)");
+    }
+    if logs
+        .iter()
+        .filter_map(|(_, l)| l.as_ref())
+        .any(|(_, es)| es.first().is_some_and(|e| e.index.0 > 1))
+    {
+        println!("(s: compacted into the node's snapshot)");
     }
     ExitCode::SUCCESS
 }

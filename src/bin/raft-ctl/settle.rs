@@ -32,7 +32,7 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
     // 1. One leader that everyone follows; every node applied everything,
     //    and no node holds an uncommitted entry (a deposed leader's are
     //    gone).
-    let (leader, term, commit) = loop {
+    let (leader, term, commit, first) = loop {
         let st: Vec<_> = config
             .nodes
             .iter()
@@ -50,7 +50,10 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
                         && s.last_index == l.commit_index
                 });
             if agreed {
-                break (l.id, l.current_term, l.commit_index);
+                // Each node compacts its log behind its own snapshots:
+                // compare what every one of them still holds.
+                let first = all.iter().map(|s| s.first_index.0).max().unwrap_or(1);
+                break (l.id, l.current_term, l.commit_index, first);
             }
         }
         if Instant::now() >= deadline {
@@ -81,13 +84,14 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    // 2. Identical logs up to the commit index.
-    let reference = match client.log(leader, 1, commit.0) {
+    // 2. Identical logs up to the commit index (from the first index every
+    //    node holds; the values checked below cover what snapshots hold).
+    let reference = match client.log(leader, first, commit.0) {
         Ok((_, l)) => l,
         Err(e) => return fail(EXIT_ERROR, format!("{leader}: {e}")),
     };
     for n in config.nodes.iter().filter(|n| n.id != leader) {
-        let log = match client.log(n.id, 1, commit.0) {
+        let log = match client.log(n.id, first, commit.0) {
             Ok((_, l)) => l,
             Err(e) => return fail(EXIT_ERROR, format!("{}: {e}", n.id)),
         };
