@@ -173,6 +173,7 @@ fn group_commit(dir: &Path, queued: usize, secs: f64) -> (f64, f64) {
                     kind: EntryKind::Command,
                     data: data.clone(),
                 }],
+                release: Vec::new(),
             });
         } else {
             std::thread::sleep(Duration::from_micros(20));

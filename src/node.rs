@@ -1059,6 +1059,7 @@ impl Node {
                     hard_state: rd.hard_state,
                     snapshot: rd.snapshot,
                     entries: rd.entries,
+                    release: Vec::new(),
                 };
                 let idle = self.storage_seq == self.storage_durable + 1;
                 // Nothing else in flight: a vote, or one entry right after
@@ -1187,15 +1188,18 @@ impl Node {
             data: self.kv.snapshot().into(),
         };
         let keep = self.config.cluster.snapshot_keep_entries;
-        self.raft
+        let encoded = started.elapsed();
+        let release = self
+            .raft
             .compact(snap.clone(), LogIndex((applied.0 + 1).saturating_sub(keep)));
         info!(
-            "{}: snapshot at {applied}/{term} ({} bytes, {} keys, {} µs); log now from {}",
+            "{}: snapshot at {applied}/{term} ({} bytes, {} keys, encoded in {} µs); log now from {}, {} entries to free",
             self.id,
             snap.data.len(),
             self.kv.len(),
-            started.elapsed().as_micros(),
-            self.raft.log().first_index()
+            encoded.as_micros(),
+            self.raft.log().first_index(),
+            release.len()
         );
         self.storage_seq += 1;
         self.after_durable
@@ -1205,6 +1209,7 @@ impl Node {
             hard_state: None,
             snapshot: Some(snap),
             entries: Vec::new(),
+            release,
         };
         if !self.storage.submit(job) {
             return Err(NodeError::Storage("the storage thread has stopped".into()));

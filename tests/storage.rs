@@ -411,6 +411,7 @@ fn storage_thread_group_commits_in_order() {
             hard_state: hs,
             snapshot: None,
             entries: vec![entry(i, 1, b"x")],
+            release: Vec::new(),
         }));
     }
     let mut last = 0;
@@ -452,6 +453,7 @@ fn inline_writes_interleave_with_the_thread() {
                 hard_state: None,
                 snapshot: None,
                 entries: vec![entry(i, if round > 10 { 2 } else { 1 }, b"thread")],
+                release: Vec::new(),
             }));
         }
         loop {
@@ -481,6 +483,7 @@ fn inline_writes_interleave_with_the_thread() {
             hard_state: hs,
             snapshot: None,
             entries: vec![entry(i, term, b"inline")],
+            release: Vec::new(),
         })
         .unwrap();
         if round == 10 {
@@ -493,6 +496,7 @@ fn inline_writes_interleave_with_the_thread() {
                     hard_state: None,
                     snapshot: None,
                     entries: vec![entry(j, 2, data)],
+                    release: Vec::new(),
                 })
                 .unwrap();
             }
@@ -921,12 +925,14 @@ fn storage_thread_writes_snapshots_in_order() {
             hard_state: Some(term(1)),
             snapshot: None,
             entries: entries(1, 100, 1),
+            release: Vec::new(),
         },
         Job {
             seq: 2,
             hard_state: None,
             snapshot: Some(snap(80, 1)),
             entries: entries(101, 110, 1),
+            release: Vec::new(),
         },
         // A leader's snapshot past the log, and what follows it.
         Job {
@@ -934,6 +940,7 @@ fn storage_thread_writes_snapshots_in_order() {
             hard_state: Some(term(2)),
             snapshot: Some(snap(500, 2)),
             entries: entries(501, 505, 2),
+            release: Vec::new(),
         },
     ];
     let mut second_dir = None;

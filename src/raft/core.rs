@@ -424,7 +424,8 @@ impl Raft {
     /// snapshot's index), so that a follower a little behind still gets
     /// entries rather than the whole snapshot. The caller makes the
     /// snapshot durable before it deletes any stored entry it covers.
-    pub fn compact(&mut self, snapshot: Snapshot, keep_from: LogIndex) {
+    /// Returns the entries dropped, for the caller to free.
+    pub fn compact(&mut self, snapshot: Snapshot, keep_from: LogIndex) -> Vec<Entry> {
         assert!(
             snapshot.index <= self.last_applied,
             "snapshot at {} past last applied {}",
@@ -436,7 +437,7 @@ impl Raft {
             .as_ref()
             .is_some_and(|s| s.index >= snapshot.index)
         {
-            return;
+            return Vec::new();
         }
         assert_eq!(
             self.log.term_at(snapshot.index),
@@ -446,9 +447,7 @@ impl Raft {
             snapshot.term
         );
         let to = keep_from.prev().min(snapshot.index);
-        if to > self.log.offset() {
-            self.log.compact_to(to);
-        }
+        let dropped = self.log.compact_to(to);
         debug!(
             "{} t{}: snapshot at {}/{}, log from {}",
             self.id(),
@@ -458,6 +457,7 @@ impl Raft {
             self.log.first_index()
         );
         self.snapshot = Some(snapshot);
+        dropped
     }
 
     /// Starts an election now (as if the election timer had fired), with a
@@ -967,7 +967,7 @@ impl Raft {
         if index > self.commit_index {
             if self.log.term_at(index) == Some(term) {
                 // Our log agrees up to the snapshot: keep what follows.
-                self.log.compact_to(index);
+                drop(self.log.compact_to(index));
             } else {
                 info!(
                     "{} t{}: installing snapshot {index}/{term} from {leader}; dropping the log {}..{}",
