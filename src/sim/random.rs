@@ -122,6 +122,9 @@ struct SimNode {
     /// `sm_index`; its snapshot is these two numbers.
     sm_index: u64,
     sm_hash: u64,
+    /// The commit index at the last check, since the last restart: it
+    /// never decreases while the node is up.
+    seen_commit: u64,
     /// Entries applied since the last restart or installed snapshot, from
     /// `applied_base + 1`.
     applied_base: u64,
@@ -205,6 +208,7 @@ impl Sim {
                 writing: Vec::new(),
                 sm_index: 0,
                 sm_hash: CHAIN_START,
+                seen_commit: 0,
                 applied_base: 0,
                 applied: Vec::new(),
             };
@@ -384,6 +388,7 @@ impl Sim {
         node.sm_index = index;
         node.sm_hash = hash;
         node.applied_base = index;
+        node.seen_commit = 0;
         node.down_until = self.now + down;
         self.report.crashes += 1;
         let id = node.id;
@@ -495,6 +500,12 @@ impl Sim {
                     self.committed.len()
                 ))
             }
+        }
+        if index < self.nodes[i].sm_index {
+            return Err(format!(
+                "step {}: {} rolled its state machine back from {} to a snapshot at {index}",
+                self.now, self.nodes[i].id, self.nodes[i].sm_index
+            ));
         }
         let node = &mut self.nodes[i];
         node.sm_index = index;
@@ -688,6 +699,13 @@ impl Sim {
                 }
                 self.leader_logs.insert(id, (term, first, terms));
             }
+            if r.commit_index().0 < self.nodes[i].seen_commit {
+                return Err(format!(
+                    "step {now}: {id} commit index went back from {} to {}",
+                    self.nodes[i].seen_commit,
+                    r.commit_index()
+                ));
+            }
             if r.last_applied() > r.commit_index() {
                 return Err(format!(
                     "step {now}: {id} applied {} past commit {}",
@@ -726,6 +744,11 @@ impl Sim {
                     }
                     None => self.committed.push((e.term, e.data.clone(), term)),
                 }
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(r) = node.raft.as_ref() {
+                node.seen_commit = r.commit_index().0;
             }
         }
         // State Machine Safety on what was actually applied.
