@@ -438,7 +438,7 @@ mod tests {
     use super::*;
     use crate::kv::{Command, Op};
 
-    fn entry(client: u64, seq: u64, op: Op) -> Vec<u8> {
+    pub(super) fn entry(client: u64, seq: u64, op: Op) -> Vec<u8> {
         let mut out = Vec::new();
         Command {
             client_id: client,
@@ -449,7 +449,7 @@ mod tests {
         out
     }
 
-    fn put(k: &str, v: &str) -> Op {
+    pub(super) fn put(k: &str, v: &str) -> Op {
         Op::Put {
             key: k.into(),
             value: v.into(),
@@ -586,27 +586,10 @@ mod tests {
 
 #[cfg(test)]
 mod snapshot_tests {
+    use super::tests::{entry, put};
     use super::*;
-    use crate::kv::{Command, Op};
+    use crate::kv::Op;
     use proptest::prelude::*;
-
-    fn entry(client: u64, seq: u64, op: Op) -> Vec<u8> {
-        let mut out = Vec::new();
-        Command {
-            client_id: client,
-            seq,
-            op,
-        }
-        .encode(&mut out);
-        out
-    }
-
-    fn put(k: &str, v: &str) -> Op {
-        Op::Put {
-            key: k.into(),
-            value: v.into(),
-        }
-    }
 
     fn cas(k: &str, expected: Option<&str>, new: &str) -> Op {
         Op::Cas {

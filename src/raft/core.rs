@@ -879,19 +879,7 @@ impl Raft {
         leader_commit: LogIndex,
         read_round: u64,
     ) {
-        if self.role == Role::Leader {
-            // Two leaders in one term would break Election Safety.
-            panic!(
-                "{} t{}: AppendEntries from {leader} in our own term",
-                self.id(),
-                self.current_term
-            );
-        }
-        if self.role != Role::Follower {
-            self.become_follower(self.current_term, Some(leader));
-        }
-        self.leader = Some(leader);
-        self.election_elapsed = 0;
+        self.heard_from_leader(leader, "AppendEntries");
 
         // Set the answer to a rejection with a hint; overwrite it on success.
         let our_prev_term = if prev_log_index < self.log.offset() {
@@ -948,12 +936,13 @@ impl Raft {
         self.reply(leader, reply, true);
     }
 
-    /// The leader of our term sent its snapshot: we lack entries it has
-    /// compacted away (Raft paper, section 7).
-    fn handle_install_snapshot(&mut self, leader: NodeId, snapshot: Snapshot, read_round: u64) {
+    /// A message only the leader of our term sends: follow it and reset
+    /// the election timer.
+    fn heard_from_leader(&mut self, leader: NodeId, what: &str) {
         if self.role == Role::Leader {
+            // Two leaders in one term would break Election Safety.
             panic!(
-                "{} t{}: InstallSnapshot from {leader} in our own term",
+                "{} t{}: {what} from {leader} in our own term",
                 self.id(),
                 self.current_term
             );
@@ -963,6 +952,12 @@ impl Raft {
         }
         self.leader = Some(leader);
         self.election_elapsed = 0;
+    }
+
+    /// The leader of our term sent its snapshot: we lack entries it has
+    /// compacted away (Raft paper, section 7).
+    fn handle_install_snapshot(&mut self, leader: NodeId, snapshot: Snapshot, read_round: u64) {
+        self.heard_from_leader(leader, "InstallSnapshot");
         let (index, term) = (snapshot.index, snapshot.term);
         if index > self.commit_index {
             if self.log.term_at(index) == Some(term) {
