@@ -71,6 +71,7 @@ signal_node() {  # ID SIGNAL [nowait]
   return 0
 }
 stop_nodes() {
+  [ -n "${work:-}" ] || return 0  # stopped before any cluster was set up
   for id in 1 2 3; do
     local f; f=$(pidfile "$id")
     if [ -f "$f" ]; then
