@@ -28,7 +28,7 @@ use crate::raft::{
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
 use crate::wire::{
     decode_frame_ref, encode_frame, ErrorCode, FaultSpec, Frame, FrameRef, KvRequestRef,
-    NodeStatus, RequestBody, ResponseBody, Sender,
+    NodeStatus, RequestBody, ResponseBody, Sender, SNAPSHOT_DATA_BYTES_MAX,
 };
 
 /// Connections (clients and peers) open at once; more are refused.
@@ -183,6 +183,8 @@ pub struct Node {
     /// Reads confirmed by a quorum, waiting for `last_applied` to reach them.
     confirmed_reads: Vec<(LogIndex, ReadWaiter)>,
     next_read_id: u64,
+    /// Where the last snapshot was taken, or skipped as too large to send.
+    snapshot_tried: LogIndex,
     /// Connections with bytes to send, flushed once per loop iteration.
     dirty: Vec<Token>,
     /// Reused for every socket read.
@@ -319,6 +321,7 @@ impl Node {
             waiting_reads: IdMap::default(),
             confirmed_reads: Vec::new(),
             next_read_id: 1,
+            snapshot_tried: LogIndex(0),
             dirty: Vec::new(),
             read_chunk: vec![0; READ_CHUNK_BYTES],
             entry_buf: Vec::new(),
@@ -1173,10 +1176,15 @@ impl Node {
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let every = self.config.cluster.snapshot_entries;
         let applied = self.raft.last_applied();
-        let last = self.raft.snapshot().map_or(LogIndex(0), |s| s.index);
+        let last = self
+            .raft
+            .snapshot()
+            .map_or(LogIndex(0), |s| s.index)
+            .max(self.snapshot_tried);
         if every == 0 || applied.0 < last.0 + every {
             return Ok(());
         }
+        self.snapshot_tried = applied;
         let Some(term) = self.raft.log().term_at(applied) else {
             return Ok(());
         };
@@ -1187,8 +1195,19 @@ impl Node {
             term,
             data: self.kv.snapshot().into(),
         };
-        let keep = self.config.cluster.snapshot_keep_entries;
         let encoded = started.elapsed();
+        if snap.data.len() > SNAPSHOT_DATA_BYTES_MAX {
+            // A follower that fell behind could never be sent it (one
+            // frame at most): keep the log rather than compact it away.
+            warn!(
+                "{}: not compacting: the state is {} bytes, past the {} a snapshot can carry to a follower",
+                self.id,
+                snap.data.len(),
+                SNAPSHOT_DATA_BYTES_MAX
+            );
+            return Ok(());
+        }
+        let keep = self.config.cluster.snapshot_keep_entries;
         let release = self
             .raft
             .compact(snap.clone(), LogIndex((applied.0 + 1).saturating_sub(keep)));
