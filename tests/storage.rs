@@ -973,3 +973,39 @@ fn storage_thread_writes_snapshots_in_order() {
     assert_eq!(rec.snapshot, Some(snap(500, 2)));
     assert_eq!(rec.entries, entries(501, 505, 2));
 }
+
+#[test]
+fn background_snapshots_remove_the_segments_they_cover_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("n1");
+    let opts = small(512);
+    let mut s = store_with(&d, opts, 200, 1);
+    let before = segment_firsts(&d);
+    assert!(before.len() > 10, "{before:?}");
+    // Two snapshots of entries the log holds, handed to the background
+    // writer one after the other; the log goes on meanwhile.
+    s.save_snapshot_background(&snap(before[3], 1)).unwrap();
+    s.save_snapshot_background(&snap(150, 1)).unwrap();
+    s.append(&entries(201, 220, 1)).unwrap();
+    s.sync().unwrap();
+    s.wait_snapshots().unwrap();
+    let holder = *before.iter().rfind(|&&f| f <= 150).unwrap();
+    assert_eq!(segment_firsts(&d)[0], holder);
+    assert_eq!(s.wal().first_index(), holder);
+    drop(s);
+    let (mut s, rec) = DiskStore::open(&d, &owner(1), opts).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(150, 1)));
+    assert_eq!(rec.entries, entries(151, 220, 1));
+    // A snapshot the log does not hold (a leader's, of another history)
+    // after a background one: written in order, the log reset after it.
+    s.save_snapshot_background(&snap(210, 1)).unwrap();
+    s.save_hard_state(&term(3)).unwrap();
+    s.save_snapshot_background(&snap(300, 3)).unwrap();
+    s.append(&entries(301, 305, 3)).unwrap();
+    s.sync().unwrap();
+    s.wait_snapshots().unwrap();
+    drop(s);
+    let (_, rec) = DiskStore::open(&d, &owner(1), opts).unwrap();
+    assert_eq!(rec.snapshot, Some(snap(300, 3)));
+    assert_eq!(rec.entries, entries(301, 305, 3));
+}

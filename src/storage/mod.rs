@@ -133,6 +133,16 @@ pub trait LogStore: Send + 'static {
     /// at `snap.index + 1`. `snap` is not older than the snapshot saved
     /// before it.
     fn save_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError>;
+    /// As `save_snapshot`, but where the log already holds the snapshot's
+    /// last entry durably (a node's own snapshot), the snapshot file and
+    /// the removal of the segments it covers may be finished on another
+    /// thread: a snapshot of entries the log holds adds nothing durable,
+    /// so nothing needs to wait for it, and writing it and removing a
+    /// 64 MiB segment take tens of milliseconds that would stall every
+    /// commit.
+    fn save_snapshot_background(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        self.save_snapshot(snap)
+    }
 }
 
 /// A node's data dir on disk.
@@ -140,6 +150,9 @@ pub struct DiskStore {
     dir: PathBuf,
     wal: Wal,
     fsync: bool,
+    /// Writes snapshots of entries the log holds, and removes the segments
+    /// they cover, off the storage thread (`save_snapshot_background`).
+    background: Option<SnapshotWriter>,
 }
 
 const WAL_DIR: &str = "wal";
@@ -212,6 +225,7 @@ impl DiskStore {
                 dir: dir.to_path_buf(),
                 wal,
                 fsync: opts.fsync,
+                background: None,
             },
             Recovered {
                 hard_state,
@@ -293,6 +307,126 @@ impl DiskStore {
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
+
+    /// Waits until every snapshot handed to the background writer is
+    /// durable and the segments it covers are removed; reports its
+    /// failure, if any.
+    pub fn wait_snapshots(&mut self) -> Result<(), StorageError> {
+        match &mut self.background {
+            Some(w) => w.wait_idle(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One snapshot for the background writer: write it durably, then remove
+/// the segments it covers.
+struct SnapshotTask {
+    snap: Snapshot,
+    segments: Vec<PathBuf>,
+}
+
+/// A thread that writes snapshots and removes segments in the order they
+/// are handed over, so that an older snapshot never replaces a newer one.
+struct SnapshotWriter {
+    tx: Option<crossbeam_channel::Sender<SnapshotTask>>,
+    /// One message per finished task: its failure, if any.
+    done: crossbeam_channel::Receiver<Option<StorageError>>,
+    outstanding: usize,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    fn spawn(dir: PathBuf, wal_dir: PathBuf, fsync: bool) -> io::Result<SnapshotWriter> {
+        let (tx, rx) = crossbeam_channel::unbounded::<SnapshotTask>();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let handle = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                for task in rx {
+                    let t0 = std::time::Instant::now();
+                    let r = files::write_snapshot(&dir, &task.snap, fsync).and_then(|()| {
+                        let t1 = std::time::Instant::now();
+                        wal::remove_segments(&wal_dir, &task.segments, fsync)?;
+                        info!(
+                            "{}: snapshot at {}/{} saved ({} bytes) in {} µs; {} segments it covers removed in {} µs",
+                            dir.display(),
+                            task.snap.index,
+                            task.snap.term,
+                            task.snap.data.len(),
+                            (t1 - t0).as_micros(),
+                            task.segments.len(),
+                            t1.elapsed().as_micros()
+                        );
+                        Ok(())
+                    });
+                    if done_tx.send(r.err()).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(SnapshotWriter {
+            tx: Some(tx),
+            done,
+            outstanding: 0,
+            handle: Some(handle),
+        })
+    }
+
+    fn submit(&mut self, task: SnapshotTask) -> Result<(), StorageError> {
+        self.collect(false)?;
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(task).is_ok());
+        if !sent {
+            return Err(StorageError::io(
+                Path::new("snapshot"),
+                io::Error::other("the snapshot writer has stopped"),
+            ));
+        }
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// Takes the reports of finished tasks (all of them when `wait`);
+    /// the first failure is returned.
+    fn collect(&mut self, wait: bool) -> Result<(), StorageError> {
+        while self.outstanding > 0 {
+            let report = if wait {
+                self.done.recv().ok()
+            } else {
+                match self.done.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(crossbeam_channel::TryRecvError::Empty) => return Ok(()),
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => None,
+                }
+            };
+            self.outstanding -= 1;
+            match report {
+                Some(None) => {}
+                Some(Some(e)) => return Err(e),
+                None => {
+                    return Err(StorageError::io(
+                        Path::new("snapshot"),
+                        io::Error::other("the snapshot writer stopped"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_idle(&mut self) -> Result<(), StorageError> {
+        self.collect(true)
+    }
+}
+
+impl Drop for SnapshotWriter {
+    /// Finishes what was handed over, then joins the thread.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl LogStore for DiskStore {
@@ -319,9 +453,38 @@ impl LogStore for DiskStore {
     /// that no segment is removed before the snapshot that replaces it is
     /// durable.
     fn save_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        // An older snapshot still being written must not land after this.
+        self.wait_snapshots()?;
         self.wal.sync()?;
         files::write_snapshot(&self.dir, snap, self.fsync)?;
         self.wal.compact(snap.index.0, snap.term)
+    }
+
+    fn save_snapshot_background(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        self.wal.sync()?;
+        if !self.wal.continues(snap.index.0, snap.term)? {
+            // The log is of another history and must be reset before the
+            // next append: everything in order, here.
+            return self.save_snapshot(snap);
+        }
+        // The log holds every entry the snapshot covers, durably: until
+        // the snapshot file is durable, recovery still has them. The
+        // segments it covers leave the log now and the disk after it.
+        let segments = self.wal.detach_through(snap.index.0);
+        if self.background.is_none() {
+            let writer =
+                SnapshotWriter::spawn(self.dir.clone(), self.dir.join(WAL_DIR), self.fsync)
+                    .map_err(|e| StorageError::io(&self.dir, e))?;
+            self.background = Some(writer);
+        }
+        let task = SnapshotTask {
+            snap: snap.clone(),
+            segments,
+        };
+        match &mut self.background {
+            Some(w) => w.submit(task),
+            None => Ok(()),
+        }
     }
 }
 

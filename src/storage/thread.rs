@@ -206,9 +206,9 @@ fn write_jobs(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::Stor
         store.save_hard_state(&hs)?;
     }
     for j in batch {
-        // `save_snapshot` makes the appends before it durable itself.
+        // Saving a snapshot makes the appends before it durable itself.
         if let Some(snap) = &j.snapshot {
-            store.save_snapshot(snap)?;
+            store.save_snapshot_background(snap)?;
         }
         store.append(&j.entries)?;
     }

@@ -792,36 +792,32 @@ impl Wal {
     /// history (a follower given the leader's snapshot) and is reset to
     /// an empty segment starting at `index + 1`.
     pub fn compact(&mut self, index: u64, term: Term) -> Result<(), StorageError> {
-        let continues =
-            self.first_index() == index.saturating_add(1) || self.term_at(index)? == Some(term);
-        if continues {
-            self.remove_segments_through(index)
+        if self.continues(index, term)? {
+            let paths = self.detach_through(index);
+            remove_segments(&self.dir, &paths, self.opts.fsync)
         } else {
             self.reset(index.saturating_add(1))
         }
     }
 
-    /// Removes the segments before the one holding `index` (never the
-    /// last). Oldest first: a crash part way leaves a log that starts
-    /// later, never one with a hole.
-    fn remove_segments_through(&mut self, index: u64) -> Result<(), StorageError> {
+    /// Whether the log continues a snapshot at (`index`, `term`): it holds
+    /// that entry, or starts right after it.
+    pub fn continues(&mut self, index: u64, term: Term) -> Result<bool, StorageError> {
+        Ok(self.first_index() == index.saturating_add(1) || self.term_at(index)? == Some(term))
+    }
+
+    /// Takes the segments before the one holding `index` (never the last)
+    /// out of the log, which no longer reads or writes them, and returns
+    /// their paths, oldest first, for `remove_segments` once a snapshot
+    /// covering them is durable.
+    pub fn detach_through(&mut self, index: u64) -> Vec<PathBuf> {
         let keep = self
             .segments
             .iter()
             .rposition(|s| s.first_index <= index)
             .unwrap_or(0)
-            .min(self.segments.len() - 1);
-        if keep == 0 {
-            return Ok(());
-        }
-        for s in self.segments.drain(..keep) {
-            fs::remove_file(&s.path).map_err(|e| StorageError::io(&s.path, e))?;
-            debug!("{}: removed (covered by the snapshot)", s.path.display());
-        }
-        if self.opts.fsync {
-            fsync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
-        }
-        Ok(())
+            .min(self.segments.len().saturating_sub(1));
+        self.segments.drain(..keep).map(|s| s.path).collect()
     }
 
     /// Replaces the whole log with an empty segment starting at `first`.
@@ -848,6 +844,23 @@ impl Wal {
         self.stats.segments_created += 1;
         Ok(())
     }
+}
+
+/// Deletes detached segments (see `Wal::detach_through`), oldest first, so
+/// that a crash part way leaves a log that starts later, never one with a
+/// hole; then makes the removals durable.
+pub fn remove_segments(dir: &Path, paths: &[PathBuf], fsync: bool) -> Result<(), StorageError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    for p in paths {
+        fs::remove_file(p).map_err(|e| StorageError::io(p, e))?;
+        debug!("{}: removed (covered by the snapshot)", p.display());
+    }
+    if fsync {
+        fsync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    }
+    Ok(())
 }
 
 /// The entries of a log that starts at `first` which come after a
