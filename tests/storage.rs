@@ -955,6 +955,12 @@ fn storage_thread_writes_snapshots_in_order() {
                     Durable::Failed(e) => panic!("{e}"),
                 }
             }
+            // The snapshot of entries the log holds is written, and the
+            // segments it covers removed, by a background thread: poll.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while segment_firsts(&d)[0] == 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             second_dir = Some(segment_firsts(&d));
         }
     }
