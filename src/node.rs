@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::kv::{ClientId, CommandRef, KvStore, OpRef, OpResult};
 use crate::raft::rng::Rng;
 use crate::raft::{
-    self, Entry, EntryKind, LogIndex, Message, NodeId, NotLeader, Raft, Role, Snapshot,
+    self, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, NotLeader, Raft, Role, Snapshot,
 };
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
 use crate::wire::{
@@ -185,6 +185,8 @@ pub struct Node {
     next_read_id: u64,
     /// Where the last snapshot was taken, or skipped as too large to send.
     snapshot_tried: LogIndex,
+    /// The state of the last snapshot a peer sent, decoded when it arrived.
+    decoded_snapshot: Option<(LogIndex, raft::Term, KvStore)>,
     /// Connections with bytes to send, flushed once per loop iteration.
     dirty: Vec<Token>,
     /// Reused for every socket read.
@@ -322,6 +324,7 @@ impl Node {
             confirmed_reads: Vec::new(),
             next_read_id: 1,
             snapshot_tried: LogIndex(0),
+            decoded_snapshot: None,
             dirty: Vec::new(),
             read_chunk: vec![0; READ_CHUNK_BYTES],
             entry_buf: Vec::new(),
@@ -770,6 +773,9 @@ impl Node {
                 if self.partitioned_from(p) {
                     return Ok(());
                 }
+                if let MessageBody::InstallSnapshot { snapshot, .. } = &m.body {
+                    self.decode_snapshot(p, snapshot)?;
+                }
                 self.raft.step(m);
                 Ok(())
             }
@@ -1148,15 +1154,43 @@ impl Node {
         }
     }
 
+    /// A snapshot from a peer is decoded before the core sees it: one that
+    /// does not decode is a bad frame (the link closes, the node goes on),
+    /// not a state the core has already switched to.
+    fn decode_snapshot(&mut self, from: NodeId, snap: &Snapshot) -> Result<(), String> {
+        if snap.index <= self.raft.commit_index() {
+            return Ok(()); // the core acknowledges it and changes nothing
+        }
+        let kv = KvStore::restore(&snap.data).map_err(|e| {
+            format!(
+                "{from} sent a snapshot at {}/{} that does not decode: {e}",
+                snap.index, snap.term
+            )
+        })?;
+        if kv.last_applied() != snap.index {
+            return Err(format!(
+                "{from} sent a snapshot at {}/{} holding the state at {}",
+                snap.index,
+                snap.term,
+                kv.last_applied()
+            ));
+        }
+        self.decoded_snapshot = Some((snap.index, snap.term, kv));
+        Ok(())
+    }
+
     /// The leader sent its snapshot: it replaces the state machine (the
     /// core has already replaced the log).
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
-        let kv = KvStore::restore(&snap.data).map_err(|e| {
-            NodeError::Storage(format!(
-                "the leader's snapshot at {}/{} does not decode: {e}",
-                snap.index, snap.term
-            ))
-        })?;
+        let kv = match self.decoded_snapshot.take() {
+            Some((index, term, kv)) if index == snap.index && term == snap.term => kv,
+            _ => KvStore::restore(&snap.data).map_err(|e| {
+                NodeError::Storage(format!(
+                    "the leader's snapshot at {}/{} does not decode: {e}",
+                    snap.index, snap.term
+                ))
+            })?,
+        };
         info!(
             "{}: installed the leader's snapshot at {}/{} ({} bytes, {} keys)",
             self.id,

@@ -85,3 +85,68 @@ fn lagging_follower_catches_up_from_a_snapshot_and_all_restart_intact() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A snapshot whose state does not decode, from a node posing as the
+/// leader, closes that link and is logged; the follower keeps its state
+/// and goes on following the real leader.
+#[test]
+fn a_snapshot_that_does_not_decode_closes_the_link_only() {
+    use raftkit::raft::{LogIndex, Message, MessageBody, NodeId, Snapshot};
+    use raftkit::wire::{encode_frame, Frame, Sender};
+    use std::io::Write;
+
+    let tc = TestCluster::start(3);
+    let leader = tc.wait_leader(&[1, 2, 3]);
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let mut c = tc.client();
+    put(&mut c, "before", "1");
+    tc.wait_value_everywhere(&[follower], "before", "1");
+    let term = tc.status(&mut c, follower).expect("status").current_term;
+
+    let addr = tc.config.node(NodeId(follower)).expect("node").addr;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut out = Vec::new();
+    encode_frame(
+        &Frame::Hello {
+            cluster: tc.config.cluster.name.clone(),
+            from: Sender::Peer(NodeId(leader)),
+        },
+        &mut out,
+    );
+    let bogus = Message {
+        from: NodeId(leader),
+        to: NodeId(follower),
+        term,
+        body: MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                index: LogIndex(1_000_000),
+                term,
+                data: b"not a key-value state".to_vec().into(),
+            },
+            read_round: 0,
+        },
+    };
+    encode_frame(&Frame::Raft(bogus), &mut out);
+    s.write_all(&out).expect("send");
+
+    let log_path = tc.dir.path().join(format!("n{follower}.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("does not decode")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bad snapshot was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    put(&mut c, "after", "2");
+    tc.wait_value_everywhere(&[follower], "after", "2");
+    tc.wait_value_everywhere(&[follower], "before", "1");
+    let st = tc.status(&mut c, follower).expect("status");
+    assert!(
+        st.commit_index.0 < 1_000_000,
+        "the bogus snapshot was taken"
+    );
+}
