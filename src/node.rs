@@ -224,24 +224,9 @@ impl Node {
             ..
         } = recovered;
         let kv = match &snapshot {
-            Some(snap) => {
-                let kv = KvStore::restore(&snap.data).map_err(|e| {
-                    NodeError::Storage(format!(
-                        "{}: the snapshot at index {} does not decode: {e}",
-                        me.data_dir.join("snapshot").display(),
-                        snap.index
-                    ))
-                })?;
-                if kv.last_applied() != snap.index {
-                    return Err(NodeError::Storage(format!(
-                        "{}: the snapshot at index {} holds the state at index {}",
-                        me.data_dir.join("snapshot").display(),
-                        snap.index,
-                        kv.last_applied()
-                    )));
-                }
-                kv
-            }
+            Some(snap) => kv_of_snapshot(snap).map_err(|e| {
+                NodeError::Storage(format!("{}: {e}", me.data_dir.join("snapshot").display()))
+            })?,
             None => KvStore::new(),
         };
         let (emin, emax) = config.election_timeout_ticks();
@@ -1161,20 +1146,7 @@ impl Node {
         if snap.index <= self.raft.commit_index() {
             return Ok(()); // the core acknowledges it and changes nothing
         }
-        let kv = KvStore::restore(&snap.data).map_err(|e| {
-            format!(
-                "{from} sent a snapshot at {}/{} that does not decode: {e}",
-                snap.index, snap.term
-            )
-        })?;
-        if kv.last_applied() != snap.index {
-            return Err(format!(
-                "{from} sent a snapshot at {}/{} holding the state at {}",
-                snap.index,
-                snap.term,
-                kv.last_applied()
-            ));
-        }
+        let kv = kv_of_snapshot(snap).map_err(|e| format!("from {from}: {e}"))?;
         self.decoded_snapshot = Some((snap.index, snap.term, kv));
         Ok(())
     }
@@ -1184,12 +1156,8 @@ impl Node {
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
         let kv = match self.decoded_snapshot.take() {
             Some((index, term, kv)) if index == snap.index && term == snap.term => kv,
-            _ => KvStore::restore(&snap.data).map_err(|e| {
-                NodeError::Storage(format!(
-                    "the leader's snapshot at {}/{} does not decode: {e}",
-                    snap.index, snap.term
-                ))
-            })?,
+            _ => kv_of_snapshot(snap)
+                .map_err(|e| NodeError::Storage(format!("from the leader: {e}")))?,
         };
         info!(
             "{}: installed the leader's snapshot at {}/{} ({} bytes, {} keys)",
@@ -1342,6 +1310,26 @@ impl Node {
 }
 
 /// Why a frame of this type may not come on a connection of this kind.
+/// The key-value state a snapshot holds, which must be the state at the
+/// snapshot's index.
+fn kv_of_snapshot(snap: &Snapshot) -> Result<KvStore, String> {
+    let kv = KvStore::restore(&snap.data).map_err(|e| {
+        format!(
+            "the snapshot at {}/{} does not decode: {e}",
+            snap.index, snap.term
+        )
+    })?;
+    if kv.last_applied() != snap.index {
+        return Err(format!(
+            "the snapshot at {}/{} holds the state at {}",
+            snap.index,
+            snap.term,
+            kv.last_applied()
+        ));
+    }
+    Ok(kv)
+}
+
 fn misplaced(kind: ConnKind, frame: &str) -> String {
     match kind {
         ConnKind::Pending => format!("expected Hello first, got {frame}"),
