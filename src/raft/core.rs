@@ -1161,25 +1161,18 @@ impl Raft {
                 .max(2);
             match pr.state {
                 ProgressState::Probe => pr.probe_sent = false,
-                ProgressState::Snapshot => {
-                    pr.stalled_heartbeats += 1;
-                    if pr.stalled_heartbeats >= stall_max {
-                        debug!(
-                            "{} t{}: snapshot to {peer} unanswered; probing",
-                            self.config.id, self.current_term
-                        );
-                        let next = pr.match_index.next();
-                        pr.become_probe(next);
-                    }
-                }
-                ProgressState::Replicate => {
-                    if !pr.inflight.is_empty() && pr.match_index < last_index {
+                ProgressState::Replicate | ProgressState::Snapshot => {
+                    // A snapshot out is unanswered until acknowledged;
+                    // pipelined messages while something is unacknowledged.
+                    if pr.state == ProgressState::Snapshot
+                        || (!pr.inflight.is_empty() && pr.match_index < last_index)
+                    {
                         pr.stalled_heartbeats += 1;
                     }
                     if pr.stalled_heartbeats >= stall_max {
                         debug!(
-                            "{} t{}: replication to {peer} stalled; probing",
-                            self.config.id, self.current_term
+                            "{} t{}: replication to {peer} stalled ({:?}); probing",
+                            self.config.id, self.current_term, pr.state
                         );
                         let next = pr.match_index.next();
                         pr.become_probe(next);
