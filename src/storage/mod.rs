@@ -377,10 +377,7 @@ impl SnapshotWriter {
         self.collect(false)?;
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(task).is_ok());
         if !sent {
-            return Err(StorageError::io(
-                Path::new("snapshot"),
-                io::Error::other("the snapshot writer has stopped"),
-            ));
+            return Err(writer_stopped());
         }
         self.outstanding += 1;
         Ok(())
@@ -403,12 +400,7 @@ impl SnapshotWriter {
             match report {
                 Some(None) => {}
                 Some(Some(e)) => return Err(e),
-                None => {
-                    return Err(StorageError::io(
-                        Path::new("snapshot"),
-                        io::Error::other("the snapshot writer stopped"),
-                    ))
-                }
+                None => return Err(writer_stopped()),
             }
         }
         Ok(())
@@ -417,6 +409,13 @@ impl SnapshotWriter {
     fn wait_idle(&mut self) -> Result<(), StorageError> {
         self.collect(true)
     }
+}
+
+fn writer_stopped() -> StorageError {
+    StorageError::io(
+        Path::new("snapshot"),
+        io::Error::other("the snapshot writer has stopped"),
+    )
 }
 
 impl Drop for SnapshotWriter {
@@ -471,20 +470,17 @@ impl LogStore for DiskStore {
         // the snapshot file is durable, recovery still has them. The
         // segments it covers leave the log now and the disk after it.
         let segments = self.wal.detach_through(snap.index.0);
-        if self.background.is_none() {
-            let writer =
+        let writer = match &mut self.background {
+            Some(w) => w,
+            None => self.background.insert(
                 SnapshotWriter::spawn(self.dir.clone(), self.dir.join(WAL_DIR), self.fsync)
-                    .map_err(|e| StorageError::io(&self.dir, e))?;
-            self.background = Some(writer);
-        }
-        let task = SnapshotTask {
+                    .map_err(|e| StorageError::io(&self.dir, e))?,
+            ),
+        };
+        writer.submit(SnapshotTask {
             snap: snap.clone(),
             segments,
-        };
-        match &mut self.background {
-            Some(w) => w.submit(task),
-            None => Ok(()),
-        }
+        })
     }
 }
 
