@@ -27,8 +27,9 @@ use crate::raft::{
 };
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
 use crate::wire::{
-    decode_frame_ref, encode_frame, ErrorCode, FaultSpec, Frame, FrameRef, KvRequestRef,
-    NodeStatus, RequestBody, ResponseBody, Sender, SNAPSHOT_DATA_BYTES_MAX,
+    decode_frame_ref, decode_raft_fragments, encode_frame, encode_raft_fragments, ErrorCode,
+    FaultSpec, Frame, FrameRef, KvRequestRef, NodeStatus, RequestBody, ResponseBody, Sender,
+    FRAGMENTED_BYTES_MAX, SNAPSHOT_DATA_BYTES_MAX,
 };
 
 /// Connections (clients and peers) open at once; more are refused.
@@ -103,6 +104,9 @@ struct Conn {
     writable_registered: bool,
     /// In `Node::dirty`, to be flushed at the end of the loop iteration.
     dirty: bool,
+    /// The fragments of a Raft message received so far (an inbound peer
+    /// link; empty between messages).
+    fragments: Vec<u8>,
 }
 
 struct PeerLink {
@@ -413,6 +417,7 @@ impl Node {
                 close_after_flush: false,
                 writable_registered: connecting,
                 dirty: false,
+                fragments: Vec::new(),
             },
         );
         Ok(token)
@@ -751,6 +756,25 @@ impl Node {
                 Ok(())
             }
             (ConnKind::Pending, f) => Err(misplaced(ConnKind::Pending, frame_name(&f))),
+            (ConnKind::InPeer(p), Frame::Fragment { last, data }) => {
+                let Some(c) = self.conns.get_mut(&token) else {
+                    return Ok(());
+                };
+                if c.fragments.len() + data.len() > FRAGMENTED_BYTES_MAX {
+                    return Err(format!(
+                        "{p} sent a message of more than {FRAGMENTED_BYTES_MAX} bytes in fragments"
+                    ));
+                }
+                c.fragments.extend_from_slice(&data);
+                if !last {
+                    return Ok(());
+                }
+                let body = std::mem::take(&mut c.fragments);
+                let m = decode_raft_fragments(&body)
+                    .map_err(|e| format!("{p} sent a bad message in fragments: {e}"))?;
+                drop(body);
+                self.handle_frame(token, Frame::Raft(m))
+            }
             (ConnKind::InPeer(p), Frame::Raft(m)) => {
                 if m.from != p || m.to != self.id {
                     return Err(format!("{p} sent a message addressed {}->{}", m.from, m.to));
@@ -1012,7 +1036,12 @@ impl Node {
             );
             return;
         }
-        encode_frame(&Frame::Raft(m), &mut c.write_buf);
+        if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+            // A snapshot may not fit one frame.
+            encode_raft_fragments(&m, &mut c.write_buf);
+        } else {
+            encode_frame(&Frame::Raft(m), &mut c.write_buf);
+        }
         self.mark_dirty(token);
     }
 
@@ -1199,8 +1228,8 @@ impl Node {
         };
         let encoded = started.elapsed();
         if snap.data.len() > SNAPSHOT_DATA_BYTES_MAX {
-            // A follower that fell behind could never be sent it (one
-            // frame at most): keep the log rather than compact it away.
+            // A follower that fell behind could never be sent it: keep
+            // the log rather than compact it away.
             warn!(
                 "{}: not compacting: the state is {} bytes, past the {} a snapshot can carry to a follower",
                 self.id,
@@ -1343,6 +1372,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::HelloOk { .. } => "HelloOk",
         Frame::HelloReject { .. } => "HelloReject",
         Frame::Raft(_) => "Raft",
+        Frame::Fragment { .. } => "Fragment",
         Frame::Request { .. } => "Request",
         Frame::Response { .. } => "Response",
     }

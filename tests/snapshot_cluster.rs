@@ -87,12 +87,13 @@ fn lagging_follower_catches_up_from_a_snapshot_and_all_restart_intact() {
 }
 
 /// A snapshot whose state does not decode, from a node posing as the
-/// leader, closes that link and is logged; the follower keeps its state
-/// and goes on following the real leader.
+/// leader, closes that link and is logged, and so do fragments that do not
+/// join into a message; the follower keeps its state and goes on following
+/// the real leader.
 #[test]
 fn a_snapshot_that_does_not_decode_closes_the_link_only() {
     use raftkit::raft::{LogIndex, Message, MessageBody, NodeId, Snapshot};
-    use raftkit::wire::{encode_frame, Frame, Sender};
+    use raftkit::wire::{encode_frame, encode_raft_fragments, Frame, Sender};
     use std::io::Write;
 
     let tc = TestCluster::start(3);
@@ -104,15 +105,30 @@ fn a_snapshot_that_does_not_decode_closes_the_link_only() {
     let term = tc.status(&mut c, follower).expect("status").current_term;
 
     let addr = tc.config.node(NodeId(follower)).expect("node").addr;
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    let mut out = Vec::new();
-    encode_frame(
-        &Frame::Hello {
-            cluster: tc.config.cluster.name.clone(),
-            from: Sender::Peer(NodeId(leader)),
-        },
-        &mut out,
-    );
+    let log_path = tc.dir.path().join(format!("n{follower}.log"));
+    // Connects as the leader, sends `frames` after the Hello, and waits
+    // for the follower to log `reason`.
+    let send_as_leader = |frames: &[u8], reason: &str| {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let mut out = Vec::new();
+        encode_frame(
+            &Frame::Hello {
+                cluster: tc.config.cluster.name.clone(),
+                from: Sender::Peer(NodeId(leader)),
+            },
+            &mut out,
+        );
+        out.extend_from_slice(frames);
+        s.write_all(&out).expect("send");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains(reason)
+        {
+            assert!(Instant::now() < deadline, "not reported: {reason}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     let bogus = Message {
         from: NodeId(leader),
         to: NodeId(follower),
@@ -126,21 +142,22 @@ fn a_snapshot_that_does_not_decode_closes_the_link_only() {
             read_round: 0,
         },
     };
-    encode_frame(&Frame::Raft(bogus), &mut out);
-    s.write_all(&out).expect("send");
-
-    let log_path = tc.dir.path().join(format!("n{follower}.log"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("does not decode")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the bad snapshot was not reported"
+    // In fragments, as a leader sends it.
+    let mut frames = Vec::new();
+    encode_raft_fragments(&bogus, &mut frames);
+    send_as_leader(&frames, "does not decode");
+    // Fragments whose joined bytes are not a message.
+    let mut frames = Vec::new();
+    for (last, data) in [(false, &b"\0\0\0"[..]), (true, &b"not a message"[..])] {
+        encode_frame(
+            &Frame::Fragment {
+                last,
+                data: data.to_vec(),
+            },
+            &mut frames,
         );
-        std::thread::sleep(Duration::from_millis(50));
     }
+    send_as_leader(&frames, "sent a bad message in fragments");
     put(&mut c, "after", "2");
     tc.wait_value_everywhere(&[follower], "after", "2");
     tc.wait_value_everywhere(&[follower], "before", "1");
@@ -148,5 +165,39 @@ fn a_snapshot_that_does_not_decode_closes_the_link_only() {
     assert!(
         st.commit_index.0 < 1_000_000,
         "the bogus snapshot was taken"
+    );
+}
+
+/// A state larger than one frame (64 MiB) is still snapshotted, compacted
+/// and sent to a follower that needs it: InstallSnapshot travels in
+/// fragments.
+#[test]
+fn a_snapshot_larger_than_a_frame_reaches_a_lagging_follower() {
+    let mut tc = TestCluster::start_with(3, "snapshot_entries = 40\nsnapshot_keep_entries = 5\n");
+    let leader = tc.wait_leader(&[1, 2, 3]);
+    let lagger = if leader == 3 { 2 } else { 3 };
+    tc.kill(lagger);
+    let mut c = tc.client();
+    // 90 distinct keys of 1 MiB: the snapshot at entry 80 holds about
+    // 80 MiB of state.
+    let pad = "y".repeat(1 << 20);
+    for i in 0..90 {
+        put(&mut c, &format!("big{i}"), &format!("{i}-{pad}"));
+    }
+    let st = tc.status(&mut c, leader).expect("leader status");
+    assert!(
+        st.first_index.0 > 60,
+        "the leader did not compact (log from {}): the state was too large?",
+        st.first_index
+    );
+
+    tc.start_node(lagger);
+    tc.wait_value_everywhere(&[lagger], "big89", &format!("89-{pad}"));
+    tc.wait_value_everywhere(&[lagger], "big0", &format!("0-{pad}"));
+    let log =
+        std::fs::read_to_string(tc.dir.path().join(format!("n{lagger}.log"))).expect("node log");
+    assert!(
+        log.contains("installed the leader's snapshot"),
+        "n{lagger} caught up without a snapshot"
     );
 }

@@ -9,9 +9,9 @@ use raftkit::raft::{
 };
 use raftkit::wire::codec::DecodeError;
 use raftkit::wire::{
-    decode_frame, decode_frame_ref, encode_frame, FaultSpec, Frame, FrameError, FrameRef,
-    NodeStatus, RequestBody, ResponseBody, Sender, FRAME_BYTES_MAX, HEADER_BYTES,
-    SNAPSHOT_DATA_BYTES_MAX,
+    decode_frame, decode_frame_ref, decode_raft_fragments, encode_frame, encode_raft_fragments,
+    FaultSpec, Frame, FrameError, FrameRef, NodeStatus, RequestBody, ResponseBody, Sender,
+    FRAGMENTED_BYTES_MAX, FRAGMENT_BYTES_MAX, HEADER_BYTES, SNAPSHOT_DATA_BYTES_MAX,
 };
 
 struct Rng(u64);
@@ -66,6 +66,10 @@ fn samples() -> Vec<Vec<u8>> {
                 read_round: 4,
             },
         }),
+        Frame::Fragment {
+            last: false,
+            data: b"part of a message".to_vec(),
+        },
         Frame::Request {
             request_id: 9,
             body: RequestBody::Kv {
@@ -295,8 +299,108 @@ fn wire_install_snapshot_layout_is_as_documented() {
     expected.extend_from_slice(b"xyz");
     assert_eq!(body, &expected[..]);
     assert_eq!(b[3], 10, "a Raft frame");
-    // The largest snapshot that can be sent fills a frame exactly.
-    assert_eq!(body.len() - 3 + SNAPSHOT_DATA_BYTES_MAX, FRAME_BYTES_MAX);
+    // The largest snapshot that can be sent fills the fragments' bound
+    // exactly.
+    assert_eq!(
+        body.len() - 3 + SNAPSHOT_DATA_BYTES_MAX,
+        FRAGMENTED_BYTES_MAX
+    );
+}
+
+fn snapshot_message(data: &[u8]) -> raftkit::raft::Message {
+    match install_snapshot(data, 2) {
+        Frame::Raft(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+/// Decodes `buf` as a run of Fragment frames and joins their payloads;
+/// checks that only the last is flagged and none is over the maximum.
+fn join_fragments(mut buf: &[u8]) -> (Vec<u8>, usize) {
+    let mut joined = Vec::new();
+    let mut n = 0;
+    while !buf.is_empty() {
+        let (frame, used) = decode_frame(buf).expect("valid").expect("whole");
+        assert_eq!(buf[3], 11, "a Fragment frame");
+        let Frame::Fragment { last, data } = frame else {
+            panic!("not a fragment: {frame:?}");
+        };
+        assert!(data.len() <= FRAGMENT_BYTES_MAX);
+        buf = &buf[used..];
+        assert_eq!(last, buf.is_empty(), "only the last fragment is flagged");
+        joined.extend_from_slice(&data);
+        n += 1;
+    }
+    (joined, n)
+}
+
+/// An InstallSnapshot in fragments: as many as the message needs, each at
+/// most 1 MiB of payload, which joined are the body of the Raft frame that
+/// would carry it whole.
+#[test]
+fn wire_install_snapshot_in_fragments_round_trips() {
+    for (len, fragments) in [
+        (0, 1),
+        (100, 1),
+        (FRAGMENT_BYTES_MAX - 53, 1),
+        (FRAGMENT_BYTES_MAX - 52, 2),
+        (5 * FRAGMENT_BYTES_MAX / 2, 3),
+    ] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let m = snapshot_message(&data);
+        let mut out = Vec::new();
+        encode_raft_fragments(&m, &mut out);
+        let (joined, n) = join_fragments(&out);
+        assert_eq!(n, fragments, "fragments for {len} bytes");
+        let mut whole = Vec::new();
+        encode_frame(&Frame::Raft(m.clone()), &mut whole);
+        assert_eq!(joined, whole[HEADER_BYTES..], "the Raft frame's body");
+        assert_eq!(decode_raft_fragments(&joined).expect("decodes"), m);
+    }
+}
+
+/// The bytes of docs/PROTOCOL.md: a Fragment frame (type 11) is a bool
+/// `last`, then the payload.
+#[test]
+fn wire_fragment_layout_is_as_documented() {
+    let b = round_trip(&Frame::Fragment {
+        last: true,
+        data: b"abc".to_vec(),
+    });
+    assert_eq!(b[3], 11);
+    assert_eq!(&b[HEADER_BYTES..], &[1, b'a', b'b', b'c']);
+    let b = round_trip(&Frame::Fragment {
+        last: false,
+        data: Vec::new(),
+    });
+    assert_eq!(&b[HEADER_BYTES..], &[0]);
+    // A flag other than 0 or 1 is an error.
+    let mut bad = b.clone();
+    bad[HEADER_BYTES] = 2;
+    fix_crc(&mut bad);
+    assert!(matches!(
+        decode_frame(&bad),
+        Err(FrameError::Body { frame_type: 11, .. })
+    ));
+}
+
+/// Joined fragments that are cut short, or carry bytes after the message,
+/// are an error, never a panic.
+#[test]
+fn wire_bad_joined_fragments_are_an_error() {
+    let mut whole = Vec::new();
+    encode_frame(&install_snapshot(b"0123456789", 1), &mut whole);
+    let body = &whole[HEADER_BYTES..];
+    for keep in 0..body.len() {
+        assert!(
+            decode_raft_fragments(&body[..keep]).is_err(),
+            "cut to {keep}"
+        );
+    }
+    let mut longer = body.to_vec();
+    longer.push(0);
+    assert!(decode_raft_fragments(&longer).is_err());
+    assert!(decode_raft_fragments(body).is_ok());
 }
 
 /// A body cut anywhere (length and CRC made to match, so the body parser

@@ -72,6 +72,13 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// Every byte not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let s = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        s
+    }
+
     pub fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(self.take(1, field)?[0])
     }

@@ -23,6 +23,12 @@ pub const HEADER_BYTES: usize = 12;
 /// AppendEntries (the core's `append_bytes_max` is far below it).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 
+/// Payload of one Fragment frame at most.
+pub const FRAGMENT_BYTES_MAX: usize = 1 << 20;
+/// Largest Raft message body a peer may send in Fragment frames: what
+/// bounds a snapshot a leader can send.
+pub const FRAGMENTED_BYTES_MAX: usize = 1 << 30;
+
 /// Tag of a KV request body.
 const REQUEST_KV: u8 = 1;
 
@@ -30,6 +36,7 @@ const TYPE_HELLO: u8 = 1;
 const TYPE_HELLO_OK: u8 = 2;
 const TYPE_HELLO_REJECT: u8 = 3;
 const TYPE_RAFT: u8 = 10;
+const TYPE_FRAGMENT: u8 = 11;
 const TYPE_REQUEST: u8 = 20;
 const TYPE_RESPONSE: u8 = 21;
 
@@ -158,12 +165,33 @@ pub enum ResponseBody {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    Hello { cluster: String, from: Sender },
-    HelloOk { node: NodeId },
-    HelloReject { code: ErrorCode, reason: String },
+    Hello {
+        cluster: String,
+        from: Sender,
+    },
+    HelloOk {
+        node: NodeId,
+    },
+    HelloReject {
+        code: ErrorCode,
+        reason: String,
+    },
     Raft(Message),
-    Request { request_id: u64, body: RequestBody },
-    Response { request_id: u64, body: ResponseBody },
+    /// A piece of a Raft message too large for one frame (an
+    /// InstallSnapshot): the payloads of a link's fragments, up to and
+    /// including the `last` one, are together the body of one Raft frame.
+    Fragment {
+        last: bool,
+        data: Vec<u8>,
+    },
+    Request {
+        request_id: u64,
+        body: RequestBody,
+    },
+    Response {
+        request_id: u64,
+        body: ResponseBody,
+    },
 }
 
 /// A frame that cannot be decoded; the connection it came on is closed.
@@ -335,7 +363,13 @@ fn frame_body(buf: &[u8]) -> Result<Option<RawFrame<'_>>, FrameError> {
     }
     if !matches!(
         frame_type,
-        TYPE_HELLO | TYPE_HELLO_OK | TYPE_HELLO_REJECT | TYPE_RAFT | TYPE_REQUEST | TYPE_RESPONSE
+        TYPE_HELLO
+            | TYPE_HELLO_OK
+            | TYPE_HELLO_REJECT
+            | TYPE_RAFT
+            | TYPE_FRAGMENT
+            | TYPE_REQUEST
+            | TYPE_RESPONSE
     ) {
         return Err(FrameError::UnknownType(frame_type));
     }
@@ -377,6 +411,11 @@ fn encode_body(frame: &Frame, out: &mut Vec<u8>) -> u8 {
             encode_message(m, out);
             TYPE_RAFT
         }
+        Frame::Fragment { last, data } => {
+            put_bool(out, *last);
+            out.extend_from_slice(data);
+            TYPE_FRAGMENT
+        }
         Frame::Request { request_id, body } => {
             put_u64(out, *request_id);
             encode_request(body, out);
@@ -415,6 +454,10 @@ fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, DecodeError> {
             reason: r.string("reason")?,
         },
         TYPE_RAFT => Frame::Raft(decode_message(&mut r)?),
+        TYPE_FRAGMENT => Frame::Fragment {
+            last: r.bool("last")?,
+            data: r.rest().to_vec(),
+        },
         TYPE_REQUEST => Frame::Request {
             request_id: r.u64("request_id")?,
             body: decode_request(&mut r)?,
@@ -481,10 +524,37 @@ fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
 /// data length.
 const INSTALL_SNAPSHOT_FIXED_BYTES: usize = 8 + 8 + 8 + 1 + 8 + 8 + 8 + 4;
 
-/// Largest snapshot (its data) that fits in one InstallSnapshot frame: the
-/// snapshot travels whole, so a larger one cannot be sent (a receiver
-/// rejects the frame as too large).
-pub const SNAPSHOT_DATA_BYTES_MAX: usize = FRAME_BYTES_MAX - INSTALL_SNAPSHOT_FIXED_BYTES;
+/// Largest snapshot (its data) one InstallSnapshot can carry, in fragments:
+/// a larger one cannot be sent (a receiver refuses the message).
+pub const SNAPSHOT_DATA_BYTES_MAX: usize = FRAGMENTED_BYTES_MAX - INSTALL_SNAPSHOT_FIXED_BYTES;
+
+/// Appends `m` as Fragment frames of at most `FRAGMENT_BYTES_MAX` payload
+/// bytes each, the last one flagged: how an InstallSnapshot travels, since
+/// a snapshot may exceed one frame.
+pub fn encode_raft_fragments(m: &Message, out: &mut Vec<u8>) {
+    let mut body = Vec::new();
+    encode_message(m, &mut body);
+    let n = body.len().div_ceil(FRAGMENT_BYTES_MAX);
+    for (i, chunk) in body.chunks(FRAGMENT_BYTES_MAX).enumerate() {
+        encode_framed(out, |out| {
+            put_bool(out, i + 1 == n);
+            out.extend_from_slice(chunk);
+            TYPE_FRAGMENT
+        });
+    }
+}
+
+/// Decodes a Raft message from the payloads of its fragments, joined.
+pub fn decode_raft_fragments(body: &[u8]) -> Result<Message, FrameError> {
+    let error = |error| FrameError::Body {
+        frame_type: TYPE_RAFT,
+        error,
+    };
+    let mut r = Reader::new(body);
+    let m = decode_message(&mut r).map_err(error)?;
+    r.finish().map_err(error)?;
+    Ok(m)
+}
 
 fn encode_message(m: &Message, out: &mut Vec<u8>) {
     put_u64(out, m.from.0);
