@@ -21,6 +21,15 @@ fn wal_segments(tc: &TestCluster, id: u64) -> usize {
         .unwrap_or(0)
 }
 
+/// Node `id`'s log says it installed a snapshot from the leader.
+fn assert_installed_a_snapshot(tc: &TestCluster, id: u64) {
+    let log = std::fs::read_to_string(tc.dir.path().join(format!("n{id}.log"))).expect("node log");
+    assert!(
+        log.contains("installed the leader's snapshot"),
+        "n{id} caught up without a snapshot"
+    );
+}
+
 #[test]
 fn lagging_follower_catches_up_from_a_snapshot_and_all_restart_intact() {
     let mut tc = TestCluster::start_with(3, SMALL_SNAPSHOTS);
@@ -52,12 +61,7 @@ fn lagging_follower_catches_up_from_a_snapshot_and_all_restart_intact() {
     tc.start_node(lagger);
     tc.wait_value_everywhere(&[lagger], "last", "before-restart");
     tc.wait_value_everywhere(&[lagger], "k19", &format!("v399-{pad}"));
-    let log =
-        std::fs::read_to_string(tc.dir.path().join(format!("n{lagger}.log"))).expect("node log");
-    assert!(
-        log.contains("installed the leader's snapshot"),
-        "n{lagger} caught up without a snapshot"
-    );
+    assert_installed_a_snapshot(&tc, lagger);
 
     // Everyone restarts from snapshot + WAL.
     for id in 1..=3 {
@@ -194,10 +198,5 @@ fn a_snapshot_larger_than_a_frame_reaches_a_lagging_follower() {
     tc.start_node(lagger);
     tc.wait_value_everywhere(&[lagger], "big89", &format!("89-{pad}"));
     tc.wait_value_everywhere(&[lagger], "big0", &format!("0-{pad}"));
-    let log =
-        std::fs::read_to_string(tc.dir.path().join(format!("n{lagger}.log"))).expect("node log");
-    assert!(
-        log.contains("installed the leader's snapshot"),
-        "n{lagger} caught up without a snapshot"
-    );
+    assert_installed_a_snapshot(&tc, lagger);
 }
