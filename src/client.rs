@@ -14,6 +14,9 @@ use crate::wire::{
     decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
 };
 
+/// Longest pause between two attempts of one request.
+const RETRY_DELAY_MAX: Duration = Duration::from_millis(200);
+
 /// Why a request failed.
 #[derive(Debug)]
 pub enum ClientError {
@@ -208,6 +211,8 @@ impl Client {
 
     /// A key-value operation, following redirects and retrying (with the
     /// same sequence number) until a leader answers or the timeout passes.
+    /// A stale read (`stale_read`) is answered by the target node alone,
+    /// from its own state; if it stays unreachable, that is the error.
     pub fn kv(&mut self, op: Op, stale_read: bool) -> Result<(LogIndex, OpResult), ClientError> {
         self.seq += 1;
         let command = Command {
@@ -255,15 +260,24 @@ impl Client {
                         "unexpected answer {other:?}"
                     )))
                 }
+                // A stale read is of the target's own state: another node
+                // must not answer in its place.
+                Err(e @ ClientError::Unreachable { .. })
+                    if stale_read && start.elapsed() + RETRY_DELAY_MAX >= self.timeout =>
+                {
+                    return Err(e)
+                }
                 Err(e @ ClientError::Unreachable { .. }) => {
                     last = e.to_string();
-                    self.target =
-                        ids[(ids.iter().position(|&i| i == node).unwrap_or(0) + 1) % ids.len()];
+                    if !stale_read {
+                        self.target =
+                            ids[(ids.iter().position(|&i| i == node).unwrap_or(0) + 1) % ids.len()];
+                    }
                 }
                 Err(e) => return Err(e),
             }
             attempt += 1;
-            std::thread::sleep(Duration::from_millis((20 * attempt as u64).min(200)));
+            std::thread::sleep(Duration::from_millis(20 * attempt as u64).min(RETRY_DELAY_MAX));
         }
         Err(ClientError::NoLeader {
             waited: start.elapsed(),

@@ -44,6 +44,20 @@ fn cluster_elects_replicates_and_survives_leader_kill() {
     let new_leader = tc.wait_leader(&others);
     assert_ne!(new_leader, leader);
     put(&mut c, "after-kill", "1");
+    // A stale read is the named node's state: while it is down, no other
+    // node answers in its place.
+    let mut down = Client::new(tc.config.clone(), Some(NodeId(leader)));
+    down.timeout = std::time::Duration::from_millis(500);
+    let r = down.kv(
+        Op::Get {
+            key: b"after-kill".to_vec(),
+        },
+        true,
+    );
+    assert!(
+        matches!(r, Err(raftkit::client::ClientError::Unreachable { node, .. }) if node == NodeId(leader)),
+        "a stale read of the stopped n{leader}: {r:?}"
+    );
     // The old leader restarts, rejoins as a follower and catches up.
     tc.start_node(leader);
     tc.wait_value_everywhere(&[leader], "after-kill", "1");
