@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use raftkit::client::Client;
@@ -36,11 +37,24 @@ pub fn signal(pid: u32, sig: i32) -> i32 {
     unsafe { libc::kill(pid as i32, sig) }
 }
 
+/// A loopback port free now and never handed out before in this test
+/// process: a port of a node a test has stopped must not go to another
+/// test's cluster, or the node could not restart on it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // Keep each probe bound until a new port is found, so that the
+    // system offers another one each time.
+    let mut held = Vec::new();
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = l.local_addr().expect("local addr").port();
+        held.push(l);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl TestCluster {
