@@ -47,6 +47,9 @@ pub const LOG_ENTRIES_MAX: u32 = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Capacity a connection's write buffer keeps once flushed; a larger one
+/// (after a snapshot) is shrunk back to it.
+const WRITE_BUF_KEEP_BYTES: usize = 4 << 20;
 
 const LISTENER: Token = Token(0);
 
@@ -649,6 +652,10 @@ impl Node {
             }
             if c.write_pos == c.write_buf.len() {
                 c.write_buf.clear();
+                if c.write_buf.capacity() > WRITE_BUF_KEEP_BYTES {
+                    // A snapshot went out: do not hold its size for good.
+                    c.write_buf.shrink_to(WRITE_BUF_KEEP_BYTES);
+                }
                 c.write_pos = 0;
                 if c.close_after_flush {
                     close = Some("done".into());
