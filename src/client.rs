@@ -14,9 +14,6 @@ use crate::wire::{
     decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
 };
 
-/// Longest pause between two attempts of one request.
-const RETRY_DELAY_MAX: Duration = Duration::from_millis(200);
-
 /// Why a request failed.
 #[derive(Debug)]
 pub enum ClientError {
@@ -223,6 +220,7 @@ impl Client {
         let start = Instant::now();
         let ids = self.config.ids();
         let mut last = String::from("nothing tried");
+        let mut unreachable = None;
         let mut attempt = 0usize;
         while start.elapsed() < self.timeout {
             let node = self.target;
@@ -262,22 +260,21 @@ impl Client {
                 }
                 // A stale read is of the target's own state: another node
                 // must not answer in its place.
-                Err(e @ ClientError::Unreachable { .. })
-                    if stale_read && start.elapsed() + RETRY_DELAY_MAX >= self.timeout =>
-                {
-                    return Err(e)
+                Err(e @ ClientError::Unreachable { .. }) if stale_read => {
+                    unreachable = Some(e);
                 }
                 Err(e @ ClientError::Unreachable { .. }) => {
                     last = e.to_string();
-                    if !stale_read {
-                        self.target =
-                            ids[(ids.iter().position(|&i| i == node).unwrap_or(0) + 1) % ids.len()];
-                    }
+                    self.target =
+                        ids[(ids.iter().position(|&i| i == node).unwrap_or(0) + 1) % ids.len()];
                 }
                 Err(e) => return Err(e),
             }
             attempt += 1;
-            std::thread::sleep(Duration::from_millis(20 * attempt as u64).min(RETRY_DELAY_MAX));
+            std::thread::sleep(Duration::from_millis((20 * attempt as u64).min(200)));
+        }
+        if let Some(e) = unreachable {
+            return Err(e);
         }
         Err(ClientError::NoLeader {
             waited: start.elapsed(),
