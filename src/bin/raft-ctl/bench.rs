@@ -110,6 +110,16 @@ fn proc_cpu(pid: u32) -> Option<f64> {
     Some((utime + stime) / hz)
 }
 
+/// Resident set and its peak of a process by PID, in MiB, from /proc.
+fn proc_rss_mib(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |field: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line[field.len()..].split_whitespace().next()?.parse().ok()
+    };
+    Some((kib("VmRSS:")? / 1024.0, kib("VmHWM:")? / 1024.0))
+}
+
 /// The node processes this machine runs, found by their PID files
 /// (`<data_dir>/node.pid`, written by scripts/cluster.sh).
 fn node_pids(config: &Config) -> Vec<(String, u32)> {
@@ -202,6 +212,10 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         .zip(nodes_cpu0)
         .filter_map(|((n, p), c0)| Some((n.clone(), proc_cpu(*p)? - c0?)))
         .collect();
+    let nodes_rss: Vec<(String, (f64, f64))> = pids
+        .iter()
+        .filter_map(|(n, p)| Some((n.clone(), proc_rss_mib(*p)?)))
+        .collect();
     let completed = (r.ok + r.failed).max(1) as f64;
     let node_us_per_op = (!nodes_cpu.is_empty())
         .then(|| nodes_cpu.iter().map(|(_, c)| c).sum::<f64>() * 1e6 / completed);
@@ -229,6 +243,8 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
             "client_cpu_pct": (cpu / r.wall_secs.max(1e-9) * 1000.0).round() / 10.0,
             "node_cpu_us_per_op": node_us_per_op.map(|v| v.round()),
             "node_cpu_s": nodes_cpu.iter().map(|(n, c)| (n.clone(), (c * 1000.0).round() / 1000.0)).collect::<std::collections::BTreeMap<_, _>>(),
+            "node_rss_mib": nodes_rss.iter().map(|(n, (now, _))| (n.clone(), now.round())).collect::<std::collections::BTreeMap<_, _>>(),
+            "node_peak_rss_mib": nodes_rss.iter().map(|(n, (_, peak))| (n.clone(), peak.round())).collect::<std::collections::BTreeMap<_, _>>(),
         });
         println!("{out}");
     } else {
@@ -280,6 +296,16 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
                 None => "not visible (no PID files in the data dirs)".into(),
             }
         );
+        if !nodes_rss.is_empty() {
+            let rss: Vec<String> = nodes_rss
+                .iter()
+                .map(|(n, (now, peak))| format!("{n} {now:.0} MiB (peak {peak:.0})"))
+                .collect();
+            println!(
+                "  memory: nodes' resident sets at the end {}",
+                rss.join(", ")
+            );
+        }
         if let Some(p) = &a.record {
             println!(
                 "  history: {} ({} operations)",
