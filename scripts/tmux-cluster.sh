@@ -25,7 +25,12 @@ done
 tmux split-window -t $session -c "$root" "bash"
 tmux select-layout -t $session tiled >/dev/null
 tmux send-keys -t $session "alias raft-ctl='$root/target/debug/raft-ctl --config $config'" Enter
-sleep 2  # let the nodes elect a leader
+# Let the nodes elect a leader (up to 20 s) before the first status.
+for _ in $(seq 200); do
+  "$root/target/debug/raft-ctl" --config "$config" --timeout 1 status 2>/dev/null |
+    awk '$3 == "leader" { found = 1 } END { exit !found }' && break
+  sleep 0.1
+done
 tmux send-keys -t $session "raft-ctl status" Enter
 if [ -n "${RAFTKIT_TMUX_DETACHED:-}" ]; then
   echo "started tmux session $session (tmux attach -t $session)"
