@@ -926,13 +926,18 @@ impl Raft {
                 self.commit_index = commit;
             }
         }
+        self.acknowledge(leader, last_new, read_round);
+    }
+
+    /// Tells the leader we hold its log up to `match_index`. An
+    /// acknowledgement promises durability: it waits for the fsync.
+    fn acknowledge(&mut self, leader: NodeId, match_index: LogIndex, read_round: u64) {
         let reply = MessageBody::AppendEntriesResponse {
             success: true,
-            match_index: last_new,
+            match_index,
             reject: None,
             read_round,
         };
-        // An acknowledgement promises durability: it waits for the fsync.
         self.reply(leader, reply, true);
     }
 
@@ -990,13 +995,7 @@ impl Raft {
         // Up to the snapshot's index we now agree with the leader (either
         // it was committed here already, or we take the snapshot); the
         // acknowledgement waits until the snapshot is durable.
-        let reply = MessageBody::AppendEntriesResponse {
-            success: true,
-            match_index: index,
-            reject: None,
-            read_round,
-        };
-        self.reply(leader, reply, true);
+        self.acknowledge(leader, index, read_round);
     }
 
     /// Adds entries whose predecessor matched: skips those we already hold,
