@@ -709,6 +709,11 @@ impl Wal {
         self.flush()?;
         self.trim_preallocation()?;
         self.sync()?;
+        self.start_segment(first)
+    }
+
+    /// Creates segment `first` and makes it the one written to.
+    fn start_segment(&mut self, first: u64) -> Result<(), StorageError> {
         let seg = create_segment(&self.dir, first, self.opts.fsync)?;
         (self.file, self.direct) = open_last(&seg.path, self.opts)?;
         self.written = seg.len;
@@ -834,14 +839,9 @@ impl Wal {
         if self.opts.fsync {
             fsync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
         }
-        let seg = create_segment(&self.dir, first, self.opts.fsync)?;
-        (self.file, self.direct) = open_last(&seg.path, self.opts)?;
-        self.written = seg.len;
-        self.allocated = seg.len;
-        self.segments.push(seg);
+        self.start_segment(first)?;
         self.dirty = false;
         self.last_index = first - 1;
-        self.stats.segments_created += 1;
         Ok(())
     }
 }
