@@ -315,11 +315,9 @@ impl Sim {
             data: encode_sm(node.sm_index, node.sm_hash),
         };
         r.compact(snap.clone(), LogIndex((index.0 + 1).saturating_sub(keep)));
-        let prev_done = node.writing.last().map_or(self.now, |w| w.done_at);
-        let latency = self.rng.range(0, self.opts.disk_steps_max + 1);
-        let node = &mut self.nodes[i];
-        node.writing.push(DiskWrite {
-            done_at: prev_done.max(self.now + latency),
+        let done_at = self.disk_done_at(i);
+        self.nodes[i].writing.push(DiskWrite {
+            done_at,
             hard_state: None,
             snapshot: Some(snap),
             entries: Vec::new(),
@@ -629,11 +627,9 @@ impl Sim {
         node.applied.extend(rd.committed_entries);
         let messages_now = rd.messages;
         if must_persist || !rd.messages_after_persist.is_empty() {
-            let prev_done = node.writing.last().map_or(self.now, |w| w.done_at);
-            let latency = self.rng.range(0, self.opts.disk_steps_max + 1);
-            let node = &mut self.nodes[i];
-            node.writing.push(DiskWrite {
-                done_at: prev_done.max(self.now + latency),
+            let done_at = self.disk_done_at(i);
+            self.nodes[i].writing.push(DiskWrite {
+                done_at,
                 hard_state: rd.hard_state,
                 snapshot: rd.snapshot,
                 entries: rd.entries,
@@ -643,6 +639,14 @@ impl Sim {
         for m in messages_now {
             self.send(m);
         }
+    }
+
+    /// When a write node `i` starts now completes: after a random latency,
+    /// and never before the writes ahead of it (they complete in order).
+    fn disk_done_at(&mut self, i: usize) -> u64 {
+        let prev_done = self.nodes[i].writing.last().map_or(self.now, |w| w.done_at);
+        let latency = self.rng.range(0, self.opts.disk_steps_max + 1);
+        prev_done.max(self.now + latency)
     }
 
     // ---- checks -----------------------------------------------------------
