@@ -18,6 +18,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 bin="$root/target/$profile"
+cfg="$config"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 # Node ids and data dirs come from the config itself.
 nodes() {
   awk '/^\[\[node\]\]/{n=1} n&&/^id *=/{print $3; n=0}' "$config"; }
@@ -25,8 +28,6 @@ data_dir() {
   local d; d=$(awk -F'"' '/^data_dir *=/{print $2; exit}' "$config")
   case "$d" in /*) echo "$d" ;; *) echo "$(dirname "$config")/$d" ;; esac
 }
-# Alive: exists and is not a zombie waiting to be reaped.
-alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 # Returns once the cluster can serve: every node just started runs and
 # answers, and one node leads. A node that exits at once (its port in use,
 # a data dir it may not write, a damaged log) is named with the end of its
@@ -45,7 +46,7 @@ wait_ready() {  # DATA_DIR IDS...
     if [ $failed = 1 ]; then
       echo "the other nodes keep running; '$0 stop' stops them" >&2; exit 1
     fi
-    st=$("$bin/raft-ctl" --config "$config" --timeout 1 status 2>/dev/null) || true
+    st=$(ctl status 2>/dev/null) || true
     l=$(awk '$3 == "leader" { print $1 " (term " $4 ")"; exit }' <<<"$st")
     if [ -n "$l" ] && ! awk '$3 == "down" { found = 1 } END { exit !found }' <<<"$st"; then
       echo "leader: $l"; return 0

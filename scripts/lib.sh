@@ -1,6 +1,8 @@
 # Shared by scripts/drill.sh and scripts/bench.sh: a throwaway local
 # cluster in a temp dir. Expects $bin (binaries) and sets $work, $cfg.
-# Nodes are started and stopped by PID file only.
+# Nodes are started and stopped by PID file only. The cluster scripts
+# (cluster.sh, restart-node.sh, tmux-cluster.sh) set $bin and $cfg
+# themselves and use only alive, ctl, leader and role_of.
 
 port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_ports() {

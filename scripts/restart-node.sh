@@ -10,23 +10,27 @@ config="$root/cluster.toml"
 d=$(awk -F'"' '/^data_dir *=/{print $2; exit}' "$config")
 case "$d" in /*) ;; *) d="$(dirname "$config")/$d" ;; esac
 pidf="$d/n$id/node.pid"
+bin="$root/target/${RAFTKIT_PROFILE:-debug}"
+cfg="$config"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
   kill -TERM "$(cat "$pidf")"; for _ in $(seq 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
 fi
 mkdir -p "$d/n$id"
-nohup "$root/target/${RAFTKIT_PROFILE:-debug}/raft-node" --config "$config" --id "$id" >>"$d/n$id/node.log" 2>&1 &
+nohup "$bin/raft-node" --config "$config" --id "$id" >>"$d/n$id/node.log" 2>&1 &
 pid=$!
 echo $pid >"$pidf"
 # Return once the node answers; a node that exits at start (its port in
 # use, a damaged log) is named with the end of its log.
 for _ in $(seq 300); do
-  if ! kill -0 "$pid" 2>/dev/null || [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ]; then
+  if ! alive "$pid"; then
     echo "n$id exited at start; the end of $d/n$id/node.log:" >&2
     tail -n 3 "$d/n$id/node.log" | sed 's/^/  /' >&2
     rm -f "$pidf"; exit 1
   fi
-  if "$root/target/${RAFTKIT_PROFILE:-debug}/raft-ctl" --config "$config" --timeout 1 status 2>/dev/null |
-    awk -v n="n$id" '$1 == n && $3 != "down" { up = 1 } END { exit !up }'; then
+  role=$(role_of "$id")
+  if [ -n "$role" ] && [ "$role" != down ]; then
     echo "restarted n$id (pid $pid)"; exit 0
   fi
   sleep 0.1

@@ -26,9 +26,12 @@ tmux split-window -t $session -c "$root" "bash"
 tmux select-layout -t $session tiled >/dev/null
 tmux send-keys -t $session "alias raft-ctl='$root/target/debug/raft-ctl --config $config'" Enter
 # Let the nodes elect a leader (up to 20 s) before the first status.
+bin="$root/target/debug"
+cfg="$config"
+# shellcheck source=lib.sh
+. "$root/scripts/lib.sh"
 for _ in $(seq 200); do
-  "$root/target/debug/raft-ctl" --config "$config" --timeout 1 status 2>/dev/null |
-    awk '$3 == "leader" { found = 1 } END { exit !found }' && break
+  [ -n "$(leader)" ] && break
   sleep 0.1
 done
 tmux send-keys -t $session "raft-ctl status" Enter
