@@ -86,6 +86,60 @@ pub enum OpRef<'a> {
     },
 }
 
+/// Longest key a request may name, in bytes.
+pub const KEY_BYTES_MAX: usize = 64 << 10;
+/// Longest value, in bytes: a Put's value, a Cas's expected and new values,
+/// an Append's data. Chosen so that a write of the largest size still goes
+/// to a follower in one AppendEntries frame, well under the frame maximum,
+/// and is quick enough to send and sync that heartbeats behind it are not
+/// held up past an election timeout.
+pub const VALUE_BYTES_MAX: usize = 4 << 20;
+/// The longest encoded command (`Command::encode`): a Cas whose key and two
+/// values are all at their maximum, with the format byte, client id, seq,
+/// op tag, length prefixes and the `expected` presence byte.
+pub const COMMAND_BYTES_MAX: usize =
+    1 + 8 + 8 + 1 + 4 + KEY_BYTES_MAX + 1 + 4 + VALUE_BYTES_MAX + 4 + VALUE_BYTES_MAX;
+
+/// A request whose key or value is longer than the protocol allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverLimit {
+    /// What is too long: "key", "value", "expected value", "new value", "data".
+    pub what: &'static str,
+    pub bytes: usize,
+    pub bytes_max: usize,
+    /// The limit's name in the code and in docs/PROTOCOL.md.
+    pub limit: &'static str,
+}
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} bytes is over the limit of {} bytes ({})",
+            self.what, self.bytes, self.bytes_max, self.limit
+        )
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+fn within(
+    what: &'static str,
+    b: &[u8],
+    bytes_max: usize,
+    limit: &'static str,
+) -> Result<(), OverLimit> {
+    if b.len() > bytes_max {
+        return Err(OverLimit {
+            what,
+            bytes: b.len(),
+            bytes_max,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 impl<'a> OpRef<'a> {
     pub fn decode(r: &mut Reader<'a>) -> Result<OpRef<'a>, DecodeError> {
         Ok(match r.u8("op")? {
@@ -114,6 +168,31 @@ impl<'a> OpRef<'a> {
                 })
             }
         })
+    }
+
+    /// Checks the key and values against `KEY_BYTES_MAX` and
+    /// `VALUE_BYTES_MAX`; a node refuses a request over them before
+    /// proposing it.
+    pub fn check_limits(&self) -> Result<(), OverLimit> {
+        let key = |k| within("key", k, KEY_BYTES_MAX, "KEY_BYTES_MAX");
+        let value = |what, v| within(what, v, VALUE_BYTES_MAX, "VALUE_BYTES_MAX");
+        match *self {
+            OpRef::Put { key: k, value: v } => {
+                key(k)?;
+                value("value", v)
+            }
+            OpRef::Get { key: k } | OpRef::Delete { key: k } => key(k),
+            OpRef::Cas {
+                key: k,
+                expected,
+                new,
+            } => {
+                key(k)?;
+                value("expected value", expected.unwrap_or_default())?;
+                value("new value", new)
+            }
+            OpRef::Append { data } => value("data", data),
+        }
     }
 
     pub fn to_owned(self) -> Op {

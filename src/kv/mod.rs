@@ -4,4 +4,5 @@ pub mod command;
 pub mod store;
 
 pub use command::{ClientId, Command, CommandRef, Op, OpRef, OpResult};
-pub use store::{Applied, KvStore, SESSIONS_MAX};
+pub use command::{OverLimit, COMMAND_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+pub use store::{Applied, KvStore, Refused, SESSIONS_MAX};

@@ -2,6 +2,7 @@
 //! per-client session table so that a retried request applies once.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
 
 use super::command::{ClientId, CommandRef, OpRef, OpResult};
 use crate::raft::LogIndex;
@@ -23,11 +24,43 @@ struct Session {
 pub struct Applied {
     pub client_id: ClientId,
     pub seq: u64,
-    /// The answer: the first answer again for a duplicate; `Err` for a
-    /// request older than the client's last one (it cannot be answered).
-    pub result: Result<OpResult, String>,
+    /// The answer: the first answer again for a duplicate; a refusal for a
+    /// request that was not applied and cannot be answered with a result.
+    pub result: Result<OpResult, Refused>,
+    /// The log index of the answer: this entry's, or for a retry the index
+    /// at which the request was first applied.
+    pub index: LogIndex,
     /// A retry of a request applied before: nothing changed.
     pub duplicate: bool,
+}
+
+/// Why the state machine applied an entry as nothing. Every replica
+/// decides the same, from the log alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The client already had a later request applied: one write in flight
+    /// per client id, so this one is a stray copy and cannot be answered.
+    Stale { seq: u64, last_seq: u64 },
+    /// No session for the client, and `seq` is past a session's first (1):
+    /// its session was evicted or never existed, so whether an earlier copy
+    /// applied is unknown. Applying it now could apply it twice.
+    SessionExpired { client_id: ClientId, seq: u64 },
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Stale { seq, last_seq } => write!(
+                f,
+                "request {seq} is older than the last one applied ({last_seq}) for this client id"
+            ),
+            Refused::SessionExpired { client_id, seq } => write!(
+                f,
+                "no session for client {client_id:#x} (evicted, or never opened with seq 1): \
+                 request {seq} was not applied; start a new session (new client id, seq 1)"
+            ),
+        }
+    }
 }
 
 /// First bytes of a [`KvStore::snapshot`].
@@ -102,13 +135,19 @@ impl KvStore {
         self.last_applied = index;
     }
 
-    /// The answer already given to (`client`, `seq`), if that was the
-    /// client's last applied request.
-    pub fn cached(&self, client: ClientId, seq: u64) -> Option<&OpResult> {
+    /// The answer already given to (`client`, `seq`), with the log index
+    /// it was first applied at, if that was the client's last applied
+    /// request.
+    pub fn cached(&self, client: ClientId, seq: u64) -> Option<(LogIndex, &OpResult)> {
         self.sessions
             .get(&client)
             .filter(|s| s.last_seq == seq)
-            .map(|s| &s.last_result)
+            .map(|s| (s.last_index, &s.last_result))
+    }
+
+    /// Whether `client` has a session (for tests and the simulator).
+    pub fn has_session(&self, client: ClientId) -> bool {
+        self.sessions.contains_key(&client)
     }
 
     /// Applies one committed command entry. An entry that does not decode
@@ -122,26 +161,32 @@ impl KvStore {
 
     fn apply_command(&mut self, index: LogIndex, cmd: CommandRef<'_>) -> Applied {
         let CommandRef { client_id, seq, op } = cmd;
-        if let Some(s) = self.sessions.get(&client_id) {
-            if seq == s.last_seq {
+        let refuse = |why| Applied {
+            client_id,
+            seq,
+            result: Err(why),
+            index,
+            duplicate: true,
+        };
+        match self.sessions.get(&client_id) {
+            Some(s) if seq == s.last_seq => {
                 return Applied {
                     client_id,
                     seq,
                     result: Ok(s.last_result.clone()),
+                    index: s.last_index,
                     duplicate: true,
                 };
             }
-            if seq < s.last_seq {
-                return Applied {
-                    client_id,
+            Some(s) if seq < s.last_seq => {
+                return refuse(Refused::Stale {
                     seq,
-                    result: Err(format!(
-                        "request {seq} is older than the last one applied ({})",
-                        s.last_seq
-                    )),
-                    duplicate: true,
-                };
+                    last_seq: s.last_seq,
+                });
             }
+            Some(_) => {}
+            None if seq > 1 => return refuse(Refused::SessionExpired { client_id, seq }),
+            None => {}
         }
         let result = self.execute(op);
         self.sessions.insert(
@@ -170,6 +215,7 @@ impl KvStore {
             client_id,
             seq,
             result: Ok(result),
+            index,
             duplicate: false,
         }
     }
@@ -585,6 +631,85 @@ mod tests {
 }
 
 #[cfg(test)]
+mod session_tests {
+    use super::tests::{entry, put};
+    use super::*;
+    use crate::kv::Op;
+
+    #[test]
+    fn kv_retry_answer_carries_the_first_index() {
+        let mut kv = KvStore::new();
+        let first = kv.apply(LogIndex(3), &entry(5, 1, put("k", "v"))).unwrap();
+        assert_eq!(first.index, LogIndex(3));
+        kv.note_applied(LogIndex(4));
+        let retry = kv.apply(LogIndex(9), &entry(5, 1, put("k", "v"))).unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(retry.index, LogIndex(3), "the first answer's index");
+        assert_eq!(kv.cached(5, 1).map(|(i, _)| i), Some(LogIndex(3)));
+    }
+
+    #[test]
+    fn kv_write_past_seq_1_without_a_session_is_refused() {
+        let mut kv = KvStore::new();
+        let a = kv.apply(LogIndex(1), &entry(5, 4, put("k", "v"))).unwrap();
+        assert_eq!(
+            a.result,
+            Err(Refused::SessionExpired {
+                client_id: 5,
+                seq: 4
+            })
+        );
+        assert_eq!(kv.get(b"k"), None, "nothing applied");
+        assert!(!kv.has_session(5), "no session opened by a refused write");
+        let b = kv.apply(LogIndex(2), &entry(5, 1, put("k", "v"))).unwrap();
+        assert_eq!(b.result, Ok(OpResult::Done), "seq 1 opens a session");
+        let c = kv.apply(LogIndex(3), &entry(5, 7, put("k", "w"))).unwrap();
+        assert_eq!(c.result, Ok(OpResult::Done), "gaps in seq are allowed");
+    }
+
+    #[test]
+    fn kv_evicted_session_retry_is_refused_not_applied_twice() {
+        let mut kv = KvStore::new();
+        kv.sessions_max = 3;
+        let cas = |seq| {
+            entry(
+                1,
+                seq,
+                Op::Cas {
+                    key: b"n".to_vec(),
+                    expected: Some(b"0".to_vec()),
+                    new: b"1".to_vec(),
+                },
+            )
+        };
+        kv.apply(LogIndex(1), &entry(1, 1, put("n", "0"))).unwrap();
+        assert_eq!(
+            kv.apply(LogIndex(2), &cas(2)).unwrap().result,
+            Ok(OpResult::CasOk)
+        );
+        for c in 2..=4 {
+            kv.apply(LogIndex(1 + c), &entry(c, 1, put("x", "y")))
+                .unwrap();
+        }
+        assert!(!kv.has_session(1), "client 1 is the oldest: evicted");
+        kv.apply(LogIndex(6), &entry(9, 1, put("n", "0"))).unwrap();
+        let retry = kv.apply(LogIndex(7), &cas(2)).unwrap();
+        assert!(matches!(
+            retry.result,
+            Err(Refused::SessionExpired {
+                client_id: 1,
+                seq: 2
+            })
+        ));
+        assert_eq!(
+            kv.get(b"n"),
+            Some(&b"0"[..]),
+            "the retry did not apply again"
+        );
+    }
+}
+
+#[cfg(test)]
 mod snapshot_tests {
     use super::tests::{entry, put};
     use super::*;
@@ -672,11 +797,11 @@ mod snapshot_tests {
         assert_eq!(restored.last_applied(), LogIndex(log.len() as u64));
         assert_eq!(restored.appends_applied(), 1);
         assert_eq!(
-            restored.cached(2, 2),
+            restored.cached(2, 2).map(|(_, r)| r),
             Some(&OpResult::CasMismatch(Some(b"3".to_vec())))
         );
         assert_eq!(
-            restored.cached(5, 1),
+            restored.cached(5, 1).map(|(_, r)| r),
             Some(&OpResult::Value(Some(b"3".to_vec())))
         );
 
@@ -688,7 +813,7 @@ mod snapshot_tests {
             Some(entry(2, 2, cas("b", Some("2"), "9"))), // retry: the first answer
             Some(entry(4, 1, Op::Append { data: vec![1] })), // retry: not applied again
             Some(entry(8, 1, put("d", "4"))),            // evicts clients 1, 3, 2, 4, 5
-            Some(entry(1, 2, Op::Delete { key: "a".into() })), // forgotten: applies anew
+            Some(entry(1, 2, Op::Delete { key: "a".into() })), // forgotten: session expired
             Some(entry(9, 1, Op::Append { data: vec![2] })),
             None,
             Some(entry(7, 2, put("c", "x"))),
@@ -703,8 +828,18 @@ mod snapshot_tests {
             Ok(OpResult::CasMismatch(Some(b"3".to_vec())))
         );
         assert!(a[1].as_ref().unwrap().duplicate);
-        assert!(!a[3].as_ref().unwrap().duplicate);
-        assert!(!a[6].as_ref().unwrap().duplicate, "client 7 was evicted");
+        assert_eq!(
+            a[3].as_ref().unwrap().result,
+            Err(Refused::SessionExpired {
+                client_id: 1,
+                seq: 2
+            }),
+            "client 1 was evicted: its write is refused, not applied anew"
+        );
+        assert!(
+            a[6].as_ref().unwrap().duplicate,
+            "the refused write opened no session, so client 7 kept its own"
+        );
         assert_eq!(kv.sessions.len(), 3);
         for (client, seq) in [(9, 1), (7, 2), (8, 2)] {
             assert!(restored.cached(client, seq).is_some(), "client {client}");
