@@ -211,7 +211,11 @@ impl Client {
     /// A stale read (`stale_read`) is answered by the target node alone,
     /// from its own state; if it stays unreachable, that is the error.
     pub fn kv(&mut self, op: Op, stale_read: bool) -> Result<(LogIndex, OpResult), ClientError> {
-        self.seq += 1;
+        // A session's seq counts writes: a read ignores it, and the first
+        // write of a client id must come with seq 1.
+        if !matches!(op, Op::Get { .. }) {
+            self.seq += 1;
+        }
         let command = Command {
             client_id: self.client_id,
             seq: self.seq,

@@ -9,7 +9,25 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::kv::COMMAND_BYTES_MAX;
 use crate::raft::NodeId;
+use crate::wire::FRAME_BYTES_MAX;
+
+/// The largest `append_bytes_max` a config may set. The leader fills an
+/// AppendEntries up to `append_bytes_max` and always sends at least one
+/// entry, so a message holds at most that plus one more entry (a command of
+/// at most `COMMAND_BYTES_MAX`) plus its fields; that must fit one frame.
+pub const APPEND_BYTES_MAX_LIMIT: usize = 16 << 20;
+
+/// Fixed bytes of an AppendEntries frame body besides its entries: from, to,
+/// term, type, prev_log_index, prev_log_term, leader_commit, read_round,
+/// entry count; and per entry index, term, kind, data length.
+const APPEND_ENTRIES_FIXED_BYTES: usize = 8 * 3 + 1 + 8 * 4 + 4;
+const ENTRY_FIXED_BYTES: usize = 8 + 8 + 1 + 4;
+const _: () = assert!(
+    APPEND_BYTES_MAX_LIMIT + ENTRY_FIXED_BYTES + COMMAND_BYTES_MAX + APPEND_ENTRIES_FIXED_BYTES
+        <= FRAME_BYTES_MAX
+);
 
 /// A config that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +64,7 @@ struct RawCluster {
     election_timeout_ms: Spanned<Vec<u64>>,
     heartbeat_interval_ms: Spanned<u64>,
     tick_ms: Option<Spanned<u64>>,
-    append_bytes_max: Option<usize>,
+    append_bytes_max: Option<Spanned<usize>>,
     inflight_msgs_max: Option<usize>,
     segment_bytes_max: Option<u64>,
     snapshot_entries: Option<u64>,
@@ -172,6 +190,17 @@ impl Config {
                 format!("tick_ms {tick_ms} must be between 1 and heartbeat_interval_ms {hb}"),
             ));
         }
+        let append_bytes_max = c
+            .append_bytes_max
+            .as_ref()
+            .map_or(1 << 20, |a| *a.get_ref());
+        if !(1..=APPEND_BYTES_MAX_LIMIT).contains(&append_bytes_max) {
+            let span = c.append_bytes_max.as_ref().map(|a| a.span());
+            return Err(err(
+                span,
+                format!("append_bytes_max {append_bytes_max} must be between 1 and {APPEND_BYTES_MAX_LIMIT}, so that an AppendEntries fits one frame"),
+            ));
+        }
         let cluster = ClusterConfig {
             name: c.name.get_ref().clone(),
             data_dir: resolve(c.data_dir.get_ref()),
@@ -179,7 +208,7 @@ impl Config {
             election_timeout_ms_max: et[1],
             heartbeat_interval_ms: hb,
             tick_ms,
-            append_bytes_max: c.append_bytes_max.unwrap_or(1 << 20),
+            append_bytes_max,
             inflight_msgs_max: c.inflight_msgs_max.unwrap_or(64).max(1),
             segment_bytes_max: c.segment_bytes_max.unwrap_or(64 << 20),
             snapshot_entries: c.snapshot_entries.unwrap_or(100_000),

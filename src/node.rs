@@ -20,7 +20,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
-use crate::kv::{ClientId, CommandRef, KvStore, OpRef, OpResult};
+use crate::kv::{ClientId, CommandRef, KvStore, OpRef, OpResult, Refused};
+use crate::raft::log::ENTRY_OVERHEAD_BYTES;
 use crate::raft::rng::Rng;
 use crate::raft::{
     self, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, NotLeader, Raft, Role, Snapshot,
@@ -43,6 +44,15 @@ pub const CLIENT_WRITE_BYTES_MAX: usize = 16 << 20;
 pub const PENDING_REQUESTS_MAX: usize = 100_000;
 /// Entries returned by one log request.
 pub const LOG_ENTRIES_MAX: u32 = 10_000;
+/// Most bytes of entries one Log answer carries (it carries at least one
+/// entry when any is in range, and every entry is far smaller): the client
+/// pages on from the last index it got.
+pub const LOG_RESPONSE_BYTES_MAX: usize = 16 << 20;
+/// Copies of one (client id, seq) that may wait for its apply at once; a
+/// further copy is answered TooBusy.
+pub const COPIES_WAITING_MAX: usize = 16;
+/// How long a stopping node keeps flushing its last answers to clients.
+const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
 /// Reconnect backoff bounds for peer links.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -164,6 +174,15 @@ struct ReadWaiter {
     key: Vec<u8>,
 }
 
+impl ReadWaiter {
+    fn waiter(self) -> Waiter {
+        Waiter {
+            token: self.token,
+            request_id: self.request_id,
+        }
+    }
+}
+
 /// The running node.
 pub struct Node {
     config: Config,
@@ -183,8 +202,10 @@ pub struct Node {
     conns: IdMap<Token, Conn>,
     next_token: usize,
     peers: BTreeMap<NodeId, PeerLink>,
-    /// Writes proposed and waiting to be applied, by (client, seq).
-    waiting_writes: HashMap<(ClientId, u64), Waiter>,
+    /// Writes proposed and waiting to be applied, by (client, seq): every
+    /// copy of a request (a retry sent while the first is pending) waits,
+    /// and each gets the answer.
+    waiting_writes: HashMap<(ClientId, u64), Vec<Waiter>>,
     /// ReadIndex requests sent to the core, by read id.
     waiting_reads: IdMap<u64, ReadWaiter>,
     /// Reads confirmed by a quorum, waiting for `last_applied` to reach them.
@@ -376,6 +397,7 @@ impl Node {
             self.process_ready()?;
             self.flush_dirty();
         }
+        self.shut_down_clients();
         let st = self.storage.stats();
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         info!(
@@ -689,11 +711,18 @@ impl Node {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        encode_frame(frame, &mut c.write_buf);
-        if c.kind == ConnKind::Client && c.write_buf.len() > CLIENT_WRITE_BYTES_MAX {
+        // A client that lets answers pile up is closed; one answer is
+        // always queued whole, however large.
+        if c.kind == ConnKind::Client && c.write_buf.len() - c.write_pos > CLIENT_WRITE_BYTES_MAX {
+            let queued = c.write_buf.len() - c.write_pos;
+            warn!(
+                "{}: closing a client connection: {queued} bytes of answers unread, over {CLIENT_WRITE_BYTES_MAX}",
+                self.id
+            );
             self.close(token, "client is not reading its responses");
             return;
         }
+        encode_frame(frame, &mut c.write_buf);
         self.mark_dirty(token);
     }
 
@@ -862,8 +891,19 @@ impl Node {
                 let log = self.raft.log();
                 let to = if to.0 == 0 { log.last_index() } else { to };
                 let max = entries_max.clamp(1, LOG_ENTRIES_MAX) as usize;
-                let mut entries = log.slice(from.max(LogIndex(1)), to).to_vec();
-                entries.truncate(max);
+                // The first entry always goes, so the client can page on.
+                let mut bytes = 0usize;
+                let entries: Vec<Entry> = log
+                    .slice(from.max(LogIndex(1)), to)
+                    .iter()
+                    .take(max)
+                    .enumerate()
+                    .take_while(|(k, e)| {
+                        bytes += ENTRY_OVERHEAD_BYTES + e.data.len();
+                        *k == 0 || bytes <= LOG_RESPONSE_BYTES_MAX
+                    })
+                    .map(|(_, e)| e.clone())
+                    .collect();
                 let body = ResponseBody::Log {
                     commit_index: self.raft.commit_index(),
                     first_index: log.first_index(),
@@ -873,6 +913,15 @@ impl Node {
                 self.respond(token, request_id, body);
             }
             RequestBody::Fault(spec) => {
+                if let Err(why) = spec.validate(&self.config.ids()) {
+                    warn!("{}: refusing fault {spec:?}: {why}", self.id);
+                    let body = ResponseBody::Error {
+                        code: ErrorCode::BadRequest,
+                        message: why,
+                    };
+                    self.respond(token, request_id, body);
+                    return;
+                }
                 info!("{}: fault injection now {spec:?}", self.id);
                 self.fault = spec;
                 self.respond(token, request_id, ResponseBody::FaultOk);
@@ -891,6 +940,14 @@ impl Node {
         command: CommandRef<'_>,
         stale_read: bool,
     ) {
+        if let Err(over) = command.op.check_limits() {
+            let body = ResponseBody::Error {
+                code: ErrorCode::BadRequest,
+                message: over.to_string(),
+            };
+            self.respond(token, request_id, body);
+            return;
+        }
         if let OpRef::Get { key } = command.op {
             if stale_read {
                 let value = self.kv.get(key).map(<[u8]>::to_vec);
@@ -930,10 +987,11 @@ impl Node {
             }
             return;
         }
-        // A write. A retry of one already applied gets the first answer.
-        if let Some(result) = self.kv.cached(command.client_id, command.seq) {
+        // A write. A retry of one already applied gets the first answer,
+        // its log index included, from any node that applied it.
+        if let Some((index, result)) = self.kv.cached(command.client_id, command.seq) {
             let body = ResponseBody::Kv {
-                index: self.kv.last_applied(),
+                index,
                 result: result.clone(),
             };
             self.respond(token, request_id, body);
@@ -945,10 +1003,19 @@ impl Node {
             self.respond(token, request_id, body);
             return;
         }
-        if let Some(w) = self.waiting_writes.get_mut(&key) {
-            // Already in the log, not yet applied: answer this connection.
-            w.token = token;
-            w.request_id = request_id;
+        if let Some(ws) = self.waiting_writes.get_mut(&key) {
+            // Already in the log, not yet applied: this copy waits too.
+            if ws.len() < COPIES_WAITING_MAX {
+                ws.push(Waiter { token, request_id });
+            } else {
+                let body = ResponseBody::Error {
+                    code: ErrorCode::TooBusy,
+                    message: format!(
+                        "{COPIES_WAITING_MAX} copies of this request already wait for it"
+                    ),
+                };
+                self.respond(token, request_id, body);
+            }
             return;
         }
         if self.pending_count() >= PENDING_REQUESTS_MAX {
@@ -963,7 +1030,7 @@ impl Node {
         match self.raft.propose(Arc::<[u8]>::from(&buf[..])) {
             Ok(_) => {
                 self.waiting_writes
-                    .insert(key, Waiter { token, request_id });
+                    .insert(key, vec![Waiter { token, request_id }]);
             }
             Err(NotLeader::Redirect(_)) => {
                 let body = self.not_leader();
@@ -1281,21 +1348,30 @@ impl Node {
         }
         match self.kv.apply(e.index, &e.data) {
             Ok(applied) => {
-                if let Some(w) = self
+                let Some(ws) = self
                     .waiting_writes
                     .remove(&(applied.client_id, applied.seq))
-                {
-                    let body = match applied.result {
-                        Ok(result) => ResponseBody::Kv {
-                            index: e.index,
-                            result,
-                        },
-                        Err(message) => ResponseBody::Error {
-                            code: ErrorCode::BadRequest,
-                            message,
-                        },
-                    };
-                    self.respond(w.token, w.request_id, body);
+                else {
+                    return;
+                };
+                let body = match applied.result {
+                    Ok(result) => ResponseBody::Kv {
+                        index: applied.index,
+                        result,
+                    },
+                    Err(why) => {
+                        let code = match why {
+                            Refused::Stale { .. } => ErrorCode::BadRequest,
+                            Refused::SessionExpired { .. } => ErrorCode::SessionExpired,
+                        };
+                        ResponseBody::Error {
+                            code,
+                            message: why.to_string(),
+                        }
+                    }
+                };
+                for w in ws {
+                    self.respond(w.token, w.request_id, body.clone());
                 }
             }
             Err(why) => error!("{}: {why}", self.id),
@@ -1321,9 +1397,55 @@ impl Node {
         }
     }
 
+    /// Stopping: every waiting request is answered Unavailable (a write's
+    /// outcome is unknown: retry it elsewhere with the same client id and
+    /// seq), and the answers are flushed for up to `SHUTDOWN_FLUSH_MAX`
+    /// before the connections close with the process.
+    fn shut_down_clients(&mut self) {
+        let why = "node shutting down; a write's outcome is unknown, retry";
+        let waiting: Vec<Waiter> = self
+            .waiting_writes
+            .drain()
+            .flat_map(|(_, w)| w)
+            .chain(self.waiting_reads.drain().map(|(_, w)| w.waiter()))
+            .chain(self.confirmed_reads.drain(..).map(|(_, w)| w.waiter()))
+            .collect();
+        if !waiting.is_empty() {
+            info!(
+                "{}: stopping: answering {} waiting requests",
+                self.id,
+                waiting.len()
+            );
+        }
+        for w in waiting {
+            let body = ResponseBody::Error {
+                code: ErrorCode::Unavailable,
+                message: why.into(),
+            };
+            self.respond(w.token, w.request_id, body);
+        }
+        let deadline = Instant::now() + SHUTDOWN_FLUSH_MAX;
+        loop {
+            self.flush_dirty();
+            let pending: Vec<Token> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.kind == ConnKind::Client && c.write_pos < c.write_buf.len())
+                .map(|(t, _)| *t)
+                .collect();
+            if pending.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for t in pending {
+                self.mark_dirty(t);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Leadership lost: nobody here will answer the waiting requests.
     fn fail_waiting(&mut self) {
-        let writes: Vec<Waiter> = self.waiting_writes.drain().map(|(_, w)| w).collect();
+        let writes: Vec<Waiter> = self.waiting_writes.drain().flat_map(|(_, w)| w).collect();
         for w in writes {
             let body = ResponseBody::Error {
                 code: ErrorCode::Unavailable,

@@ -541,7 +541,11 @@ impl<'a> Engine<'a> {
         let kind = self.choose();
         let key = self.rng.range(0, self.opts.keys.max(1));
         let cl = &mut self.clients[c];
-        cl.seq += 1;
+        // A session's seq counts writes only: reads ignore it, and a write
+        // of a client id without a session must come with seq 1.
+        if kind != Kind::Get {
+            cl.seq += 1;
+        }
         cl.attempts = 0;
         let unique = format!("c{}-s{}", cl.number, cl.seq);
         let value = match kind {

@@ -65,6 +65,10 @@ pub enum ErrorCode {
     TooBusy,
     /// A bug or a storage failure on the node.
     Internal,
+    /// A write from a client id without a session (evicted, or never
+    /// opened with seq 1) and a seq past 1: not applied, and whether an
+    /// earlier copy was is unknown. Start a new session.
+    SessionExpired,
     /// A code this version does not know.
     Other(u16),
 }
@@ -79,6 +83,7 @@ impl ErrorCode {
             ErrorCode::Timeout => 5,
             ErrorCode::TooBusy => 6,
             ErrorCode::Internal => 7,
+            ErrorCode::SessionExpired => 8,
             ErrorCode::Other(c) => c,
         }
     }
@@ -92,6 +97,7 @@ impl ErrorCode {
             5 => ErrorCode::Timeout,
             6 => ErrorCode::TooBusy,
             7 => ErrorCode::Internal,
+            8 => ErrorCode::SessionExpired,
             c => ErrorCode::Other(c),
         }
     }
@@ -108,9 +114,49 @@ pub struct FaultSpec {
     pub jitter_ms: u32,
 }
 
+/// Most a fault may drop: every message.
+pub const DROP_RATE_PPM_MAX: u32 = 1_000_000;
+/// Longest delay or jitter a fault may add to a message.
+pub const FAULT_DELAY_MS_MAX: u32 = 60_000;
+
 impl FaultSpec {
     pub fn is_none(&self) -> bool {
         *self == FaultSpec::default()
+    }
+
+    /// Checks the spec against the cluster's node ids: rates and delays in
+    /// range, every partitioned id a node of the cluster, each in one group
+    /// at most, no empty group. A node refuses an invalid spec whole.
+    pub fn validate(&self, ids: &[NodeId]) -> Result<(), String> {
+        if self.drop_rate_ppm > DROP_RATE_PPM_MAX {
+            return Err(format!(
+                "drop_rate_ppm {} is over {DROP_RATE_PPM_MAX} (every message)",
+                self.drop_rate_ppm
+            ));
+        }
+        for (name, ms) in [("delay_ms", self.delay_ms), ("jitter_ms", self.jitter_ms)] {
+            if ms > FAULT_DELAY_MS_MAX {
+                return Err(format!("{name} {ms} is over {FAULT_DELAY_MS_MAX}"));
+            }
+        }
+        let mut seen = Vec::new();
+        for (g, group) in self.partition.iter().enumerate() {
+            if group.is_empty() {
+                return Err(format!("partition group {} is empty", g + 1));
+            }
+            for id in group {
+                if !ids.contains(id) {
+                    return Err(format!(
+                        "partition names {id}, which is not a node of this cluster"
+                    ));
+                }
+                if seen.contains(id) {
+                    return Err(format!("partition names {id} in more than one place"));
+                }
+                seen.push(*id);
+            }
+        }
+        Ok(())
     }
 }
 
