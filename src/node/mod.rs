@@ -1,85 +1,97 @@
-//! `raft-node`: one Raft server. A single `mio` thread owns the sockets, the
-//! consensus core, the log store and the key-value state machine.
+//! `raft-node`: one Raft server. A single `mio` thread owns the sockets and
+//! the [`Driver`] (the consensus core, the state machine and the client
+//! waiters); a storage thread owns the log files.
+//!
+//! The rooms, one job each:
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the event loop: poll, tick, drive, empty the outboxes |
+//! | `driver.rs` | the pure driver: `Ready` → sends, storage jobs, held-back messages, `persisted`, apply (no mio, no sockets, no clock; the simulator runs it too) |
+//! | `requests.rs` | client requests and their waiters, inside the driver |
+//! | `snapshots.rs` | the node's own snapshots and a leader's, inside the driver |
+//! | `net.rs` | connections: accept, read, frame decode, buffered writes |
+//! | `peers.rs` | peer links (reconnect with backoff), the handshake, frames by connection kind |
+//! | `clients.rs` | client frames to the driver, answers back to connections |
+//! | `faults.rs` | injected partitions, drops and delays on outgoing peer messages |
+//! | `signals.rs` | SIGINT/SIGTERM/SIGHUP to a stop flag |
 //!
 //! Each loop iteration: poll sockets (bounded by the next tick), feed frames
-//! to the core or answer clients, tick the core when a tick is due, then run
-//! `ready()`: send, persist, send what waited for the persist, apply, answer.
+//! to the driver, tick the core when a tick is due, let the driver carry out
+//! every `Ready`, then send what it put in its outboxes.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+mod clients;
+pub mod driver;
+mod faults;
+mod net;
+mod peers;
+mod requests;
+mod signals;
+mod snapshots;
+
+use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use log::info;
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
-use crate::kv::{ClientId, CommandRef, KvStore, OpRef, OpResult, Refused};
-use crate::raft::log::ENTRY_OVERHEAD_BYTES;
-use crate::raft::rng::Rng;
-use crate::raft::{
-    self, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, NotLeader, Raft, Role, Snapshot,
-};
+use crate::raft::{self, NodeId};
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
-use crate::wire::{
-    decode_frame_ref, decode_raft_fragments, encode_frame, encode_raft_fragments, ErrorCode,
-    FaultSpec, Frame, FrameRef, KvRequestRef, NodeStatus, RequestBody, ResponseBody, Sender,
-    FRAGMENTED_BYTES_MAX, SNAPSHOT_DATA_BYTES_MAX,
-};
+use crate::wire::{Frame, ResponseBody};
 
-/// Connections (clients and peers) open at once; more are refused.
-pub const CONNECTIONS_MAX: usize = 1024;
-/// Bytes queued for one peer; past it, messages to that peer are dropped
-/// (Raft retransmits) rather than growing memory without bound.
-pub const PEER_WRITE_BYTES_MAX: usize = 64 << 20;
-/// Bytes queued for one client; past it, the client is disconnected.
-pub const CLIENT_WRITE_BYTES_MAX: usize = 16 << 20;
-/// Client requests waiting for commit or read confirmation.
-pub const PENDING_REQUESTS_MAX: usize = 100_000;
-/// Entries returned by one log request.
-pub const LOG_ENTRIES_MAX: u32 = 10_000;
-/// Most bytes of entries one Log answer carries (it carries at least one
-/// entry when any is in range, and every entry is far smaller): the client
-/// pages on from the last index it got.
-pub const LOG_RESPONSE_BYTES_MAX: usize = 16 << 20;
-/// Copies of one (client id, seq) that may wait for its apply at once; a
-/// further copy is answered TooBusy.
-pub const COPIES_WAITING_MAX: usize = 16;
+pub use driver::{Answer, ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
+pub use net::{CLIENT_WRITE_BYTES_MAX, CONNECTIONS_MAX, READ_BYTES_PER_EVENT_MAX};
+pub use peers::PEER_WRITE_BYTES_MAX;
+pub use requests::{
+    COPIES_WAITING_MAX, LOG_ENTRIES_MAX, LOG_RESPONSE_BYTES_MAX, PENDING_REQUESTS_MAX,
+};
+pub use signals::stop_on_signals;
+
+use faults::Faults;
+use net::{Conn, IdMap};
+use peers::PeerLink;
+
+/// Readiness events taken from one `poll` at most; more wait for the next.
+const EVENTS_MAX: usize = 1024;
+/// Ticks caught up in one loop iteration at most, after a stall (a long
+/// fsync, the machine descheduling the process): past it the missed ticks
+/// are dropped, so a stall does not turn into a burst of elections.
+const TICKS_CATCH_UP_MAX: u32 = 5;
 /// How long a stopping node keeps flushing its last answers to clients.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
-/// Reconnect backoff bounds for peer links.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-const READ_CHUNK_BYTES: usize = 64 << 10;
-/// Capacity a connection's write buffer keeps once flushed; a larger one
-/// (after a snapshot) is shrunk back to it.
-const WRITE_BUF_KEEP_BYTES: usize = 4 << 20;
 
 const LISTENER: Token = Token(0);
+/// Wakes the event loop when the storage thread has made a batch durable.
+const WAKER: Token = Token(usize::MAX - 1);
 
 /// Why a node could not start or had to stop.
 #[derive(Debug)]
 pub enum NodeError {
-    Bind { addr: SocketAddr, source: io::Error },
+    /// The node's own entry in cluster.toml is missing or unusable.
+    Config(String),
+    Bind {
+        addr: SocketAddr,
+        source: io::Error,
+    },
     Io(io::Error),
-    Storage(String),
+    /// Storage failed, or recovered state does not load.
+    Driver(DriverError),
 }
-
-/// Wakes the event loop when the storage thread has made a batch durable.
-const WAKER: Token = Token(usize::MAX - 1);
 
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            NodeError::Config(e) => write!(f, "config: {e}"),
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             NodeError::Io(e) => write!(f, "I/O error: {e}"),
-            NodeError::Storage(e) => write!(f, "storage: {e}"),
+            NodeError::Driver(e) => write!(f, "{e}"),
         }
     }
 }
@@ -92,94 +104,27 @@ impl From<io::Error> for NodeError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ConnKind {
-    /// Accepted; waiting for its Hello.
-    Pending,
-    /// A peer's link to us: it sends Raft messages here.
-    InPeer(NodeId),
-    /// Our link to a peer: we send Raft messages on it.
-    OutPeer(NodeId),
-    Client,
-}
-
-struct Conn {
-    stream: TcpStream,
-    kind: ConnKind,
-    read_buf: Vec<u8>,
-    write_buf: Vec<u8>,
-    /// Bytes of `write_buf` already written.
-    write_pos: usize,
-    /// An outbound connect not yet confirmed.
-    connecting: bool,
-    /// Close once `write_buf` is flushed.
-    close_after_flush: bool,
-    writable_registered: bool,
-    /// In `Node::dirty`, to be flushed at the end of the loop iteration.
-    dirty: bool,
-    /// The fragments of a Raft message received so far (an inbound peer
-    /// link; empty between messages).
-    fragments: Vec<u8>,
-}
-
-struct PeerLink {
-    addr: SocketAddr,
-    token: Option<Token>,
-    next_attempt: Instant,
-    backoff: Duration,
-}
-
-/// A map keyed by numbers this node hands out itself (connection tokens,
-/// read ids), looked up several times per request: they need no defence
-/// against chosen keys, so one multiplication replaces SipHash.
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl From<DriverError> for NodeError {
+    fn from(e: DriverError) -> Self {
+        NodeError::Driver(e)
     }
+}
 
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0 << 8 | b as u64);
+/// The storage thread is the node's disk: jobs go down its channel, and
+/// its reports come back through the waker to [`Node::storage_done`].
+impl Disk for StorageThread {
+    fn submit(&mut self, job: Job) -> Result<(), DriverError> {
+        if StorageThread::submit(self, job) {
+            Ok(())
+        } else {
+            Err(DriverError::Storage(
+                "the storage thread has stopped".into(),
+            ))
         }
     }
 
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: spreads consecutive ids over the high bits
-        // that the table's control bytes use, and keeps the low bits apart.
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-/// A storage job's number, the last entry it writes, and the messages
-/// that wait for it.
-type AfterDurable = (u64, Option<(LogIndex, raft::Term)>, Vec<Message>);
-
-struct Waiter {
-    token: Token,
-    request_id: u64,
-}
-
-struct ReadWaiter {
-    token: Token,
-    request_id: u64,
-    key: Vec<u8>,
-}
-
-impl ReadWaiter {
-    fn waiter(self) -> Waiter {
-        Waiter {
-            token: self.token,
-            request_id: self.request_id,
-        }
+    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
+        StorageThread::write_inline(self, job).map_err(|e| DriverError::Storage(e.to_string()))
     }
 }
 
@@ -188,52 +133,29 @@ pub struct Node {
     config: Config,
     id: NodeId,
     addr: SocketAddr,
-    raft: Raft,
+    driver: Driver,
     storage: StorageThread,
-    /// Jobs sent to the storage thread, and the highest one known durable.
-    storage_seq: u64,
-    storage_durable: u64,
-    /// Per storage job: the last entry it writes, and the messages that
-    /// wait for it (acknowledgements, votes).
-    after_durable: VecDeque<AfterDurable>,
-    kv: KvStore,
     poll: Poll,
     listener: TcpListener,
     conns: IdMap<Token, Conn>,
     next_token: usize,
     peers: BTreeMap<NodeId, PeerLink>,
-    /// Writes proposed and waiting to be applied, by (client, seq): every
-    /// copy of a request (a retry sent while the first is pending) waits,
-    /// and each gets the answer.
-    waiting_writes: HashMap<(ClientId, u64), Vec<Waiter>>,
-    /// ReadIndex requests sent to the core, by read id.
-    waiting_reads: IdMap<u64, ReadWaiter>,
-    /// Reads confirmed by a quorum, waiting for `last_applied` to reach them.
-    confirmed_reads: Vec<(LogIndex, ReadWaiter)>,
-    next_read_id: u64,
-    /// Where the last snapshot was taken, or skipped as too large to send.
-    snapshot_tried: LogIndex,
-    /// The state of the last snapshot a peer sent, decoded when it arrived.
-    decoded_snapshot: Option<(LogIndex, raft::Term, KvStore)>,
     /// Connections with bytes to send, flushed once per loop iteration.
     dirty: Vec<Token>,
+    /// Connections whose read stopped at `READ_BYTES_PER_EVENT_MAX` with
+    /// more to read: read again next iteration (readiness is
+    /// edge-triggered, so no new event would come for those bytes).
+    reread: Vec<Token>,
     /// Reused for every socket read.
     read_chunk: Vec<u8>,
-    /// Reused to encode a proposed command.
-    entry_buf: Vec<u8>,
-    fault: FaultSpec,
-    /// Messages held back by a delay fault: (due, seq), and the messages
-    /// by seq.
-    delayed: BinaryHeap<Reverse<(Instant, u64)>>,
-    delayed_msgs: HashMap<u64, Message>,
-    delayed_seq: u64,
-    rng: Rng,
+    faults: Faults,
     started: Instant,
     stop: Arc<AtomicBool>,
 }
 
 impl Node {
-    /// Binds the listener and restarts the core from `store`.
+    /// Binds the listener and restarts the driver from what storage
+    /// recovered.
     pub fn new(
         config: Config,
         id: NodeId,
@@ -243,20 +165,8 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let me = config
             .require_node(id)
-            .map_err(|e| NodeError::Storage(e.to_string()))?
+            .map_err(|e| NodeError::Config(e.to_string()))?
             .clone();
-        let Recovered {
-            hard_state,
-            entries,
-            snapshot,
-            ..
-        } = recovered;
-        let kv = match &snapshot {
-            Some(snap) => kv_of_snapshot(snap).map_err(|e| {
-                NodeError::Storage(format!("{}: {e}", me.data_dir.join("snapshot").display()))
-            })?,
-            None => KvStore::new(),
-        };
         let (emin, emax) = config.election_timeout_ticks();
         let mut rc = raft::Config::new(id, config.ids());
         rc.election_timeout_ticks_min = emin;
@@ -274,9 +184,10 @@ impl Node {
         rc.seed = seed;
         info!(
             "{id}: starting with term {} vote {:?}, {} and {} log entries",
-            hard_state.current_term,
-            hard_state.voted_for.map(|v| v.to_string()),
-            snapshot
+            recovered.hard_state.current_term,
+            recovered.hard_state.voted_for.map(|v| v.to_string()),
+            recovered
+                .snapshot
                 .as_ref()
                 .map_or("no snapshot".to_string(), |s| format!(
                     "a snapshot at {}/{} ({} bytes)",
@@ -284,9 +195,24 @@ impl Node {
                     s.term,
                     s.data.len()
                 )),
-            entries.len()
+            recovered.entries.len()
         );
-        let raft = Raft::restore(rc, hard_state, snapshot, entries);
+        let dc = DriverConfig {
+            snapshot_entries: config.cluster.snapshot_entries,
+            snapshot_keep_entries: config.cluster.snapshot_keep_entries,
+            addrs: config
+                .nodes
+                .iter()
+                .map(|n| (n.id, n.addr.to_string()))
+                .collect(),
+        };
+        let driver = Driver::restore(rc, recovered, dc).map_err(|e| match e {
+            DriverError::Snapshot(why) => NodeError::Driver(DriverError::Snapshot(format!(
+                "{}: {why}",
+                me.data_dir.join("snapshot").display()
+            ))),
+            e => NodeError::Driver(e),
+        })?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(me.addr).map_err(|source| NodeError::Bind {
             addr: me.addr,
@@ -306,46 +232,22 @@ impl Node {
             .nodes
             .iter()
             .filter(|n| n.id != id)
-            .map(|n| {
-                (
-                    n.id,
-                    PeerLink {
-                        addr: n.addr,
-                        token: None,
-                        next_attempt: now,
-                        backoff: BACKOFF_MIN,
-                    },
-                )
-            })
+            .map(|n| (n.id, PeerLink::new(n.addr, now)))
             .collect();
         Ok(Node {
             id,
             addr: me.addr,
-            raft,
+            driver,
             storage,
-            storage_seq: 0,
-            storage_durable: 0,
-            after_durable: VecDeque::new(),
-            kv,
             poll,
             listener,
             conns: IdMap::default(),
             next_token: 1,
             peers,
-            waiting_writes: HashMap::new(),
-            waiting_reads: IdMap::default(),
-            confirmed_reads: Vec::new(),
-            next_read_id: 1,
-            snapshot_tried: LogIndex(0),
-            decoded_snapshot: None,
             dirty: Vec::new(),
-            read_chunk: vec![0; READ_CHUNK_BYTES],
-            entry_buf: Vec::new(),
-            fault: FaultSpec::default(),
-            delayed: BinaryHeap::new(),
-            delayed_msgs: HashMap::new(),
-            delayed_seq: 0,
-            rng: Rng::new(seed),
+            reread: Vec::new(),
+            read_chunk: vec![0; net::READ_CHUNK_BYTES],
+            faults: Faults::new(seed),
             started: now,
             stop,
             config,
@@ -360,18 +262,24 @@ impl Node {
         );
         let tick = Duration::from_millis(self.config.cluster.tick_ms);
         let mut next_tick = Instant::now() + tick;
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(EVENTS_MAX);
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             let mut timeout = next_tick.saturating_duration_since(now);
-            if let Some(Reverse((due, _))) = self.delayed.peek() {
+            if let Some(due) = self.faults.next_due() {
                 timeout = timeout.min(due.saturating_duration_since(now));
+            }
+            if !self.reread.is_empty() {
+                timeout = Duration::ZERO;
             }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e.into());
+            }
+            for token in std::mem::take(&mut self.reread) {
+                self.read(token, false);
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -384,8 +292,8 @@ impl Node {
             }
             let now = Instant::now();
             let mut ticks = 0;
-            while now >= next_tick && ticks < 5 {
-                self.raft.tick();
+            while now >= next_tick && ticks < TICKS_CATCH_UP_MAX {
+                self.driver.tick();
                 next_tick += tick;
                 ticks += 1;
             }
@@ -394,7 +302,8 @@ impl Node {
             }
             self.release_delayed(now);
             self.maintain_peer_links(now);
-            self.process_ready()?;
+            self.driver.process_ready(&mut self.storage)?;
+            self.drain_outboxes();
             self.flush_dirty();
         }
         self.shut_down_clients();
@@ -411,1026 +320,59 @@ impl Node {
         Ok(())
     }
 
-    // ---- connections ------------------------------------------------------
-
-    fn add_conn(
-        &mut self,
-        mut stream: TcpStream,
-        kind: ConnKind,
-        connecting: bool,
-    ) -> io::Result<Token> {
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        let interest = if connecting {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        self.poll
-            .registry()
-            .register(&mut stream, token, interest)?;
-        let _ = stream.set_nodelay(true);
-        self.conns.insert(
-            token,
-            Conn {
-                stream,
-                kind,
-                read_buf: Vec::with_capacity(READ_CHUNK_BYTES),
-                write_buf: Vec::new(),
-                write_pos: 0,
-                connecting,
-                close_after_flush: false,
-                writable_registered: connecting,
-                dirty: false,
-                fragments: Vec::new(),
-            },
-        );
-        Ok(token)
-    }
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if self.conns.len() >= CONNECTIONS_MAX {
-                        warn!(
-                            "{}: refusing connection from {peer}: {CONNECTIONS_MAX} open",
-                            self.id
-                        );
-                        continue;
-                    }
-                    debug!("{}: accepted {peer}", self.id);
-                    if let Err(e) = self.add_conn(stream, ConnKind::Pending, false) {
-                        warn!("{}: cannot register connection from {peer}: {e}", self.id);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    warn!("{}: accept failed: {e}", self.id);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn close(&mut self, token: Token, why: &str) {
-        let Some(mut conn) = self.conns.remove(&token) else {
-            return;
-        };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        match conn.kind {
-            ConnKind::OutPeer(p) => {
-                debug!("{}: link to {p} closed: {why}", self.id);
-                if let Some(link) = self.peers.get_mut(&p) {
-                    link.token = None;
-                    link.next_attempt = Instant::now() + link.backoff;
-                    link.backoff = (link.backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-            ConnKind::InPeer(p) => debug!("{}: link from {p} closed: {why}", self.id),
-            _ => debug!("{}: connection closed: {why}", self.id),
-        }
-    }
-
-    fn maintain_peer_links(&mut self, now: Instant) {
-        let due: Vec<(NodeId, SocketAddr)> = self
-            .peers
-            .iter()
-            .filter(|(_, l)| l.token.is_none() && now >= l.next_attempt)
-            .map(|(&id, l)| (id, l.addr))
-            .collect();
-        for (peer, addr) in due {
-            match TcpStream::connect(addr) {
-                Ok(stream) => match self.add_conn(stream, ConnKind::OutPeer(peer), true) {
-                    Ok(token) => {
-                        let hello = Frame::Hello {
-                            cluster: self.config.cluster.name.clone(),
-                            from: Sender::Peer(self.id),
-                        };
-                        if let Some(c) = self.conns.get_mut(&token) {
-                            encode_frame(&hello, &mut c.write_buf);
-                        }
-                        if let Some(l) = self.peers.get_mut(&peer) {
-                            l.token = Some(token);
-                        }
-                    }
-                    Err(e) => warn!("{}: cannot register link to {peer}: {e}", self.id),
-                },
-                Err(e) => {
-                    debug!("{}: connect to {peer} at {addr} failed: {e}", self.id);
-                    if let Some(l) = self.peers.get_mut(&peer) {
-                        l.next_attempt = now + l.backoff;
-                        l.backoff = (l.backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
-            }
-        }
-    }
-
-    fn conn_event(&mut self, token: Token, readable: bool, writable: bool, read_closed: bool) {
-        if writable {
-            if let Some(c) = self.conns.get_mut(&token) {
-                if c.connecting {
-                    // A nonblocking connect is confirmed before use.
-                    match (c.stream.take_error(), c.stream.peer_addr()) {
-                        (Ok(None), Ok(_)) => {
-                            c.connecting = false;
-                            if let ConnKind::OutPeer(p) = c.kind {
-                                info!("{}: connected to {p}", self.id);
-                                if let Some(l) = self.peers.get_mut(&p) {
-                                    l.backoff = BACKOFF_MIN;
-                                }
-                            }
-                        }
-                        (Ok(Some(e)), _) | (Err(e), _) | (_, Err(e)) => {
-                            if e.kind() == io::ErrorKind::NotConnected {
-                                return; // spurious: not yet
-                            }
-                            self.close(token, &format!("connect failed: {e}"));
-                            return;
-                        }
-                    }
-                }
-            }
-            self.flush(token);
-        }
-        if readable {
-            self.read(token, read_closed);
-        }
-    }
-
-    /// Reads what the socket has; `read_closed`: the peer has shut down its
-    /// side, so read on to the end (a short read is not the end then).
-    fn read(&mut self, token: Token, read_closed: bool) {
-        let mut closed: Option<String> = None;
-        {
-            let Some(c) = self.conns.get_mut(&token) else {
-                return;
-            };
-            let chunk = &mut self.read_chunk;
-            loop {
-                match c.stream.read(chunk) {
-                    Ok(0) => {
-                        closed = Some("closed by the other side".into());
-                        break;
-                    }
-                    Ok(n) => {
-                        c.read_buf.extend_from_slice(&chunk[..n]);
-                        // A short read drained the socket: with edge-triggered
-                        // readiness, more data brings a new event, so skip the
-                        // read that would only say WouldBlock.
-                        if n < chunk.len() && !read_closed {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        closed = Some(format!("read error: {e}"));
-                        break;
-                    }
-                }
-            }
-        }
-        // Decode every whole frame, in place: the buffer is taken out of the
-        // connection meanwhile and put back after.
-        let Some(mut buf) = self
-            .conns
-            .get_mut(&token)
-            .map(|c| std::mem::take(&mut c.read_buf))
-        else {
-            return;
-        };
-        let mut pos = 0;
-        loop {
-            let handled = match decode_frame_ref(&buf[pos..]) {
-                Ok(None) => break,
-                Ok(Some((frame, used))) => {
-                    pos += used;
-                    match frame {
-                        FrameRef::Kv(kv) => self.handle_kv_frame(token, kv),
-                        FrameRef::Other(frame) => self.handle_frame(token, frame),
-                    }
-                }
-                Err(e) => {
-                    if let Some(c) = self.conns.get(&token) {
-                        let peer = c
-                            .stream
-                            .peer_addr()
-                            .map(|a| a.to_string())
-                            .unwrap_or_default();
-                        warn!(
-                            "{}: bad frame from {peer} ({:?}): {e}; closing that connection",
-                            self.id, c.kind
-                        );
-                    }
-                    self.close(token, &e.to_string());
-                    return;
-                }
-            };
-            if let Err(why) = handled {
-                warn!("{}: closing connection: {why}", self.id);
-                self.close(token, &why);
-                return;
-            }
-            if !self.conns.contains_key(&token) {
-                return; // closed while handling (a client not reading)
-            }
-        }
-        buf.drain(..pos);
-        if let Some(c) = self.conns.get_mut(&token) {
-            c.read_buf = buf;
-        }
-        if let Some(why) = closed {
-            self.close(token, &why);
-        }
-    }
-
-    fn flush(&mut self, token: Token) {
-        let mut close: Option<String> = None;
-        {
-            let Some(c) = self.conns.get_mut(&token) else {
-                return;
-            };
-            c.dirty = false;
-            if c.connecting {
-                return;
-            }
-            while c.write_pos < c.write_buf.len() {
-                match c.stream.write(&c.write_buf[c.write_pos..]) {
-                    Ok(0) => {
-                        close = Some("write returned 0".into());
-                        break;
-                    }
-                    Ok(n) => c.write_pos += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        close = Some(format!("write error: {e}"));
-                        break;
-                    }
-                }
-            }
-            if c.write_pos == c.write_buf.len() {
-                c.write_buf.clear();
-                if c.write_buf.capacity() > WRITE_BUF_KEEP_BYTES {
-                    // A snapshot went out: do not hold its size for good.
-                    c.write_buf.shrink_to(WRITE_BUF_KEEP_BYTES);
-                }
-                c.write_pos = 0;
-                if c.close_after_flush {
-                    close = Some("done".into());
-                }
-            }
-            if close.is_none() {
-                let want = c.write_pos < c.write_buf.len();
-                if want != c.writable_registered {
-                    let interest = if want {
-                        Interest::READABLE | Interest::WRITABLE
-                    } else {
-                        Interest::READABLE
-                    };
-                    if self
-                        .poll
-                        .registry()
-                        .reregister(&mut c.stream, token, interest)
-                        .is_ok()
-                    {
-                        c.writable_registered = want;
-                    }
-                }
-            }
-        }
-        if let Some(why) = close {
-            self.close(token, &why);
-        }
-    }
-
-    fn send_frame(&mut self, token: Token, frame: &Frame) {
-        let Some(c) = self.conns.get_mut(&token) else {
-            return;
-        };
-        // A client that lets answers pile up is closed; one answer is
-        // always queued whole, however large.
-        if c.kind == ConnKind::Client && c.write_buf.len() - c.write_pos > CLIENT_WRITE_BYTES_MAX {
-            let queued = c.write_buf.len() - c.write_pos;
-            warn!(
-                "{}: closing a client connection: {queued} bytes of answers unread, over {CLIENT_WRITE_BYTES_MAX}",
-                self.id
-            );
-            self.close(token, "client is not reading its responses");
-            return;
-        }
-        encode_frame(frame, &mut c.write_buf);
-        self.mark_dirty(token);
-    }
-
-    /// Queues a flush for the end of this loop iteration: everything a
-    /// connection gets in one iteration goes out in one `write`.
-    fn mark_dirty(&mut self, token: Token) {
-        if let Some(c) = self.conns.get_mut(&token) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(token);
-            }
-        }
-    }
-
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for token in dirty.drain(..) {
-            self.flush(token);
-        }
-        if self.dirty.is_empty() {
-            self.dirty = dirty; // keep the allocation
-        }
-    }
-
-    fn respond(&mut self, token: Token, request_id: u64, body: ResponseBody) {
-        self.send_frame(token, &Frame::Response { request_id, body });
-    }
-
-    // ---- frames -------------------------------------------------------------
-
-    fn handle_frame(&mut self, token: Token, frame: Frame) -> Result<(), String> {
-        let kind = self.conns.get(&token).map(|c| c.kind).ok_or("gone")?;
-        match (kind, frame) {
-            (ConnKind::Pending, Frame::Hello { cluster, from }) => {
-                if cluster != self.config.cluster.name {
-                    self.reject(
-                        token,
-                        ErrorCode::WrongCluster,
-                        format!(
-                            "this is cluster {:?}, not {cluster:?}",
-                            self.config.cluster.name
-                        ),
-                    );
-                    return Ok(());
-                }
-                let new_kind = match from {
-                    Sender::Client => ConnKind::Client,
-                    Sender::Peer(p) if p != self.id && self.peers.contains_key(&p) => {
-                        ConnKind::InPeer(p)
-                    }
-                    Sender::Peer(p) => {
-                        self.reject(
-                            token,
-                            ErrorCode::UnknownPeer,
-                            format!("{p} is not a peer of {} in this cluster", self.id),
-                        );
-                        return Ok(());
-                    }
-                };
-                if let Some(c) = self.conns.get_mut(&token) {
-                    c.kind = new_kind;
-                }
-                if let ConnKind::InPeer(p) = new_kind {
-                    info!("{}: {p} connected to us", self.id);
-                }
-                self.send_frame(token, &Frame::HelloOk { node: self.id });
-                Ok(())
-            }
-            (ConnKind::Pending, f) => Err(misplaced(ConnKind::Pending, frame_name(&f))),
-            (ConnKind::InPeer(p), Frame::Fragment { last, data }) => {
-                let Some(c) = self.conns.get_mut(&token) else {
-                    return Ok(());
-                };
-                if c.fragments.len() + data.len() > FRAGMENTED_BYTES_MAX {
-                    return Err(format!(
-                        "{p} sent a message of more than {FRAGMENTED_BYTES_MAX} bytes in fragments"
-                    ));
-                }
-                c.fragments.extend_from_slice(&data);
-                if !last {
-                    return Ok(());
-                }
-                let body = std::mem::take(&mut c.fragments);
-                let m = decode_raft_fragments(&body)
-                    .map_err(|e| format!("{p} sent a bad message in fragments: {e}"))?;
-                drop(body);
-                self.handle_frame(token, Frame::Raft(m))
-            }
-            (ConnKind::InPeer(p), Frame::Raft(m)) => {
-                if m.from != p || m.to != self.id {
-                    return Err(format!("{p} sent a message addressed {}->{}", m.from, m.to));
-                }
-                if self.partitioned_from(p) {
-                    return Ok(());
-                }
-                if let MessageBody::InstallSnapshot { snapshot, .. } = &m.body {
-                    self.decode_snapshot(p, snapshot)?;
-                }
-                self.raft.step(m);
-                Ok(())
-            }
-            (ConnKind::OutPeer(_), Frame::HelloOk { .. }) => Ok(()),
-            (ConnKind::OutPeer(p), Frame::HelloReject { code, reason }) => {
-                error!("{}: {p} refused our link ({code:?}): {reason}", self.id);
-                Err(format!("refused by {p}"))
-            }
-            (ConnKind::Client, Frame::Request { request_id, body }) => {
-                self.handle_request(token, request_id, body);
-                Ok(())
-            }
-            (k, f) => Err(misplaced(k, frame_name(&f))),
-        }
-    }
-
-    fn handle_kv_frame(&mut self, token: Token, kv: KvRequestRef<'_>) -> Result<(), String> {
-        match self.conns.get(&token).map(|c| c.kind).ok_or("gone")? {
-            ConnKind::Client => {
-                self.handle_kv(token, kv.request_id, kv.command, kv.stale_read);
-                Ok(())
-            }
-            k => Err(misplaced(k, "Request")),
-        }
-    }
-
-    fn reject(&mut self, token: Token, code: ErrorCode, reason: String) {
-        warn!("{}: refusing connection: {reason}", self.id);
-        self.send_frame(token, &Frame::HelloReject { code, reason });
-        if let Some(c) = self.conns.get_mut(&token) {
-            c.close_after_flush = true;
-        }
-        self.flush(token);
-    }
-
-    fn not_leader(&self) -> ResponseBody {
-        let leader = self.raft.leader().filter(|&l| l != self.id);
-        let leader_addr = leader
-            .and_then(|l| self.config.node(l))
-            .map(|n| n.addr.to_string())
-            .unwrap_or_default();
-        ResponseBody::NotLeader {
-            leader,
-            leader_addr,
-        }
-    }
-
-    fn pending_count(&self) -> usize {
-        self.waiting_writes.len() + self.waiting_reads.len() + self.confirmed_reads.len()
-    }
-
-    fn handle_request(&mut self, token: Token, request_id: u64, body: RequestBody) {
-        match body {
-            RequestBody::Status => {
-                let status = NodeStatus {
-                    status: self.raft.status(),
-                    addr: self.addr.to_string(),
-                    fault: self.fault.clone(),
-                    uptime_ms: self.started.elapsed().as_millis() as u64,
-                };
-                self.respond(token, request_id, ResponseBody::Status(status));
-            }
-            RequestBody::Log {
-                from,
-                to,
-                entries_max,
-            } => {
-                let log = self.raft.log();
-                let to = if to.0 == 0 { log.last_index() } else { to };
-                let max = entries_max.clamp(1, LOG_ENTRIES_MAX) as usize;
-                // The first entry always goes, so the client can page on.
-                let mut bytes = 0usize;
-                let entries: Vec<Entry> = log
-                    .slice(from.max(LogIndex(1)), to)
-                    .iter()
-                    .take(max)
-                    .enumerate()
-                    .take_while(|(k, e)| {
-                        bytes += ENTRY_OVERHEAD_BYTES + e.data.len();
-                        *k == 0 || bytes <= LOG_RESPONSE_BYTES_MAX
-                    })
-                    .map(|(_, e)| e.clone())
-                    .collect();
-                let body = ResponseBody::Log {
-                    commit_index: self.raft.commit_index(),
-                    first_index: log.first_index(),
-                    last_index: log.last_index(),
-                    entries,
-                };
-                self.respond(token, request_id, body);
-            }
-            RequestBody::Fault(spec) => {
-                if let Err(why) = spec.validate(&self.config.ids()) {
-                    warn!("{}: refusing fault {spec:?}: {why}", self.id);
-                    let body = ResponseBody::Error {
-                        code: ErrorCode::BadRequest,
-                        message: why,
-                    };
-                    self.respond(token, request_id, body);
-                    return;
-                }
-                info!("{}: fault injection now {spec:?}", self.id);
-                self.fault = spec;
-                self.respond(token, request_id, ResponseBody::FaultOk);
-            }
-            RequestBody::Kv {
-                command,
-                stale_read,
-            } => self.handle_kv(token, request_id, command.as_ref(), stale_read),
-        }
-    }
-
-    fn handle_kv(
-        &mut self,
-        token: Token,
-        request_id: u64,
-        command: CommandRef<'_>,
-        stale_read: bool,
-    ) {
-        if let Err(over) = command.op.check_limits() {
-            let body = ResponseBody::Error {
-                code: ErrorCode::BadRequest,
-                message: over.to_string(),
-            };
-            self.respond(token, request_id, body);
-            return;
-        }
-        if let OpRef::Get { key } = command.op {
-            if stale_read {
-                let value = self.kv.get(key).map(<[u8]>::to_vec);
-                let index = self.kv.last_applied();
-                self.respond(
-                    token,
-                    request_id,
-                    ResponseBody::Kv {
-                        index,
-                        result: OpResult::Value(value),
-                    },
-                );
-                return;
-            }
-            if self.pending_count() >= PENDING_REQUESTS_MAX {
-                self.busy(token, request_id);
-                return;
-            }
-            let read_id = self.next_read_id;
-            self.next_read_id += 1;
-            match self.raft.read_index(read_id) {
-                Ok(()) => {
-                    let key = key.to_vec();
-                    self.waiting_reads.insert(
-                        read_id,
-                        ReadWaiter {
-                            token,
-                            request_id,
-                            key,
-                        },
-                    );
-                }
-                Err(NotLeader::Redirect(_)) => {
-                    let body = self.not_leader();
-                    self.respond(token, request_id, body);
-                }
-            }
-            return;
-        }
-        // A write. A retry of one already applied gets the first answer,
-        // its log index included, from any node that applied it.
-        if let Some((index, result)) = self.kv.cached(command.client_id, command.seq) {
-            let body = ResponseBody::Kv {
-                index,
-                result: result.clone(),
-            };
-            self.respond(token, request_id, body);
-            return;
-        }
-        let key = (command.client_id, command.seq);
-        if self.raft.role() != Role::Leader {
-            let body = self.not_leader();
-            self.respond(token, request_id, body);
-            return;
-        }
-        if let Some(ws) = self.waiting_writes.get_mut(&key) {
-            // Already in the log, not yet applied: this copy waits too.
-            if ws.len() < COPIES_WAITING_MAX {
-                ws.push(Waiter { token, request_id });
-            } else {
-                let body = ResponseBody::Error {
-                    code: ErrorCode::TooBusy,
-                    message: format!(
-                        "{COPIES_WAITING_MAX} copies of this request already wait for it"
-                    ),
-                };
-                self.respond(token, request_id, body);
-            }
-            return;
-        }
-        if self.pending_count() >= PENDING_REQUESTS_MAX {
-            self.busy(token, request_id);
-            return;
-        }
-        // The entry's data: one allocation, shared from here on by the log,
-        // the storage job, the followers' AppendEntries and the apply.
-        let buf = &mut self.entry_buf;
-        buf.clear();
-        command.encode(buf);
-        match self.raft.propose(Arc::<[u8]>::from(&buf[..])) {
-            Ok(_) => {
-                self.waiting_writes
-                    .insert(key, vec![Waiter { token, request_id }]);
-            }
-            Err(NotLeader::Redirect(_)) => {
-                let body = self.not_leader();
-                self.respond(token, request_id, body);
-            }
-        }
-    }
-
-    fn busy(&mut self, token: Token, request_id: u64) {
-        let body = ResponseBody::Error {
-            code: ErrorCode::TooBusy,
-            message: format!("{PENDING_REQUESTS_MAX} requests already waiting"),
-        };
-        self.respond(token, request_id, body);
-    }
-
-    // ---- faults --------------------------------------------------------------
-
-    fn partitioned_from(&self, peer: NodeId) -> bool {
-        if self.fault.partition.is_empty() {
-            return false;
-        }
-        let group_of = |n: NodeId| self.fault.partition.iter().position(|g| g.contains(&n));
-        group_of(self.id) != group_of(peer)
-    }
-
-    fn release_delayed(&mut self, now: Instant) {
-        while let Some(Reverse((due, _))) = self.delayed.peek() {
-            if *due > now {
-                break;
-            }
-            let Some(Reverse((_, seq))) = self.delayed.pop() else {
-                break;
-            };
-            if let Some(m) = self.delayed_msgs.remove(&seq) {
-                self.transmit(m);
-            }
-        }
-    }
-
-    // ---- ready ----------------------------------------------------------------
-
-    fn send_message(&mut self, m: Message) {
-        if self.partitioned_from(m.to) {
-            return;
-        }
-        if self.fault.drop_rate_ppm > 0
-            && self.rng.range(0, 1_000_000) < self.fault.drop_rate_ppm as u64
-        {
-            return;
-        }
-        if self.fault.delay_ms > 0 || self.fault.jitter_ms > 0 {
-            let ms =
-                self.fault.delay_ms as u64 + self.rng.range(0, self.fault.jitter_ms as u64 + 1);
-            self.delayed_seq += 1;
-            let seq = self.delayed_seq;
-            self.delayed_msgs.insert(seq, m);
-            self.delayed
-                .push(Reverse((Instant::now() + Duration::from_millis(ms), seq)));
-            return;
-        }
-        self.transmit(m);
-    }
-
-    fn transmit(&mut self, m: Message) {
-        let Some(token) = self.peers.get(&m.to).and_then(|l| l.token) else {
-            return; // link down: Raft retransmits
-        };
-        let Some(c) = self.conns.get_mut(&token) else {
-            return;
-        };
-        if c.write_buf.len() > PEER_WRITE_BYTES_MAX {
-            debug!(
-                "{}: dropping {m}: {} bytes queued",
-                self.id,
-                c.write_buf.len()
-            );
-            return;
-        }
-        if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
-            // A snapshot may not fit one frame.
-            encode_raft_fragments(&m, &mut c.write_buf);
-        } else {
-            encode_frame(&Frame::Raft(m), &mut c.write_buf);
-        }
-        self.mark_dirty(token);
-    }
-
-    fn process_ready(&mut self) -> Result<(), NodeError> {
-        for _ in 0..16 {
-            if !self.raft.has_ready() {
-                return Ok(());
-            }
-            let rd = self.raft.ready();
-            if let Some(ss) = rd.soft_state {
-                info!(
-                    "{} t{}: {} (leader {})",
-                    self.id,
-                    ss.term,
-                    ss.role,
-                    ss.leader.map_or("none".into(), |l| l.to_string())
-                );
-                if ss.role != Role::Leader {
-                    self.fail_waiting();
-                }
-            }
-            let must_persist = rd.must_persist();
-            for m in rd.messages {
-                self.send_message(m);
-            }
-            if let Some(snap) = &rd.snapshot {
-                self.install_snapshot(snap)?;
-            }
-            if must_persist {
-                self.storage_seq += 1;
-                let last = rd
-                    .entries
-                    .last()
-                    .map(|e| (e.index, e.term))
-                    .or(rd.snapshot.as_ref().map(|s| (s.index, s.term)));
-                let job = Job {
-                    seq: self.storage_seq,
-                    hard_state: rd.hard_state,
-                    snapshot: rd.snapshot,
-                    entries: rd.entries,
-                    release: Vec::new(),
-                };
-                let idle = self.storage_seq == self.storage_durable + 1;
-                // Nothing else in flight: a vote, or one entry right after
-                // the commit index (one client waiting, nothing to batch).
-                let lone = job.snapshot.is_none()
-                    && match &job.entries[..] {
-                        [] => true,
-                        [e] => e.index == self.raft.commit_index().next(),
-                        _ => false,
-                    };
-                self.after_durable
-                    .push_back((self.storage_seq, last, rd.messages_after_persist));
-                // Such a job, at a follower whose storage thread is idle,
-                // is written here and answered at once, saving two thread
-                // hand-offs. Everything else goes to the thread: the next
-                // batch is read while this one is written, and the leader's
-                // write runs in parallel with the replication sent above.
-                if self.raft.role() != Role::Leader && idle && lone {
-                    self.storage
-                        .write_inline(&job)
-                        .map_err(NodeError::Storage)?;
-                    self.storage_durable = self.storage_seq;
-                    self.release_durable();
-                } else if !self.storage.submit(job) {
-                    return Err(NodeError::Storage("the storage thread has stopped".into()));
-                }
-            } else if !rd.messages_after_persist.is_empty() {
-                if self.storage_seq > self.storage_durable {
-                    // They may speak for entries still on their way to disk.
-                    self.after_durable.push_back((
-                        self.storage_seq,
-                        None,
-                        rd.messages_after_persist,
-                    ));
-                } else {
-                    for m in rd.messages_after_persist {
-                        self.send_message(m);
-                    }
-                }
-            }
-            for e in rd.committed_entries {
-                self.apply(e);
-            }
-            self.maybe_snapshot()?;
-            for rs in rd.read_states {
-                if let Some(w) = self.waiting_reads.remove(&rs.id) {
-                    self.confirmed_reads.push((rs.index, w));
-                }
-            }
-            self.answer_reads();
-        }
-        Ok(())
-    }
-
-    /// The storage thread reported: send what waited, tell the core.
+    /// The storage thread reported: the driver sends what waited and tells
+    /// the core.
     fn storage_done(&mut self) -> Result<(), NodeError> {
         while let Ok(d) = self.storage.done().try_recv() {
             match d {
-                Durable::Upto(seq) => self.storage_durable = seq,
-                Durable::Failed(e) => return Err(NodeError::Storage(e)),
-            }
-        }
-        self.release_durable();
-        Ok(())
-    }
-
-    /// Tells the core what is now durable and sends what waited for it.
-    fn release_durable(&mut self) {
-        while self
-            .after_durable
-            .front()
-            .is_some_and(|(seq, _, _)| *seq <= self.storage_durable)
-        {
-            let Some((_, last, msgs)) = self.after_durable.pop_front() else {
-                break;
-            };
-            if let Some((index, term)) = last {
-                self.raft.persisted(index, term);
-            }
-            for m in msgs {
-                self.send_message(m);
-            }
-        }
-    }
-
-    /// A snapshot from a peer is decoded before the core sees it: one that
-    /// does not decode is a bad frame (the link closes, the node goes on),
-    /// not a state the core has already switched to.
-    fn decode_snapshot(&mut self, from: NodeId, snap: &Snapshot) -> Result<(), String> {
-        if snap.index <= self.raft.commit_index() {
-            return Ok(()); // the core acknowledges it and changes nothing
-        }
-        let kv = kv_of_snapshot(snap).map_err(|e| format!("from {from}: {e}"))?;
-        self.decoded_snapshot = Some((snap.index, snap.term, kv));
-        Ok(())
-    }
-
-    /// The leader sent its snapshot: it replaces the state machine (the
-    /// core has already replaced the log).
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
-        let kv = match self.decoded_snapshot.take() {
-            Some((index, term, kv)) if index == snap.index && term == snap.term => kv,
-            _ => kv_of_snapshot(snap)
-                .map_err(|e| NodeError::Storage(format!("from the leader: {e}")))?,
-        };
-        info!(
-            "{}: installed the leader's snapshot at {}/{} ({} bytes, {} keys)",
-            self.id,
-            snap.index,
-            snap.term,
-            snap.data.len(),
-            kv.len()
-        );
-        self.kv = kv;
-        Ok(())
-    }
-
-    /// Every `snapshot_entries` applied entries: snapshot the state
-    /// machine, let the core drop the log behind it (keeping
-    /// `snapshot_keep_entries`), and have the storage thread write it and
-    /// delete the WAL segments it covers.
-    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
-        let every = self.config.cluster.snapshot_entries;
-        let applied = self.raft.last_applied();
-        let last = self
-            .raft
-            .snapshot()
-            .map_or(LogIndex(0), |s| s.index)
-            .max(self.snapshot_tried);
-        if every == 0 || applied.0 < last.0 + every {
-            return Ok(());
-        }
-        self.snapshot_tried = applied;
-        let Some(term) = self.raft.log().term_at(applied) else {
-            return Ok(());
-        };
-        debug_assert_eq!(self.kv.last_applied(), applied);
-        let started = Instant::now();
-        let snap = Snapshot {
-            index: applied,
-            term,
-            data: self.kv.snapshot().into(),
-        };
-        let encoded = started.elapsed();
-        if snap.data.len() > SNAPSHOT_DATA_BYTES_MAX {
-            // A follower that fell behind could never be sent it: keep
-            // the log rather than compact it away.
-            warn!(
-                "{}: not compacting: the state is {} bytes, past the {} a snapshot can carry to a follower",
-                self.id,
-                snap.data.len(),
-                SNAPSHOT_DATA_BYTES_MAX
-            );
-            return Ok(());
-        }
-        let keep = self.config.cluster.snapshot_keep_entries;
-        let release = self
-            .raft
-            .compact(snap.clone(), LogIndex((applied.0 + 1).saturating_sub(keep)));
-        info!(
-            "{}: snapshot at {applied}/{term} ({} bytes, {} keys, encoded in {} µs); log now from {}, {} entries to free",
-            self.id,
-            snap.data.len(),
-            self.kv.len(),
-            encoded.as_micros(),
-            self.raft.log().first_index(),
-            release.len()
-        );
-        self.storage_seq += 1;
-        self.after_durable
-            .push_back((self.storage_seq, None, Vec::new()));
-        let job = Job {
-            seq: self.storage_seq,
-            hard_state: None,
-            snapshot: Some(snap),
-            entries: Vec::new(),
-            release,
-        };
-        if !self.storage.submit(job) {
-            return Err(NodeError::Storage("the storage thread has stopped".into()));
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, e: Entry) {
-        if e.kind == EntryKind::Noop {
-            self.kv.note_applied(e.index);
-            return;
-        }
-        match self.kv.apply(e.index, &e.data) {
-            Ok(applied) => {
-                let Some(ws) = self
-                    .waiting_writes
-                    .remove(&(applied.client_id, applied.seq))
-                else {
-                    return;
-                };
-                let body = match applied.result {
-                    Ok(result) => ResponseBody::Kv {
-                        index: applied.index,
-                        result,
-                    },
-                    Err(why) => {
-                        let code = match why {
-                            Refused::Stale { .. } => ErrorCode::BadRequest,
-                            Refused::SessionExpired { .. } => ErrorCode::SessionExpired,
-                        };
-                        ResponseBody::Error {
-                            code,
-                            message: why.to_string(),
-                        }
-                    }
-                };
-                for w in ws {
-                    self.respond(w.token, w.request_id, body.clone());
+                Durable::Upto(seq) => self.driver.durable(seq),
+                Durable::Failed(e) => {
+                    return Err(NodeError::Driver(DriverError::Storage(e.to_string())))
                 }
             }
-            Err(why) => error!("{}: {why}", self.id),
         }
+        Ok(())
     }
 
-    fn answer_reads(&mut self) {
-        let applied = self.kv.last_applied();
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed_reads)
-            .into_iter()
-            .partition(|(i, _)| *i <= applied);
-        self.confirmed_reads = waiting;
-        for (_, w) in ready {
-            let value = self.kv.get(&w.key).map(<[u8]>::to_vec);
-            self.respond(
-                w.token,
-                w.request_id,
-                ResponseBody::Kv {
-                    index: applied,
-                    result: OpResult::Value(value),
-                },
-            );
+    /// Sends what the driver put in its outboxes: peer messages through
+    /// the fault layer, answers onto their client connections.
+    fn drain_outboxes(&mut self) {
+        let mut messages = std::mem::take(&mut self.driver.messages);
+        for m in messages.drain(..) {
+            self.send_message(m);
         }
+        self.driver.messages = messages;
+        let mut answers = std::mem::take(&mut self.driver.answers);
+        for a in answers.drain(..) {
+            self.respond(a.to, a.body);
+        }
+        self.driver.answers = answers;
     }
 
-    /// Stopping: every waiting request is answered Unavailable (a write's
-    /// outcome is unknown: retry it elsewhere with the same client id and
-    /// seq), and the answers are flushed for up to `SHUTDOWN_FLUSH_MAX`
-    /// before the connections close with the process.
+    fn respond(&mut self, to: ClientRef, body: ResponseBody) {
+        let frame = Frame::Response {
+            request_id: to.request_id,
+            body,
+        };
+        self.send_frame(Token(to.conn as usize), &frame);
+    }
+
+    /// Stopping: every waiting request is answered Unavailable, and the
+    /// answers are flushed for up to `SHUTDOWN_FLUSH_MAX` before the
+    /// connections close with the process.
     fn shut_down_clients(&mut self) {
-        let why = "node shutting down; a write's outcome is unknown, retry";
-        let waiting: Vec<Waiter> = self
-            .waiting_writes
-            .drain()
-            .flat_map(|(_, w)| w)
-            .chain(self.waiting_reads.drain().map(|(_, w)| w.waiter()))
-            .chain(self.confirmed_reads.drain(..).map(|(_, w)| w.waiter()))
-            .collect();
-        if !waiting.is_empty() {
-            info!(
-                "{}: stopping: answering {} waiting requests",
-                self.id,
-                waiting.len()
-            );
+        let n = self.driver.shut_down();
+        if n > 0 {
+            info!("{}: stopping: answered {n} waiting requests", self.id);
         }
-        for w in waiting {
-            let body = ResponseBody::Error {
-                code: ErrorCode::Unavailable,
-                message: why.into(),
-            };
-            self.respond(w.token, w.request_id, body);
-        }
+        self.drain_outboxes();
         let deadline = Instant::now() + SHUTDOWN_FLUSH_MAX;
         loop {
             self.flush_dirty();
             let pending: Vec<Token> = self
                 .conns
                 .iter()
-                .filter(|(_, c)| c.kind == ConnKind::Client && c.write_pos < c.write_buf.len())
+                .filter(|(_, c)| c.is_client() && c.has_output())
                 .map(|(t, _)| *t)
                 .collect();
             if pending.is_empty() || Instant::now() >= deadline {
@@ -1442,99 +384,4 @@ impl Node {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-
-    /// Leadership lost: nobody here will answer the waiting requests.
-    fn fail_waiting(&mut self) {
-        let writes: Vec<Waiter> = self.waiting_writes.drain().flat_map(|(_, w)| w).collect();
-        for w in writes {
-            let body = ResponseBody::Error {
-                code: ErrorCode::Unavailable,
-                message: "leadership lost before the write was applied; outcome unknown, retry"
-                    .into(),
-            };
-            self.respond(w.token, w.request_id, body);
-        }
-        let reads: Vec<ReadWaiter> = self
-            .waiting_reads
-            .drain()
-            .map(|(_, w)| w)
-            .chain(self.confirmed_reads.drain(..).map(|(_, w)| w))
-            .collect();
-        for w in reads {
-            let body = self.not_leader();
-            self.respond(w.token, w.request_id, body);
-        }
-    }
-}
-
-/// Why a frame of this type may not come on a connection of this kind.
-/// The key-value state a snapshot holds, which must be the state at the
-/// snapshot's index.
-fn kv_of_snapshot(snap: &Snapshot) -> Result<KvStore, String> {
-    let kv = KvStore::restore(&snap.data).map_err(|e| {
-        format!(
-            "the snapshot at {}/{} does not decode: {e}",
-            snap.index, snap.term
-        )
-    })?;
-    if kv.last_applied() != snap.index {
-        return Err(format!(
-            "the snapshot at {}/{} holds the state at {}",
-            snap.index,
-            snap.term,
-            kv.last_applied()
-        ));
-    }
-    Ok(kv)
-}
-
-fn misplaced(kind: ConnKind, frame: &str) -> String {
-    match kind {
-        ConnKind::Pending => format!("expected Hello first, got {frame}"),
-        k => format!("unexpected {frame} on a {k:?} connection"),
-    }
-}
-
-fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello { .. } => "Hello",
-        Frame::HelloOk { .. } => "HelloOk",
-        Frame::HelloReject { .. } => "HelloReject",
-        Frame::Raft(_) => "Raft",
-        Frame::Fragment { .. } => "Fragment",
-        Frame::Request { .. } => "Request",
-        Frame::Response { .. } => "Response",
-    }
-}
-
-static STOP_SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP_SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// Installs SIGINT/SIGTERM/SIGHUP handlers and returns a flag that turns true when
-/// one arrives.
-pub fn stop_on_signals() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        // SIGHUP too (a closed terminal, a killed tmux pane), unless the
-        // node was started with it ignored (nohup).
-        let previous = libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
-        if previous == libc::SIG_IGN {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        }
-    }
-    let f = flag.clone();
-    std::thread::spawn(move || loop {
-        if STOP_SIGNALLED.load(Ordering::SeqCst) {
-            f.store(true, Ordering::SeqCst);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    });
-    flag
 }

@@ -1,0 +1,69 @@
+//! Client frames: a request goes to the driver (key-value requests and Log
+//! pages) or is answered here (Status, Fault), tagged with the connection
+//! and request id so that the answer finds its way back.
+
+use log::{info, warn};
+use mio::Token;
+
+use crate::wire::{ErrorCode, KvRequestRef, NodeStatus, RequestBody, ResponseBody};
+
+use super::driver::ClientRef;
+use super::net::ConnKind;
+use super::peers::misplaced;
+use super::Node;
+
+impl Node {
+    /// A key-value request decoded in place (the hot path: no copy of its
+    /// key and value before the driver encodes the entry).
+    pub(super) fn handle_kv_frame(
+        &mut self,
+        token: Token,
+        kv: KvRequestRef<'_>,
+    ) -> Result<(), String> {
+        match self.conns.get(&token).map(|c| c.kind).ok_or("gone")? {
+            ConnKind::Client => {
+                let to = ClientRef::new(token, kv.request_id);
+                self.driver.handle_kv(to, kv.command, kv.stale_read);
+                Ok(())
+            }
+            k => Err(misplaced(k, "Request")),
+        }
+    }
+
+    pub(super) fn handle_request(&mut self, to: ClientRef, body: RequestBody) {
+        match body {
+            RequestBody::Status => {
+                let status = NodeStatus {
+                    status: self.driver.raft().status(),
+                    addr: self.addr.to_string(),
+                    fault: self.faults.spec.clone(),
+                    uptime_ms: self.started.elapsed().as_millis() as u64,
+                };
+                self.respond(to, ResponseBody::Status(status));
+            }
+            RequestBody::Log {
+                from,
+                to: last,
+                entries_max,
+            } => self.driver.handle_log(to, from, last, entries_max),
+            RequestBody::Fault(spec) => {
+                if let Err(why) = spec.validate(&self.config.ids()) {
+                    warn!("{}: refusing fault {spec:?}: {why}", self.id);
+                    let body = ResponseBody::Error {
+                        code: ErrorCode::BadRequest,
+                        message: why,
+                    };
+                    self.respond(to, body);
+                    return;
+                }
+                info!("{}: fault injection now {spec:?}", self.id);
+                self.faults.spec = spec;
+                self.respond(to, ResponseBody::FaultOk);
+            }
+            RequestBody::Kv {
+                command,
+                stale_read,
+            } => self.driver.handle_kv(to, command.as_ref(), stale_read),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! Connections: accepting, nonblocking reads into a per-connection buffer
+//! (decoded in place, frame by frame), and buffered writes flushed once per
+//! loop iteration, with WRITABLE interest registered only while output is
+//! queued.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, Read, Write};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use crate::raft::NodeId;
+use crate::wire::{decode_frame_ref, encode_frame, Frame, FrameRef};
+
+use super::Node;
+
+/// Connections (clients and peers) open at once; more are refused.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Bytes of answers queued for one client; past it, the client (which is
+/// not reading them) is disconnected. One answer is always queued whole.
+pub const CLIENT_WRITE_BYTES_MAX: usize = 16 << 20;
+/// Bytes read from one connection per readiness event at most; the rest
+/// is read in the next loop iteration, so one busy connection cannot hold
+/// the loop (and every heartbeat) for long.
+pub const READ_BYTES_PER_EVENT_MAX: usize = 4 << 20;
+/// One `read` call's buffer.
+pub(super) const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Capacity a connection's write buffer keeps once flushed; a larger one
+/// (after a snapshot) is shrunk back to it.
+const WRITE_BUF_KEEP_BYTES: usize = 4 << 20;
+
+const _: () = assert!(READ_BYTES_PER_EVENT_MAX >= READ_CHUNK_BYTES);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ConnKind {
+    /// Accepted; waiting for its Hello.
+    Pending,
+    /// A peer's link to us: it sends Raft messages here.
+    InPeer(NodeId),
+    /// Our link to a peer: we send Raft messages on it.
+    OutPeer(NodeId),
+    Client,
+}
+
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    pub(super) kind: ConnKind,
+    pub(super) read_buf: Vec<u8>,
+    pub(super) write_buf: Vec<u8>,
+    /// Bytes of `write_buf` already written.
+    pub(super) write_pos: usize,
+    /// An outbound connect not yet confirmed.
+    pub(super) connecting: bool,
+    /// Close once `write_buf` is flushed.
+    pub(super) close_after_flush: bool,
+    pub(super) writable_registered: bool,
+    /// In `Node::dirty`, to be flushed at the end of the loop iteration.
+    pub(super) dirty: bool,
+    /// The fragments of a Raft message received so far (an inbound peer
+    /// link; empty between messages).
+    pub(super) fragments: Vec<u8>,
+}
+
+impl Conn {
+    pub(super) fn is_client(&self) -> bool {
+        self.kind == ConnKind::Client
+    }
+
+    /// Bytes queued and not yet written.
+    pub(super) fn has_output(&self) -> bool {
+        self.write_pos < self.write_buf.len()
+    }
+}
+
+/// A map keyed by numbers this node hands out itself (connection tokens,
+/// read ids), looked up several times per request: they need no defence
+/// against chosen keys, so one multiplication replaces SipHash.
+pub(super) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 << 8 | b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the high bits
+        // that the table's control bytes use, and keeps the low bits apart.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+impl Node {
+    pub(super) fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        kind: ConnKind,
+        connecting: bool,
+    ) -> io::Result<Token> {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let interest = if connecting {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.poll
+            .registry()
+            .register(&mut stream, token, interest)?;
+        let _ = stream.set_nodelay(true);
+        self.conns.insert(
+            token,
+            Conn {
+                stream,
+                kind,
+                read_buf: Vec::with_capacity(READ_CHUNK_BYTES),
+                write_buf: Vec::new(),
+                write_pos: 0,
+                connecting,
+                close_after_flush: false,
+                writable_registered: connecting,
+                dirty: false,
+                fragments: Vec::new(),
+            },
+        );
+        Ok(token)
+    }
+
+    pub(super) fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    if self.conns.len() >= CONNECTIONS_MAX {
+                        warn!(
+                            "{}: refusing connection from {peer}: {CONNECTIONS_MAX} open",
+                            self.id
+                        );
+                        continue;
+                    }
+                    debug!("{}: accepted {peer}", self.id);
+                    if let Err(e) = self.add_conn(stream, ConnKind::Pending, false) {
+                        warn!("{}: cannot register connection from {peer}: {e}", self.id);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("{}: accept failed: {e}", self.id);
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn close(&mut self, token: Token, why: &str) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        match conn.kind {
+            ConnKind::OutPeer(p) => {
+                debug!("{}: link to {p} closed: {why}", self.id);
+                if let Some(link) = self.peers.get_mut(&p) {
+                    link.down(std::time::Instant::now());
+                }
+            }
+            ConnKind::InPeer(p) => debug!("{}: link from {p} closed: {why}", self.id),
+            _ => debug!("{}: connection closed: {why}", self.id),
+        }
+    }
+
+    pub(super) fn conn_event(
+        &mut self,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        read_closed: bool,
+    ) {
+        if writable {
+            if let Some(c) = self.conns.get_mut(&token) {
+                if c.connecting {
+                    // A nonblocking connect is confirmed before use.
+                    match (c.stream.take_error(), c.stream.peer_addr()) {
+                        (Ok(None), Ok(_)) => {
+                            c.connecting = false;
+                            if let ConnKind::OutPeer(p) = c.kind {
+                                info!("{}: connected to {p}", self.id);
+                                if let Some(l) = self.peers.get_mut(&p) {
+                                    l.connected();
+                                }
+                            }
+                        }
+                        (Ok(Some(e)), _) | (Err(e), _) | (_, Err(e)) => {
+                            if e.kind() == io::ErrorKind::NotConnected {
+                                return; // spurious: not yet
+                            }
+                            self.close(token, &format!("connect failed: {e}"));
+                            return;
+                        }
+                    }
+                }
+            }
+            self.flush(token);
+        }
+        if readable {
+            self.read(token, read_closed);
+        }
+    }
+
+    /// Reads what the socket has; `read_closed`: the peer has shut down its
+    /// side, so read on to the end (a short read is not the end then).
+    pub(super) fn read(&mut self, token: Token, read_closed: bool) {
+        let mut closed: Option<String> = None;
+        {
+            let Some(c) = self.conns.get_mut(&token) else {
+                return;
+            };
+            let chunk = &mut self.read_chunk;
+            let mut budget = READ_BYTES_PER_EVENT_MAX;
+            loop {
+                if budget == 0 {
+                    // Fair to the other connections: read the rest next
+                    // iteration.
+                    self.reread.push(token);
+                    break;
+                }
+                match c.stream.read(chunk) {
+                    Ok(0) => {
+                        closed = Some("closed by the other side".into());
+                        break;
+                    }
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        c.read_buf.extend_from_slice(&chunk[..n]);
+                        // A short read drained the socket: with edge-triggered
+                        // readiness, more data brings a new event, so skip the
+                        // read that would only say WouldBlock.
+                        if n < chunk.len() && !read_closed {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        closed = Some(format!("read error: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        // Decode every whole frame, in place: the buffer is taken out of the
+        // connection meanwhile and put back after.
+        let Some(mut buf) = self
+            .conns
+            .get_mut(&token)
+            .map(|c| std::mem::take(&mut c.read_buf))
+        else {
+            return;
+        };
+        let mut pos = 0;
+        loop {
+            let handled = match decode_frame_ref(&buf[pos..]) {
+                Ok(None) => break,
+                Ok(Some((frame, used))) => {
+                    pos += used;
+                    match frame {
+                        FrameRef::Kv(kv) => self.handle_kv_frame(token, kv),
+                        FrameRef::Other(frame) => self.handle_frame(token, frame),
+                    }
+                }
+                Err(e) => {
+                    if let Some(c) = self.conns.get(&token) {
+                        let peer = c
+                            .stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        warn!(
+                            "{}: bad frame from {peer} ({:?}): {e}; closing that connection",
+                            self.id, c.kind
+                        );
+                    }
+                    self.close(token, &e.to_string());
+                    return;
+                }
+            };
+            if let Err(why) = handled {
+                warn!("{}: closing connection: {why}", self.id);
+                self.close(token, &why);
+                return;
+            }
+            if !self.conns.contains_key(&token) {
+                return; // closed while handling (a client not reading)
+            }
+        }
+        buf.drain(..pos);
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.read_buf = buf;
+        }
+        if let Some(why) = closed {
+            self.close(token, &why);
+        }
+    }
+
+    pub(super) fn flush(&mut self, token: Token) {
+        let mut close: Option<String> = None;
+        {
+            let Some(c) = self.conns.get_mut(&token) else {
+                return;
+            };
+            c.dirty = false;
+            if c.connecting {
+                return;
+            }
+            while c.write_pos < c.write_buf.len() {
+                match c.stream.write(&c.write_buf[c.write_pos..]) {
+                    Ok(0) => {
+                        close = Some("write returned 0".into());
+                        break;
+                    }
+                    Ok(n) => c.write_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        close = Some(format!("write error: {e}"));
+                        break;
+                    }
+                }
+            }
+            if c.write_pos == c.write_buf.len() {
+                c.write_buf.clear();
+                if c.write_buf.capacity() > WRITE_BUF_KEEP_BYTES {
+                    // A snapshot went out: do not hold its size for good.
+                    c.write_buf.shrink_to(WRITE_BUF_KEEP_BYTES);
+                }
+                c.write_pos = 0;
+                if c.close_after_flush {
+                    close = Some("done".into());
+                }
+            }
+            if close.is_none() {
+                let want = c.write_pos < c.write_buf.len();
+                if want != c.writable_registered {
+                    let interest = if want {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    if self
+                        .poll
+                        .registry()
+                        .reregister(&mut c.stream, token, interest)
+                        .is_ok()
+                    {
+                        c.writable_registered = want;
+                    }
+                }
+            }
+        }
+        if let Some(why) = close {
+            self.close(token, &why);
+        }
+    }
+
+    pub(super) fn send_frame(&mut self, token: Token, frame: &Frame) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        // A client that lets answers pile up is closed; one answer is
+        // always queued whole, however large.
+        if c.kind == ConnKind::Client && c.write_buf.len() - c.write_pos > CLIENT_WRITE_BYTES_MAX {
+            let queued = c.write_buf.len() - c.write_pos;
+            warn!(
+                "{}: closing a client connection: {queued} bytes of answers unread, over {CLIENT_WRITE_BYTES_MAX}",
+                self.id
+            );
+            self.close(token, "client is not reading its responses");
+            return;
+        }
+        encode_frame(frame, &mut c.write_buf);
+        self.mark_dirty(token);
+    }
+
+    /// Queues a flush for the end of this loop iteration: everything a
+    /// connection gets in one iteration goes out in one `write`.
+    pub(super) fn mark_dirty(&mut self, token: Token) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(token);
+            }
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for token in dirty.drain(..) {
+            self.flush(token);
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
+    }
+}
