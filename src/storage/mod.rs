@@ -19,6 +19,7 @@
 
 pub mod direct;
 pub mod files;
+pub mod mem;
 pub mod thread;
 pub mod wal;
 
@@ -30,7 +31,8 @@ use std::path::{Path, PathBuf};
 use log::info;
 
 pub use files::Meta;
-pub use thread::{Durable, Job, StorageStats, StorageThread};
+pub use mem::MemStore;
+pub use thread::{write_jobs, Durable, Job, StorageStats, StorageThread};
 pub use wal::{LogStart, ScanMode, Wal, WalOptions, WalStats};
 
 use crate::raft::{Entry, HardState, Snapshot};

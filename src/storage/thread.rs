@@ -200,7 +200,10 @@ fn write_batch(store: &Mutex<Box<dyn LogStore>>, batch: &[Job]) -> Result<(), St
     write_jobs(store.as_mut(), batch).map_err(|e| e.to_string())
 }
 
-fn write_jobs(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::StorageError> {
+/// Writes a batch of jobs to `store` and makes them durable: the one
+/// copy of the order in which a job's parts reach the disk, used by the
+/// storage thread and by the simulator's disks alike.
+pub fn write_jobs(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::StorageError> {
     // The term must never lag the log: the hard state goes first.
     if let Some(hs) = batch.iter().rev().find_map(|j| j.hard_state) {
         store.save_hard_state(&hs)?;
