@@ -30,6 +30,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --etcd) etcd="$2"; shift 2 ;;
     --etcd-harness) harness="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) sed -n '2,20p' "$0" >&2; exit 2 ;;
   esac
 done

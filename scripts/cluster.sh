@@ -18,18 +18,19 @@
 # after 5 s.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+help_text() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { help_text >&2; exit 2; }
 cmd="${1:-}"; shift || true
 cfg="$root/cluster.toml"; profile=debug
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) [ $# -ge 2 ] || usage; cfg="$2"; shift 2 ;;
     --release) profile=release; shift ;;
-    -h|--help) usage ;;
+    -h|--help) help_text; exit 0 ;;
     *) echo "unknown option $1" >&2; usage ;;
   esac
 done
-case "$cmd" in start|stop|status) ;; -h|--help|help) usage ;; *) usage ;; esac
+case "$cmd" in start|stop|status) ;; -h|--help|help) help_text; exit 0 ;; *) usage ;; esac
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
 [ -f "$cfg" ] || { echo "error: no config file $cfg" >&2; exit 2; }

@@ -19,7 +19,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_drills=(leader-kill rolling-restart minority-partition leader-isolated flaky-network pause crash-all majority-down)
 usage() { echo "usage: $0 NAME|all [--seconds S] [--release] [--keep] [--snapshot-entries N]   (NAME: ${all_drills[*]})" >&2; exit 2; }
-name="${1:-}"; [ -n "$name" ] || usage; shift
+name="${1:-}"; [ -n "$name" ] || usage
+case "$name" in -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+shift
 seconds=60; profile=debug; keep=0; snapshot_entries=5000
 while [ $# -gt 0 ]; do
   case "$1" in

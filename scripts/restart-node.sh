@@ -12,8 +12,9 @@
 # log <data dir>/node.log, and the script fails.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-case "${1:-}" in ''|-h|--help) usage ;; esac
+help_text() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { help_text >&2; exit 2; }
+case "${1:-}" in '') usage ;; -h|--help) help_text; exit 0 ;; esac
 id="${1#n}"; shift
 case "$id" in ''|*[!0-9]*) echo "bad node id $id: want 1 or n1" >&2; usage ;; esac
 cfg="$root/cluster.toml"; profile=debug
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --config) [ $# -ge 2 ] || usage; cfg="$2"; shift 2 ;;
     --release) profile=release; shift ;;
+    -h|--help) help_text; exit 0 ;;
     *) echo "unknown option $1" >&2; usage ;;
   esac
 done

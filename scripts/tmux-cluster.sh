@@ -9,12 +9,14 @@
 # work on these nodes too.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+help_text() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { help_text >&2; exit 2; }
 cfg="$root/cluster.toml"; profile=debug
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) [ $# -ge 2 ] || usage; cfg="$2"; shift 2 ;;
     --release) profile=release; shift ;;
+    -h|--help) help_text; exit 0 ;;
     *) usage ;;
   esac
 done
