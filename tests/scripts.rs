@@ -368,3 +368,86 @@ fn scripts_start_names_the_exited_node_and_those_still_running() {
         c.wait_gone(pid);
     }
 }
+
+/// Runs raft-ctl ARGS from `cwd`; returns (exit code, stdout, stderr).
+fn raft_ctl(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-ctl"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run raft-ctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn raft_ctl_config_prints_what_raft_node_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("conf");
+    let cwd = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&conf).expect("mkdir conf");
+    std::fs::create_dir_all(&cwd).expect("mkdir elsewhere");
+    let text = "# ids need not be 1..n; n7 has a data dir of its own\n[cluster]\nname = 'cfg' # the name\ndata_dir = 'data dir'\nelection_timeout_ms = [300, 600]\nheartbeat_interval_ms = 50\n\n[[node]]\nid = 1\naddr = '127.0.0.1:7101' # n1\n\n[[node]]\nid = 2\naddr = \"127.0.0.1:7102\"\n\n[[node]]\nid = 7\naddr = '127.0.0.1:7107'\ndata_dir = 'seven'\n";
+    std::fs::write(conf.join("cluster.toml"), text).expect("write config");
+    // Relative to the current directory, as a user types it.
+    let rel = "../conf/cluster.toml";
+    let loaded = raftkit::config::Config::load(&cwd.join(rel)).expect("the config loads");
+
+    let (code, ids, err) = raft_ctl(&cwd, &["--config", rel, "config", "ids"]);
+    assert_eq!((code, ids.as_str()), (Some(0), "1\n2\n7\n"), "{err}");
+    for (id, want) in [
+        (2, conf.join("data dir").join("n2")),
+        (7, conf.join("seven")),
+    ] {
+        let (code, out, err) = raft_ctl(
+            &cwd,
+            &[
+                "--config",
+                rel,
+                "config",
+                "data-dir",
+                "--id",
+                &id.to_string(),
+            ],
+        );
+        assert_eq!(code, Some(0), "{err}");
+        let printed = PathBuf::from(out.trim_end_matches('\n'));
+        assert!(printed.is_absolute(), "n{id}: {printed:?} is not absolute");
+        // The directory raft-node resolves from the same file...
+        let node = loaded.node(raftkit::raft::NodeId(id)).expect("node");
+        assert_eq!(printed, node.data_dir, "n{id}");
+        // ...which is relative to the file's directory.
+        std::fs::create_dir_all(&want).expect("mkdir the data dir");
+        assert_eq!(
+            std::fs::canonicalize(&printed).ok(),
+            std::fs::canonicalize(&want).ok(),
+            "n{id}"
+        );
+    }
+    let (code, addr, _) = raft_ctl(&cwd, &["--config", rel, "config", "addr", "--id", "n7"]);
+    assert_eq!((code, addr.as_str()), (Some(0), "127.0.0.1:7107\n"));
+
+    let (code, json, err) = raft_ctl(&cwd, &["--config", rel, "--json", "config"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["name"], "cfg");
+    let nodes = v["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[2]["id"], 7);
+    assert_eq!(nodes[2]["addr"], "127.0.0.1:7107");
+    assert!(nodes[2]["data_dir"]
+        .as_str()
+        .is_some_and(|d| d.ends_with("/conf/seven")));
+
+    let (code, _, err) = raft_ctl(&cwd, &["--config", rel, "config", "data-dir", "--id", "4"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no node n4"), "{err}");
+    std::fs::write(conf.join("bad.toml"), text.replace("id = 7", "id = 2")).expect("write");
+    let (code, _, err) = raft_ctl(&cwd, &["--config", "../conf/bad.toml", "config", "ids"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("bad.toml:17: duplicate node id 2"), "{err}");
+}
