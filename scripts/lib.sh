@@ -93,8 +93,14 @@ start_node() {
     echo $! >"$(pidfile "$id")" )
   log "started n$id (pid $(cat "$(pidfile "$id")"))"
 }
-# Alive: exists and is not a zombie waiting to be reaped.
-alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+# Alive: exists and is not a zombie waiting to be reaped (without /proc,
+# existing is enough).
+alive() {  # PID
+  kill -0 "$1" 2>/dev/null || return 1
+  local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }  # the state follows the command name, which may hold spaces
+  [ "${stat%% *}" != Z ]
+}
 wait_dead() {  # PID [TENTHS]
   local _i; for _i in $(seq "${2:-50}"); do alive "$1" || return 0; sleep 0.1; done; return 1
 }
