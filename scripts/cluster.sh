@@ -54,9 +54,21 @@ running_ids() {
 # which nodes run, if any.
 report_exits() {  # IDS... (the nodes started now)
   # Nodes started together often fail together (a build that cannot run,
-  # a data dir on a full disk): give the others a moment to show it.
-  sleep 1
-  local id pid dead=0
+  # a data dir on a full disk): before saying which run, wait (up to 10 s)
+  # until each node started now has exited or answers.
+  local id pid st up settled dead=0
+  for _ in $(seq 100); do
+    st=$(ctl --json leader 2>/dev/null) || true
+    up=" $({ json_get up <<<"$st" 2>/dev/null || true; } | tr '\n' ' ')"
+    settled=1
+    for id in "$@"; do
+      pid=$(pid_of "$id") || continue
+      alive "$pid" || continue
+      case "$up" in *" $id "*) ;; *) settled=0 ;; esac
+    done
+    [ "$settled" = 1 ] && break
+    sleep 0.1
+  done
   for id in "$@"; do
     pid=$(pid_of "$id") || continue
     alive "$pid" && continue
@@ -65,7 +77,7 @@ report_exits() {  # IDS... (the nodes started now)
     tail -n 5 "${dir_of[$id]}/node.log" | sed 's/^/  /' >&2
     rm -f "${dir_of[$id]}/node.pid"
   done
-  local up; up=$(running_ids)
+  up=$(running_ids)
   if [ -z "$up" ]; then
     if [ "$dead" = "$#" ]; then
       echo "every node exited at start: none is running" >&2
