@@ -56,17 +56,17 @@ report_exits() {  # IDS... (the nodes started now)
   # Nodes started together often fail together (a build that cannot run,
   # a data dir on a full disk): before saying which run, wait (up to 10 s)
   # until each node started now has exited or answers.
-  local id pid st up settled dead=0
-  for _ in $(seq 100); do
-    st=$(ctl --json leader 2>/dev/null) || true
-    up=" $({ json_get up <<<"$st" 2>/dev/null || true; } | tr '\n' ' ')"
+  local id pid st up="" settled dead=0 deadline=$((SECONDS + 10))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     settled=1
     for id in "$@"; do
       pid=$(pid_of "$id") || continue
       alive "$pid" || continue
-      case "$up" in *" $id "*) ;; *) settled=0 ;; esac
+      case " $up " in *" $id "*) ;; *) settled=0 ;; esac
     done
     [ "$settled" = 1 ] && break
+    st=$(ctl --json leader 2>/dev/null) || true
+    up=$({ json_get up <<<"$st" 2>/dev/null || true; } | tr '\n' ' ')
     sleep 0.1
   done
   for id in "$@"; do
@@ -93,12 +93,17 @@ report_exits() {  # IDS... (the nodes started now)
 # Returns once the cluster can serve: every node runs and answers, and one
 # node leads.
 wait_ready() {  # IDS... (the nodes started now)
-  local id pid st l
-  for _ in $(seq 300); do
+  local id pid st l i=0 deadline=$((SECONDS + 30))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     for id in "$@"; do
       pid=$(pid_of "$id") || continue
       alive "$pid" || report_exits "$@"
     done
+    # A node that cannot start usually exits within a second: watch for
+    # that before asking the nodes, which can take a read timeout (5 s)
+    # when another program holds a node's port.
+    i=$((i + 1))
+    if [ "$i" -le 10 ]; then sleep 0.1; continue; fi
     st=$(ctl --json leader 2>/dev/null) || true
     l=$(json_get leader <<<"$st" 2>/dev/null) || l=""
     if [ -n "$l" ] && [ -z "$(json_get down <<<"$st" 2>/dev/null)" ]; then

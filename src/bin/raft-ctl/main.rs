@@ -263,7 +263,7 @@ fn main() -> ExitCode {
         }
         Cmd::Get { key, stale } => get(&mut client, &args, key, *stale),
         Cmd::Status => status(&mut client, &config, args.json),
-        Cmd::Leader => leader(&mut client, &config, args.json),
+        Cmd::Leader => leader(&client, &config, args.json),
         Cmd::Log { from, to, all } => {
             if *all {
                 log_all(&mut client, &config, args.json)
@@ -419,20 +419,38 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
 /// The node that says it leads in the highest term any node says so (two
 /// nodes can both say it for a moment: an old leader that has not yet
 /// heard of the new term).
-fn leader(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
+/// The nodes are asked at once, each on its own connection: a node that
+/// holds a connection without answering (another program on its port)
+/// costs one read timeout, not one per such node.
+fn leader(client: &Client, config: &Config, json_out: bool) -> ExitCode {
+    let statuses: Vec<(NodeId, Option<NodeStatus>)> = std::thread::scope(|scope| {
+        let asks: Vec<_> = config
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut own = Client::new(config.clone(), Some(n.id));
+                own.timeout = client.timeout;
+                scope.spawn(move || (n.id, fetch_status(&mut own, n.id)))
+            })
+            .collect();
+        asks.into_iter()
+            .zip(&config.nodes)
+            .map(|(ask, n)| ask.join().unwrap_or((n.id, None)))
+            .collect()
+    });
     let mut up = Vec::new();
     let mut down = Vec::new();
     let mut best: Option<(NodeId, u64)> = None;
-    for n in &config.nodes {
-        let Some(ns) = fetch_status(client, n.id) else {
-            down.push(n.id.0);
+    for (id, status) in statuses {
+        let Some(ns) = status else {
+            down.push(id.0);
             continue;
         };
-        up.push(n.id.0);
+        up.push(id.0);
         let term = ns.status.current_term.0;
         let leads = ns.status.role == Role::Leader;
         if leads && best.is_none_or(|(_, t)| term > t) {
-            best = Some((n.id, term));
+            best = Some((id, term));
         }
     }
     if json_out {
