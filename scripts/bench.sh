@@ -30,23 +30,23 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --etcd) etcd="$2"; shift 2 ;;
     --etcd-harness) harness="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) sed -n '2,20p' "$0" >&2; exit 2 ;;
   esac
 done
 if [ -n "$harness" ] && [ -z "$etcd" ]; then
   echo "--etcd-harness needs --etcd FILE for etcd's results" >&2; exit 2
 fi
-(cd "$root" && cargo build --release -q --bins)
-bin="$root/target/release"
 log() { :; }
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
+build_bins release
 trap 'stop_nodes' EXIT INT TERM
 
 results="$(mktemp "${TMPDIR:-/tmp}/raftkit-bench.XXXXXX")"
 floors="$(mktemp "${TMPDIR:-/tmp}/raftkit-floor.XXXXXX")"
 measure_floor() {
-  local f; f=$("$bin/raft-ctl" floor --dir "$root/target" --seconds 3 --json)
+  local f; f=$("$bin/raft-ctl" floor --dir "$bin" --seconds 3 --json)
   echo "$f" >>"$floors"; echo "floor: $f" >&2
 }
 measure_floor
@@ -60,6 +60,7 @@ for op in $ops; do
       fi
       if [ "$op" = put ] && [ "$c" = 1 ]; then measure_floor; fi
       setup "bench-$op-c$c"
+      # shellcheck disable=SC2119 # no node to skip
       wait_leader >/dev/null || { echo "no leader" >&2; exit 1; }
       # Reads need keys to read: write them first.
       if [ "$op" = get ]; then

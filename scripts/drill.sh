@@ -19,7 +19,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_drills=(leader-kill rolling-restart minority-partition leader-isolated flaky-network pause crash-all majority-down)
 usage() { echo "usage: $0 NAME|all [--seconds S] [--release] [--keep] [--snapshot-entries N]   (NAME: ${all_drills[*]})" >&2; exit 2; }
-name="${1:-}"; [ -n "$name" ] || usage; shift
+name="${1:-}"; [ -n "$name" ] || usage
+case "$name" in -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+shift
 seconds=60; profile=debug; keep=0; snapshot_entries=5000
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,18 +40,15 @@ snapshot_keep_entries = $(( snapshot_entries / 5 ))"
 if [ "$name" != all ]; then
   case " ${all_drills[*]} " in *" $name "*) ;; *) usage ;; esac
 fi
-if [ "$profile" = release ]; then (cd "$root" && cargo build --release -q --bins); else (cd "$root" && cargo build -q --bins); fi
-bin="$root/target/$profile"
-export RAFTKIT_PROFILE=$profile
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+build_bins "$profile"
 
 # ---- one cluster per drill ---------------------------------------------------
 
 work=""; cfg=""; bench_pid=""
 now_ns() { "$bin/raft-ctl" now; }
 log() { echo "  $(date +%H:%M:%S) $*" >>"$work/drill.log"; [ -n "${DRILL_VERBOSE:-}" ] && echo "  $*" >&2; return 0; }
-
-# shellcheck source=scripts/lib.sh
-. "$root/scripts/lib.sh"
 
 stop_all() {
   stop_nodes
@@ -99,9 +98,9 @@ drill_leader_isolated() {
   local l; l=$(wait_leader) || return
   local cut; cut=$(date +%s%N)
   ctl fault partition "$l" >/dev/null; log "partition: leader n$l cut off"
-  local stepped=0 i
+  local stepped=0
   local r
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     r=$(role_of "$l")
     if [ -n "$r" ] && [ "$r" != leader ]; then stepped=1; log "n$l is now $r"; break; fi
     sleep 0.1
@@ -168,8 +167,9 @@ drill_majority_down() {
 
 # ---- one drill ------------------------------------------------------------------
 
-json_field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$1" | head -1; }
-json_array() { sed -n "s/.*\"$2\":\[\([^]]*\)\].*/\1/p" "$1" | head -1; }
+# A field of a JSON file (empty if the file or the field is missing);
+# an array's elements come one a line.
+json_field() { "$bin/raft-ctl" json "$2" "$1" 2>/dev/null || true; }
 
 run_drill() {
   local d=$1
@@ -179,10 +179,10 @@ run_drill() {
   wait_leader >/dev/null || { echo "$d: no leader at start" >&2; stop_all; return 1; }
   local up=0
   for _ in $(seq 100); do
-    up=$(ctl status 2>/dev/null | awk '$3!="down" && $1 ~ /^n/' | wc -l)
-    [ "$up" = 3 ] && break; sleep 0.1
+    all_up && { up=1; break; }
+    sleep 0.1
   done
-  [ "$up" = 3 ] || { echo "$d: not every node came up (see $work/data/n*/node.log)" >&2; stop_all; return 1; }
+  [ "$up" = 1 ] || { echo "$d: not every node came up (see $work/data/n*/node.log)" >&2; stop_all; return 1; }
   local hist="$work/history.jsonl"
   "$bin/raft-ctl" --config "$cfg" bench --op kv --keys 10 --clients 6 --read-pct 40 \
     --duration "$((S + 4))" --warmup 0 --op-timeout 3 --record "$hist" --json --quiet \
@@ -207,11 +207,11 @@ run_drill() {
   local b="$work/bench.json"
   local ok failed unknown leaders gap verdict
   ok=$(json_field "$b" ok); failed=$(json_field "$b" failed); unknown=$(json_field "$b" unknown)
-  leaders=$(json_array "$b" leaders_seen); gap=$(json_field "$b" max_write_gap_ms)
+  leaders=$(json_field "$b" leaders_seen | sed 's/^/n/' | paste -sd, -); gap=$(json_field "$b" max_write_gap_ms)
   verdict=PASS; [ "$drill_failed" = 0 ] || verdict=FAIL
   local check_line; check_line=$(echo "$check_out" | tail -1)
   printf '%-19s %s  ops ok %s failed %s unknown %s  leaders %s  longest without a write %s ms  check: %s\n' \
-    "$d" "$verdict" "${ok:-?}" "${failed:-?}" "${unknown:-?}" "n${leaders//,/,n}" "${gap:-?}" "$check_line"
+    "$d" "$verdict" "${ok:-?}" "${failed:-?}" "${unknown:-?}" "${leaders:-?}" "${gap:-?}" "$check_line"
   [ -n "$notes" ] && echo "                    ($notes)"
   stop_all
   if [ "$verdict" = FAIL ] || [ "$keep" = 1 ]; then

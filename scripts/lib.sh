@@ -1,16 +1,54 @@
-# Shared by scripts/drill.sh and scripts/bench.sh: a throwaway local
-# cluster in a temp dir. Expects $bin (binaries) and sets $work, $cfg.
-# Nodes are started and stopped by PID file only. The cluster scripts
-# (cluster.sh, restart-node.sh, tmux-cluster.sh) set $bin and $cfg
-# themselves and use only alive, ctl, leader and role_of.
+# shellcheck shell=bash
+# Shared by every script. Expects $root (the checkout).
+#
+# The cluster scripts (cluster.sh, kill-node.sh, restart-node.sh,
+# tmux-cluster.sh) call build_bins, set $cfg, and use the config and node
+# helpers; drill.sh and bench.sh also run throwaway clusters in a temp dir
+# (setup, start_node, stop_nodes: they set $work). Nodes are started and
+# stopped by PID file only, never by name.
+: "${root:?lib.sh needs \$root, the checkout}"
+
+# ---- binaries and config -----------------------------------------------------
+
+# Builds the binaries and sets $bin to the directory cargo put them in, which
+# cargo knows and the script does not (CARGO_TARGET_DIR, build.target-dir in
+# a cargo config, --target): cargo runs raft-ctl from there, and raft-ctl
+# says where it is. PROFILE: debug (default) or release.
+build_bins() {  # [PROFILE]
+  local profile_args=()
+  [ "${1:-debug}" = release ] && profile_args=(--release)
+  # A relative CARGO_TARGET_DIR means what it means here, not in $root.
+  if [ -n "${CARGO_TARGET_DIR:-}" ] && [ "${CARGO_TARGET_DIR#/}" = "$CARGO_TARGET_DIR" ]; then
+    export CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
+  fi
+  (cd "$root" && cargo build -q --bins "${profile_args[@]}") || {
+    echo "error: cargo build failed (in $root)" >&2; exit 1; }
+  bin=$(cd "$root" && cargo run -q "${profile_args[@]}" --bin raft-ctl -- bin-dir) || {
+    echo "error: cannot ask raft-ctl where cargo put it (cargo run --bin raft-ctl -- bin-dir)" >&2; exit 1; }
+  if [ ! -x "$bin/raft-node" ]; then
+    echo "error: no raft-node next to raft-ctl in $bin" >&2; exit 1
+  fi
+}
+
+# The absolute path of FILE, from the caller's current directory.
+abs_path() { (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); }
+
+# What $cfg says, read by raft-ctl (raft-node's own parser): one value each.
+config_ids() { "$bin/raft-ctl" --config "$cfg" config ids; }
+node_dir() { "$bin/raft-ctl" --config "$cfg" config data-dir --id "$1"; }
+# The value at PATH of the JSON document on stdin (see `raft-ctl help json`).
+json_get() { "$bin/raft-ctl" json "$1"; }
+
+# ---- throwaway clusters (drill.sh, bench.sh) -----------------------------------
 
 port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_ports() {
+pick_ports() {  # three distinct free ports
   local ports=() p
   while [ ${#ports[@]} -lt 3 ]; do
     # Below the kernel's ephemeral range (32768+), where clients' own
     # connections could hold a port.
     p=$(( 20000 + RANDOM % 12000 ))
+    case " ${ports[*]} " in *" $p "*) continue ;; esac
     port_free "$p" && ports+=("$p")
   done
   echo "${ports[@]}"
@@ -55,20 +93,38 @@ start_node() {
     echo $! >"$(pidfile "$id")" )
   log "started n$id (pid $(cat "$(pidfile "$id")"))"
 }
-# Alive: exists and is not a zombie waiting to be reaped.
-alive() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+# Alive: exists and is not a zombie waiting to be reaped (without /proc,
+# existing is enough).
+alive() {  # PID
+  kill -0 "$1" 2>/dev/null || return 1
+  local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }  # the state follows the command name, which may hold spaces
+  [ "${stat%% *}" != Z ]
+}
 wait_dead() {  # PID [TENTHS]
-  local i; for i in $(seq "${2:-50}"); do alive "$1" || return 0; sleep 0.1; done; return 1
+  local _i; for _i in $(seq "${2:-50}"); do alive "$1" || return 0; sleep 0.1; done; return 1
+}
+# SIGTERM, then SIGKILL if it still runs after TENTHS (default 50) tenths of
+# a second; returns once it is gone (1 if even SIGKILL did not end it).
+stop_pid() {  # PID [TENTHS]
+  alive "$1" || return 0
+  kill -s TERM "$1" 2>/dev/null || true
+  kill -s CONT "$1" 2>/dev/null || true  # a stopped process handles TERM once continued
+  wait_dead "$1" "${2:-50}" && return 0
+  echo "pid $1 still runs $(( ${2:-50} / 10 )) s after SIGTERM: SIGKILL" >&2
+  kill -s KILL "$1" 2>/dev/null || true
+  wait_dead "$1" 50
 }
 signal_node() {  # ID SIGNAL [nowait]
   local f pid; f=$(pidfile "$1")
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  kill -s "$2" "$pid" 2>/dev/null || true
   log "SIG$2 n$1"
   case "$2" in
-    KILL) rm -f "$f"; [ "${3:-}" = nowait ] || wait_dead "$pid" ;;
-    TERM) rm -f "$f"; wait_dead "$pid" 100 || kill -s KILL "$pid" 2>/dev/null; wait_dead "$pid" ;;
+    TERM) rm -f "$f"; stop_pid "$pid" 100 ;;
+    KILL) kill -s KILL "$pid" 2>/dev/null || true
+          rm -f "$f"; [ "${3:-}" = nowait ] || wait_dead "$pid" ;;
+    *) kill -s "$2" "$pid" 2>/dev/null || true ;;
   esac
   return 0
 }
@@ -84,8 +140,16 @@ stop_nodes() {
 }
 
 # The node that says it leads in the highest term (empty if none).
-leader() { ctl status 2>/dev/null | awk '$3=="leader" && $4>t {t=$4; id=substr($1,2)} END{print id}'; }
-role_of() { ctl status 2>/dev/null | awk -v n="n$1" '$1==n {print $3}'; }
+leader() { ctl leader 2>/dev/null || true; }
+# The node's role (empty when it does not answer).
+role_of() { ctl --json status 2>/dev/null | json_get "id=$1.role" 2>/dev/null || true; }
+# Every node answers.
+all_up() {
+  local st down
+  st=$(ctl --json leader 2>/dev/null) || true  # exit 3: no leader (yet)
+  down=$(json_get down <<<"$st" 2>/dev/null) || return 1
+  [ -z "$down" ]
+}
 wait_leader() {  # [EXCEPT_ID]
   local l
   for _ in $(seq 300); do

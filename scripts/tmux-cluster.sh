@@ -1,35 +1,49 @@
 #!/usr/bin/env bash
 # One tmux pane per node (in the foreground, logs on screen) plus one for
 # raft-ctl. Quit a node with Ctrl-C in its pane.
-#   scripts/tmux-cluster.sh [--config FILE]
+#   scripts/tmux-cluster.sh [--config FILE] [--release]
+#
+# Works from any directory. Builds first (cargo build) and runs the binaries
+# from where cargo put them (CARGO_TARGET_DIR is followed). Each pane writes
+# its node's PID file, so scripts/kill-node.sh and scripts/restart-node.sh
+# work on these nodes too.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-config="$root/cluster.toml"
-[ "${1:-}" = "--config" ] && config="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
-(cd "$root" && cargo build -q --bins)
+help_text() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { help_text >&2; exit 2; }
+cfg="$root/cluster.toml"; profile=debug
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) [ $# -ge 2 ] || usage; cfg="$2"; shift 2 ;;
+    --release) profile=release; shift ;;
+    -h|--help) help_text; exit 0 ;;
+    *) usage ;;
+  esac
+done
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+[ -f "$cfg" ] || { echo "error: no config file $cfg" >&2; exit 2; }
+cfg="$(abs_path "$cfg")"
+build_bins "$profile"
 session=raftkit
 if tmux has-session -t $session 2>/dev/null; then
   echo "a tmux session named $session exists already: tmux attach -t $session" >&2; exit 1
 fi
-dd=$(awk -F'"' '/^data_dir *=/{print $2; exit}' "$config")
-case "$dd" in /*) ;; *) dd="$(dirname "$config")/$dd" ;; esac
-ids=$(awk '/^\[\[node\]\]/{n=1} n&&/^id *=/{print $3; n=0}' "$config")
 first=1
-for id in $ids; do
+for id in $(config_ids); do
+  dir=$(node_dir "$id")
   # The pane's shell writes the PID file, then becomes the node: the
-  # kill/restart scripts find it like any other.
-  c="sh -c 'mkdir -p \"$dd/n$id\"; echo \$\$ > \"$dd/n$id/node.pid\"; exec \"$root/target/debug/raft-node\" --config \"$config\" --id $id'"
+  # kill/restart scripts find it like any other. Every path is quoted for
+  # that shell with printf %q.
+  c=$(printf 'mkdir -p %q && echo $$ > %q && exec %q --config %q --id %q' \
+    "$dir" "$dir/node.pid" "$bin/raft-node" "$cfg" "$id")
   if [ $first = 1 ]; then tmux new-session -d -s $session "$c"; first=0; else tmux split-window -t $session "$c"; fi
   tmux select-layout -t $session tiled >/dev/null
 done
 tmux split-window -t $session -c "$root" "bash"
 tmux select-layout -t $session tiled >/dev/null
-tmux send-keys -t $session "alias raft-ctl='$root/target/debug/raft-ctl --config $config'" Enter
+tmux send-keys -t $session "$(printf 'alias raft-ctl=%q' "$(printf '%q --config %q' "$bin/raft-ctl" "$cfg")")" Enter
 # Let the nodes elect a leader (up to 20 s) before the first status.
-bin="$root/target/debug"
-cfg="$config"
-# shellcheck source=lib.sh
-. "$root/scripts/lib.sh"
 for _ in $(seq 200); do
   [ -n "$(leader)" ] && break
   sleep 0.1

@@ -7,18 +7,21 @@ use clap::{Parser, Subcommand};
 use raftkit::client::{Client, ClientError};
 use raftkit::config::{parse_node_id, Config};
 use raftkit::kv::{Op, OpResult};
-use raftkit::raft::{Entry, EntryKind, NodeId};
+use raftkit::raft::{Entry, EntryKind, NodeId, Role};
 use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
 mod bench;
 mod check;
+mod config;
 mod fault;
+mod query;
 mod settle;
 mod wal;
 
 /// Exit codes (also listed in the README).
 pub(crate) const EXIT_ERROR: u8 = 1;
+pub(crate) const EXIT_BAD_ARGS: u8 = 2;
 const EXIT_NO_LEADER: u8 = 3;
 pub(crate) const EXIT_UNREACHABLE: u8 = 4;
 const EXIT_CAS_MISMATCH: u8 = 5;
@@ -71,6 +74,10 @@ enum Cmd {
     Append { data: String },
     /// Show every node's role, term, leader, indexes and follower progress.
     Status,
+    /// Print the id of the node that says it leads (in the highest term any
+    /// node says so); exit 3 when none does. `--json`: the leader, its term,
+    /// and the nodes that answered (`up`) and did not (`down`).
+    Leader,
     /// Show a node's log entries (--node), or all logs side by side (--all).
     Log {
         #[arg(long)]
@@ -116,6 +123,23 @@ enum Cmd {
     },
     /// Print the monotonic clock (ns), the clock histories use.
     Now,
+    /// Print what cluster.toml says, read by raft-node's own parser: the
+    /// whole file resolved, or one value. Paths are absolute; a relative
+    /// data_dir is relative to the config file's directory.
+    Config {
+        #[command(subcommand)]
+        query: Option<config::ConfigQuery>,
+    },
+    /// Print one value of a JSON document (stdin or FILE) for a script:
+    /// `raft-ctl --json status | raft-ctl json id=2.role`. PATH steps,
+    /// separated by `.`: a field, an index, `FIELD=VALUE` (the first array
+    /// element whose FIELD is VALUE), `*` (every element). Strings print
+    /// without quotes, null as an empty line, arrays one element a line.
+    Json { path: String, file: Option<PathBuf> },
+    /// Print the directory of this raft-ctl binary, where cargo put the
+    /// binaries; the scripts ask `cargo run --bin raft-ctl -- bin-dir`, so
+    /// they follow CARGO_TARGET_DIR and cargo's own configuration.
+    BinDir,
     /// Inject network faults (applied by the nodes; client traffic is never
     /// blocked): partition, heal, drop, delay.
     Fault {
@@ -179,15 +203,18 @@ fn main() -> ExitCode {
         Cmd::Floor { dir, seconds } => return bench::floor(dir, *seconds, args.json),
         Cmd::WalDump { dir, summary } => return wal::dump(dir, args.json, !summary),
         Cmd::WalRepair { dir, yes } => return wal::repair(dir, *yes),
+        Cmd::Config { query } => return config::run(&args.config, query.as_ref(), args.json),
+        Cmd::Json { path, file } => return query::run(path, file.as_deref()),
+        Cmd::BinDir => return bin_dir(),
         _ => {}
     }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail(2, e),
+        Err(e) => return fail(EXIT_BAD_ARGS, e),
     };
     if let Some(n) = args.node {
         if let Err(e) = config.require_node(n) {
-            return fail(2, e);
+            return fail(EXIT_BAD_ARGS, e);
         }
     }
     let mut client = Client::new(config.clone(), args.node);
@@ -236,6 +263,7 @@ fn main() -> ExitCode {
         }
         Cmd::Get { key, stale } => get(&mut client, &args, key, *stale),
         Cmd::Status => status(&mut client, &config, args.json),
+        Cmd::Leader => leader(&client, &config, args.json),
         Cmd::Log { from, to, all } => {
             if *all {
                 log_all(&mut client, &config, args.json)
@@ -249,6 +277,7 @@ fn main() -> ExitCode {
         Cmd::Bench(b) => bench::run(&config, b, args.json),
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above
+        Cmd::Config { .. } | Cmd::Json { .. } | Cmd::BinDir => ExitCode::SUCCESS, // handled above
     }
 }
 
@@ -385,6 +414,93 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The node that says it leads in the highest term any node says so (two
+/// nodes can both say it for a moment: an old leader that has not yet
+/// heard of the new term).
+/// The nodes are asked at once, each on its own connection: a node that
+/// holds a connection without answering (another program on its port)
+/// costs one read timeout, not one per such node.
+fn leader(client: &Client, config: &Config, json_out: bool) -> ExitCode {
+    let statuses: Vec<(NodeId, Option<NodeStatus>)> = std::thread::scope(|scope| {
+        let asks: Vec<_> = config
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut own = Client::new(config.clone(), Some(n.id));
+                own.timeout = client.timeout;
+                scope.spawn(move || (n.id, fetch_status(&mut own, n.id)))
+            })
+            .collect();
+        asks.into_iter()
+            .zip(&config.nodes)
+            .map(|(ask, n)| ask.join().unwrap_or((n.id, None)))
+            .collect()
+    });
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    let mut best: Option<(NodeId, u64)> = None;
+    for (id, status) in statuses {
+        let Some(ns) = status else {
+            down.push(id.0);
+            continue;
+        };
+        up.push(id.0);
+        let term = ns.status.current_term.0;
+        let leads = ns.status.role == Role::Leader;
+        if leads && best.is_none_or(|(_, t)| term > t) {
+            best = Some((id, term));
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            json!({"leader": best.map(|b| b.0 .0), "term": best.map(|b| b.1), "up": up, "down": down})
+        );
+    }
+    match best {
+        Some((id, _)) => {
+            if !json_out {
+                println!("{}", id.0);
+            }
+            ExitCode::SUCCESS
+        }
+        None if down.is_empty() => fail(EXIT_NO_LEADER, "no node says it leads"),
+        None => fail(
+            EXIT_NO_LEADER,
+            format!(
+                "no node says it leads (no answer from {})",
+                down.iter()
+                    .map(|d| format!("n{d}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+    }
+}
+
+fn bin_dir() -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(EXIT_ERROR, format!("cannot find this binary's path: {e}")),
+    };
+    let Some(dir) = exe.parent() else {
+        return fail(
+            EXIT_ERROR,
+            format!("{}: no parent directory", exe.display()),
+        );
+    };
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(dir.as_os_str().as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_ERROR, format!("cannot write to stdout: {e}")),
+    }
 }
 
 fn fault_json(f: &raftkit::wire::FaultSpec) -> Value {
