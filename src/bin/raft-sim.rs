@@ -1,5 +1,7 @@
 //! raft-sim: runs the deterministic cluster simulator over many seeds, or
-//! replays one seed event by event.
+//! replays one seed event by event. Each seed runs the real node driver,
+//! key-value state machine and client sessions; clients' histories are
+//! checked for linearizability.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -29,6 +31,9 @@ struct Args {
     /// Print every event of the run (with --seed).
     #[arg(long)]
     trace: bool,
+    /// Stop at the first seed with a violation (the mutation suite).
+    #[arg(long)]
+    stop: bool,
 }
 
 fn main() -> ExitCode {
@@ -44,13 +49,30 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let (mut steps, mut elections, mut commits, mut crashes, mut messages) = (0, 0, 0, 0, 0);
     let (mut snapshots, mut installs) = (0, 0);
+    let (mut ops, mut answered, mut retries, mut undecided) = (0, 0, 0, 0);
     let mut violations = Vec::new();
     for &seed in &seeds {
         let mut opts = SimOptions::new(seed);
         opts.nodes = args.nodes;
         opts.steps = args.steps;
         opts.trace = args.trace;
-        let report = run_seed(opts);
+        // A panic (an assertion in the driver or the store) is a violation
+        // of its seed too, not the end of the run.
+        let report = match std::panic::catch_unwind(|| run_seed(opts)) {
+            Ok(r) => r,
+            Err(p) => {
+                let why = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                raftkit::sim::SimReport {
+                    seed,
+                    violation: Some(format!("panic: {why}")),
+                    ..Default::default()
+                }
+            }
+        };
         if args.trace {
             print!("{}", report.trace);
         }
@@ -61,6 +83,10 @@ fn main() -> ExitCode {
         messages += report.messages;
         snapshots += report.snapshots;
         installs += report.installs;
+        ops += report.ops;
+        answered += report.ops_answered;
+        retries += report.retries;
+        undecided += report.keys_undecided;
         if let Some(v) = report.violation {
             println!("seed {seed}: VIOLATION: {v}");
             println!(
@@ -68,10 +94,13 @@ fn main() -> ExitCode {
                 args.nodes, args.steps
             );
             violations.push(seed);
+            if args.stop {
+                break;
+            }
         }
     }
     println!(
-        "seeds={} nodes={} steps={steps} elections={elections} commits={commits} crashes={crashes} messages={messages} snapshots={snapshots} installs={installs} violations={} time={:.1}s",
+        "seeds={} nodes={} steps={steps} elections={elections} commits={commits} crashes={crashes} messages={messages} snapshots={snapshots} installs={installs} ops={ops} answered={answered} retries={retries} undecided_keys={undecided} violations={} time={:.1}s",
         seeds.len(),
         args.nodes,
         violations.len(),

@@ -77,6 +77,8 @@ pub struct Answer {
 /// recorded only when [`Driver::record_events`] is set.
 #[derive(Clone, Debug)]
 pub enum DriverEvent {
+    /// The node became leader of this term.
+    Elected { term: raft::Term },
     /// A committed entry was applied to the state machine.
     Applied(Entry),
     /// The node snapshotted its own state machine at this index.
@@ -240,7 +242,9 @@ impl Driver {
                     ss.role,
                     ss.leader.map_or("none".into(), |l| l.to_string())
                 );
-                if ss.role != Role::Leader {
+                if ss.role == Role::Leader {
+                    self.event(|| DriverEvent::Elected { term: ss.term });
+                } else {
                     self.fail_waiting();
                 }
             }

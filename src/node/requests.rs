@@ -239,18 +239,21 @@ impl Driver {
     /// write's outcome is unknown (Unavailable: retry with the same client
     /// id and seq); a read can go to the new leader (NotLeader).
     pub(super) fn fail_waiting(&mut self) {
-        let writes: Vec<ClientRef> = self.waiting_writes.drain().flat_map(|(_, w)| w).collect();
+        let mut writes: Vec<ClientRef> = self.waiting_writes.drain().flat_map(|(_, w)| w).collect();
+        // In a fixed order, so that a run replays the same (the simulator).
+        writes.sort_by_key(|c| (c.conn, c.request_id));
         for to in writes {
             let message =
                 "leadership lost before the write was applied; outcome unknown, retry".into();
             self.refuse(to, ErrorCode::Unavailable, message);
         }
-        let reads: Vec<ClientRef> = self
+        let mut reads: Vec<ClientRef> = self
             .waiting_reads
             .drain()
             .map(|(_, w)| w.to)
             .chain(self.confirmed_reads.drain(..).map(|(_, w)| w.to))
             .collect();
+        reads.sort_by_key(|c| (c.conn, c.request_id));
         for to in reads {
             let body = self.not_leader();
             self.answer(to, body);
@@ -261,13 +264,14 @@ impl Driver {
     /// (a write's outcome is unknown: retry elsewhere with the same client
     /// id and seq). Returns how many were waiting.
     pub fn shut_down(&mut self) -> usize {
-        let waiting: Vec<ClientRef> = self
+        let mut waiting: Vec<ClientRef> = self
             .waiting_writes
             .drain()
             .flat_map(|(_, w)| w)
             .chain(self.waiting_reads.drain().map(|(_, w)| w.to))
             .chain(self.confirmed_reads.drain(..).map(|(_, w)| w.to))
             .collect();
+        waiting.sort_by_key(|c| (c.conn, c.request_id));
         let n = waiting.len();
         for to in waiting {
             let message = "node shutting down; a write's outcome is unknown, retry".into();

@@ -1,20 +1,30 @@
-//! The randomized cluster simulator: 3 or 5 cores in one process on a
-//! network that delays, drops, duplicates and reorders messages and
-//! partitions the cluster in changing ways, with simulated disks that lose
-//! whatever was not reported durable when a node crashes. Nodes snapshot
-//! their state machine and compact their logs at random points, so lagging
-//! followers are caught up with InstallSnapshot. After every step it
-//! checks Raft's safety properties; everything follows from the seed, so a
-//! failing seed replays exactly.
+//! The randomized cluster simulator: 3 or 5 nodes in one process, each the
+//! real driver of a node ([`Driver`]: the consensus core, the `Ready`
+//! handling, the key-value state machine with client sessions, snapshots,
+//! client waiters), on a network that delays, drops, duplicates and
+//! reorders messages and partitions the cluster in changing ways, with a
+//! simulated disk per node ([`SimDisk`]) that completes jobs after a random
+//! latency and, when the node crashes, loses exactly what it had not yet
+//! reported durable. Nodes snapshot and compact at random points, so lagging
+//! and restarted nodes are caught up with InstallSnapshot.
+//!
+//! Simulated clients issue put, get, cas, delete and append through the
+//! request path real clients use: sessions, retries with the same client id
+//! and sequence number after a timeout, redirects on NotLeader, ReadIndex
+//! reads, and stale reads. Their history is checked for linearizability at
+//! the end of every seed, and Raft's safety properties after every step.
+//! Everything follows from the seed, so a failing seed replays exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Arc;
 
+use crate::check::{self, CheckOptions, OpKind, Operation};
+use crate::kv::{Command, Op, OpResult};
+use crate::node::{ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
 use crate::raft::rng::Rng;
-use crate::raft::{
-    Config, Entry, HardState, LogIndex, Message, NodeId, Raft, Role, Snapshot, Term,
-};
+use crate::raft::{Config, Entry, LogIndex, Message, NodeId, Role, Snapshot, Term};
+use crate::storage::{write_jobs, Job, MemStore};
+use crate::wire::{ErrorCode, ResponseBody};
 
 /// What a run does; every field has a default in `SimOptions::new`.
 #[derive(Clone, Debug)]
@@ -38,8 +48,16 @@ pub struct SimOptions {
     /// Steps a crashed node stays down, `[min, max]`.
     pub down_steps_min: u64,
     pub down_steps_max: u64,
-    /// Per step: chance of a client proposal at the leader.
-    pub propose: f64,
+    /// Simulated clients, each with one operation in flight at most.
+    pub clients: u64,
+    /// Per step and idle client: chance of starting an operation.
+    pub client_rate: f64,
+    /// Keys the clients operate on (few keys: much contention).
+    pub keys: u64,
+    /// Steps a client waits for an answer before it retries elsewhere.
+    pub client_timeout_steps: u64,
+    /// Sends of one operation before the client gives up (outcome unknown).
+    pub client_attempts_max: u32,
     /// Per step and node: chance of taking a snapshot and compacting the log.
     pub compact: f64,
     /// After healing: steps allowed to elect a leader and commit a new entry
@@ -71,7 +89,11 @@ impl SimOptions {
             // window in which unpersisted votes and entries would matter.
             down_steps_min: 1,
             down_steps_max: pick(&mut r, &[3.0, 80.0]) as u64,
-            propose: 0.3,
+            clients: r.range(2, 6),
+            client_rate: pick(&mut r, &[0.1, 0.3, 0.6]),
+            keys: r.range(1, 5),
+            client_timeout_steps: pick(&mut r, &[15.0, 40.0, 120.0]) as u64,
+            client_attempts_max: 12,
             compact: pick(&mut r, &[0.0, 0.005, 0.03]),
             liveness_steps_max: 400,
             trace: false,
@@ -91,58 +113,90 @@ pub struct SimReport {
     /// Snapshots taken, and installed from a leader.
     pub snapshots: u64,
     pub installs: u64,
-    /// The first safety or liveness violation, if any.
+    /// Client operations issued, answered, and sends that were retries.
+    pub ops: u64,
+    pub ops_answered: u64,
+    pub retries: u64,
+    /// The history's operations checked for linearizability, and keys the
+    /// checker could not decide within its budget (no violation found).
+    pub ops_checked: u64,
+    pub keys_undecided: u64,
+    /// The first safety, linearizability or liveness violation, if any.
     pub violation: Option<String>,
     /// The transcript, when tracing.
     pub trace: String,
 }
 
-struct DiskWrite {
-    done_at: u64,
-    hard_state: Option<HardState>,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
-    messages: Vec<Message>,
+/// A node's disk: jobs complete in order after a random latency; a crash
+/// loses the ones not yet complete. Completed jobs are written into the
+/// node's [`MemStore`] through the storage thread's own `write_jobs`.
+pub struct SimDisk {
+    store: MemStore,
+    /// Jobs submitted and not yet durable, with the step they complete at.
+    queue: VecDeque<(u64, Job)>,
+    now: u64,
+    disk_steps_max: u64,
+    rng: Rng,
+}
+
+impl SimDisk {
+    fn new(seed: u64, disk_steps_max: u64) -> SimDisk {
+        SimDisk {
+            store: MemStore::new(),
+            queue: VecDeque::new(),
+            now: 0,
+            disk_steps_max,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// Writes the jobs due by `now`; returns the last one's number.
+    fn complete(&mut self, now: u64) -> Result<Option<u64>, String> {
+        let mut last = None;
+        while self.queue.front().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, job)) = self.queue.pop_front() else {
+                break;
+            };
+            write_jobs(&mut self.store, std::slice::from_ref(&job)).map_err(|e| e.to_string())?;
+            last = Some(job.seq);
+        }
+        Ok(last)
+    }
+
+    /// The crash: what was not durable is gone.
+    fn crash(&mut self) {
+        self.queue.clear();
+    }
+}
+
+impl Disk for SimDisk {
+    fn submit(&mut self, job: Job) -> Result<(), DriverError> {
+        let prev = self.queue.back().map_or(self.now, |(at, _)| *at);
+        let latency = self.rng.range(0, self.disk_steps_max + 1);
+        self.queue.push_back((prev.max(self.now + latency), job));
+        Ok(())
+    }
+
+    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
+        assert!(self.queue.is_empty(), "an inline write with jobs in flight");
+        write_jobs(&mut self.store, std::slice::from_ref(job))
+            .map_err(|e| DriverError::Storage(e.to_string()))
+    }
 }
 
 struct SimNode {
     id: NodeId,
     /// `None` while crashed.
-    raft: Option<Raft>,
+    driver: Option<Driver>,
+    disk: SimDisk,
     restarts: u64,
     down_until: u64,
-    /// What survives a crash.
-    disk_hard_state: HardState,
-    disk_snapshot: Option<Snapshot>,
-    /// The stored log after `disk_snapshot`.
-    disk_log: Vec<Entry>,
-    /// Writes handed to the disk and not yet durable, oldest first.
-    writing: Vec<DiskWrite>,
-    /// The state machine: a hash chain over every applied entry, up to
-    /// `sm_index`; its snapshot is these two numbers.
-    sm_index: u64,
-    sm_hash: u64,
     /// The commit index at the last check, since the last restart: it
     /// never decreases while the node is up.
     seen_commit: u64,
-    /// Entries applied since the last restart or installed snapshot, from
-    /// `applied_base + 1`.
+    /// Entries applied since the last check, from `applied_base + 1`.
     applied_base: u64,
     applied: Vec<Entry>,
-}
-
-const CHAIN_START: u64 = 0xcbf2_9ce4_8422_2325;
-
-fn encode_sm(index: u64, hash: u64) -> Arc<[u8]> {
-    let mut v = index.to_le_bytes().to_vec();
-    v.extend_from_slice(&hash.to_le_bytes());
-    v.into()
-}
-
-fn decode_sm(data: &[u8]) -> Option<(u64, u64)> {
-    let index = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
-    let hash = u64::from_le_bytes(data.get(8..16)?.try_into().ok()?);
-    Some((index, hash))
 }
 
 struct InFlight {
@@ -152,6 +206,48 @@ struct InFlight {
     msg: Message,
 }
 
+/// A client request or answer on its way.
+enum ClientMsg {
+    Request {
+        node: usize,
+        to: ClientRef,
+        command: Command,
+        stale_read: bool,
+    },
+    Answer {
+        to: ClientRef,
+        from: NodeId,
+        body: ResponseBody,
+    },
+}
+
+/// An operation a client has in flight.
+struct Pending {
+    command: Command,
+    stale_read: bool,
+    /// Index into the history, for recorded operations.
+    record: Option<usize>,
+    /// Request ids of every send of it: an answer to any of them answers
+    /// the operation.
+    request_ids: Vec<u64>,
+    target: usize,
+    sent_at: u64,
+    attempts: u32,
+    /// The liveness check's marker write.
+    marker: bool,
+}
+
+struct SimClient {
+    number: u64,
+    client_id: u64,
+    /// The session's last write seq; 0 before the first.
+    seq: u64,
+    pending: Option<Pending>,
+    values: u64,
+    /// Where to send next: the last leader hint.
+    target: usize,
+}
+
 /// One simulated cluster.
 pub struct Sim {
     opts: SimOptions,
@@ -159,9 +255,15 @@ pub struct Sim {
     now: u64,
     nodes: Vec<SimNode>,
     net: Vec<InFlight>,
-    /// Partition groups: a message passes only inside a group.
+    client_net: Vec<(u64, u64, ClientMsg)>,
+    clients: Vec<SimClient>,
+    next_request_id: u64,
+    /// The clients' history, in the format of docs/HISTORY.md; times are
+    /// a counter of client events, so they order every send and answer.
+    history: Vec<Option<Operation>>,
+    clock: u64,
+    /// Group of each node: a message passes only inside a group.
     group_of: BTreeMap<NodeId, u32>,
-    proposals: u64,
     report: SimReport,
     // Safety bookkeeping.
     leader_of_term: BTreeMap<Term, NodeId>,
@@ -171,9 +273,15 @@ pub struct Sim {
     /// Each node's log as last seen while it was leader: (term, first
     /// index held, terms from there).
     leader_logs: HashMap<NodeId, (Term, LogIndex, Vec<Term>)>,
-    /// A violation found while a node applied or installed a snapshot,
+    /// The state machine snapshot taken at each index: every node that
+    /// snapshots at an index must produce the same bytes, and an installed
+    /// snapshot must be one of them.
+    snapshots_at: HashMap<LogIndex, Snapshot>,
+    /// A violation found while a node applied, snapshotted or answered,
     /// reported by the next check.
-    install_violation: Option<String>,
+    pending_violation: Option<String>,
+    /// The liveness check's marker write, once answered: its index.
+    marker_index: Option<LogIndex>,
 }
 
 impl Sim {
@@ -184,8 +292,12 @@ impl Sim {
             now: 0,
             nodes: Vec::new(),
             net: Vec::new(),
+            client_net: Vec::new(),
+            clients: Vec::new(),
+            next_request_id: 1,
+            history: Vec::new(),
+            clock: 0,
             group_of: ids.iter().map(|&i| (i, 0)).collect(),
-            proposals: 0,
             report: SimReport {
                 seed: opts.seed,
                 ..SimReport::default()
@@ -193,34 +305,47 @@ impl Sim {
             leader_of_term: BTreeMap::new(),
             committed: Vec::new(),
             leader_logs: HashMap::new(),
-            install_violation: None,
+            snapshots_at: HashMap::new(),
+            pending_violation: None,
+            marker_index: None,
             opts,
         };
         for &id in &ids {
-            let mut node = SimNode {
+            let disk_seed = sim.opts.seed.wrapping_mul(31).wrapping_add(id.0);
+            sim.nodes.push(SimNode {
                 id,
-                raft: None,
+                driver: None,
+                disk: SimDisk::new(disk_seed, sim.opts.disk_steps_max),
                 restarts: 0,
                 down_until: 0,
-                disk_hard_state: HardState::default(),
-                disk_snapshot: None,
-                disk_log: Vec::new(),
-                writing: Vec::new(),
-                sm_index: 0,
-                sm_hash: CHAIN_START,
                 seen_commit: 0,
                 applied_base: 0,
                 applied: Vec::new(),
-            };
-            node.raft = Some(sim.boot(&node));
-            sim.nodes.push(node);
+            });
+        }
+        for i in 0..sim.nodes.len() {
+            sim.boot(i);
+        }
+        for number in 1..=sim.opts.clients {
+            let client_id = sim.rng.next_u64();
+            let target = sim.rng.range(0, sim.opts.nodes) as usize;
+            sim.clients.push(SimClient {
+                number,
+                client_id,
+                seq: 0,
+                pending: None,
+                values: 0,
+                target,
+            });
         }
         sim
     }
 
-    fn boot(&self, node: &SimNode) -> Raft {
+    /// Starts node `i`'s driver from what its disk holds.
+    fn boot(&mut self, i: usize) {
         let ids: Vec<NodeId> = (1..=self.opts.nodes).map(NodeId).collect();
-        let mut config = Config::new(node.id, ids);
+        let node = &mut self.nodes[i];
+        let mut config = Config::new(node.id, ids.clone());
         config.seed = self
             .opts
             .seed
@@ -228,12 +353,25 @@ impl Sim {
             .wrapping_add(node.id.0 * 7919 + node.restarts);
         config.inflight_msgs_max = 8;
         config.append_bytes_max = 256;
-        Raft::restore(
-            config,
-            node.disk_hard_state,
-            node.disk_snapshot.clone(),
-            node.disk_log.clone(),
-        )
+        let dc = DriverConfig {
+            snapshot_entries: 0, // the simulator snapshots at random points
+            snapshot_keep_entries: 0,
+            addrs: ids.iter().map(|&id| (id, format!("sim:{id}"))).collect(),
+        };
+        let recovered = node.disk.store.recover();
+        let base = recovered.snapshot.as_ref().map_or(0, |s| s.index.0);
+        match Driver::restore(config, recovered, dc) {
+            Ok(mut d) => {
+                d.record_events = true;
+                node.driver = Some(d);
+                node.applied_base = base;
+                node.seen_commit = 0;
+            }
+            Err(e) => {
+                let v = format!("step {}: {} cannot restart: {e}", self.now, node.id);
+                self.pending_violation.get_or_insert(v);
+            }
+        }
     }
 
     fn trace(&mut self, line: impl FnOnce() -> String) {
@@ -243,7 +381,12 @@ impl Sim {
         }
     }
 
-    /// Runs the faulty phase, then heals and checks liveness.
+    fn violation(&mut self, v: String) {
+        self.pending_violation.get_or_insert(v);
+    }
+
+    /// Runs the faulty phase, then heals and checks liveness, then checks
+    /// the clients' history for linearizability.
     pub fn run(mut self) -> SimReport {
         for _ in 0..self.opts.steps {
             if let Err(v) = self.step(true) {
@@ -252,6 +395,10 @@ impl Sim {
             }
         }
         if let Err(v) = self.check_liveness() {
+            self.report.violation = Some(v);
+            return self.finish();
+        }
+        if let Err(v) = self.check_history() {
             self.report.violation = Some(v);
         }
         self.finish()
@@ -263,69 +410,153 @@ impl Sim {
         self.report
     }
 
-    /// One step: faults, deliveries, disk completions, ticks, client load,
-    /// `ready` processing, then the safety checks.
+    /// One step: faults, disk completions, deliveries, ticks, client load,
+    /// `Ready` processing, then the safety checks.
     fn step(&mut self, faults: bool) -> Result<(), String> {
         self.now += 1;
+        for n in &mut self.nodes {
+            n.disk.now = self.now;
+        }
         if faults {
             self.inject_faults();
         }
         self.complete_disk_writes();
         self.deliver_messages();
-        for i in 0..self.nodes.len() {
-            if let Some(r) = self.nodes[i].raft.as_mut() {
-                r.tick();
+        self.deliver_client_messages();
+        for n in &mut self.nodes {
+            if let Some(d) = n.driver.as_mut() {
+                d.tick();
             }
         }
-        if self.rng.chance(self.opts.propose) {
-            self.propose();
-        }
+        self.clients_act();
         for i in 0..self.nodes.len() {
-            self.process_ready(i);
+            self.process(i);
         }
         self.check_safety()?;
         // After the check: everything committed so far has been recorded
         // from the logs before any of it is compacted away.
         for i in 0..self.nodes.len() {
             if self.rng.chance(self.opts.compact) {
-                self.take_snapshot(i);
+                let keep = self.rng.range(0, 5);
+                let node = &mut self.nodes[i];
+                if let Some(d) = node.driver.as_mut() {
+                    if let Err(e) = d.snapshot_now(keep, &mut node.disk) {
+                        self.violation(format!("step {}: snapshot: {e}", self.now));
+                    }
+                }
+                self.drain(i);
             }
         }
         Ok(())
     }
 
-    /// The node snapshots its state machine and compacts its log, keeping
-    /// a few entries behind the snapshot at random.
-    fn take_snapshot(&mut self, i: usize) {
-        let keep = self.rng.range(0, 5);
+    /// Lets node `i`'s driver carry out its `Ready`s, then empties its
+    /// outboxes.
+    fn process(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let Some(r) = node.raft.as_mut() else {
+        let Some(d) = node.driver.as_mut() else {
             return;
         };
-        let index = LogIndex(node.sm_index);
-        if r.snapshot().map_or(0, |s| s.index.0) >= index.0 || index.0 == 0 {
-            return;
+        if let Err(e) = d.process_ready(&mut node.disk) {
+            let v = format!("step {}: {}: {e}", self.now, node.id);
+            self.violation(v);
         }
-        let Some(term) = r.log().term_at(index) else {
+        self.drain(i);
+    }
+
+    /// Node `i`'s messages go on the network, its answers to the clients,
+    /// its events to the checks.
+    fn drain(&mut self, i: usize) {
+        let Some(d) = self.nodes[i].driver.as_mut() else {
             return;
         };
-        let snap = Snapshot {
-            index,
-            term,
-            data: encode_sm(node.sm_index, node.sm_hash),
-        };
-        r.compact(snap.clone(), LogIndex((index.0 + 1).saturating_sub(keep)));
-        let done_at = self.disk_done_at(i);
-        self.nodes[i].writing.push(DiskWrite {
-            done_at,
-            hard_state: None,
-            snapshot: Some(snap),
-            entries: Vec::new(),
-            messages: Vec::new(),
-        });
-        self.report.snapshots += 1;
+        let id = d.id();
+        let messages = std::mem::take(&mut d.messages);
+        let answers = std::mem::take(&mut d.answers);
+        let events = std::mem::take(&mut d.events);
+        for m in messages {
+            self.send(m);
+        }
+        for a in answers {
+            let delay = self.client_delay();
+            let order = self.rng.next_u64();
+            let msg = ClientMsg::Answer {
+                to: a.to,
+                from: id,
+                body: a.body,
+            };
+            self.client_net.push((self.now + delay, order, msg));
+        }
+        for e in events {
+            self.observe(i, e);
+        }
+    }
+
+    fn observe(&mut self, i: usize, e: DriverEvent) {
+        let now = self.now;
         let id = self.nodes[i].id;
-        self.trace(|| format!("{id} snapshot at {index}/{term}"));
+        match e {
+            DriverEvent::Applied(entry) => {
+                let node = &mut self.nodes[i];
+                let next = node.applied_base + node.applied.len() as u64 + 1;
+                if entry.index.0 != next {
+                    let v = format!(
+                        "step {now}: {id} applied {} where {next} was next",
+                        entry.index
+                    );
+                    self.violation(v);
+                    return;
+                }
+                node.applied.push(entry);
+            }
+            DriverEvent::Elected { term } => {
+                self.report.elections += 1;
+                self.trace(|| format!("{id} t{term}: leader"));
+            }
+            DriverEvent::SnapshotTaken(snap) => {
+                self.report.snapshots += 1;
+                self.trace(|| format!("{id} snapshot at {}/{}", snap.index, snap.term));
+                match self.snapshots_at.get(&snap.index) {
+                    Some(s) if s.term != snap.term || s.data != snap.data => {
+                        let v = format!(
+                            "step {now}: state machine safety: {id}'s snapshot at {} differs from another node's",
+                            snap.index
+                        );
+                        self.violation(v);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.snapshots_at.insert(snap.index, snap);
+                    }
+                }
+            }
+            DriverEvent::SnapshotInstalled(snap) => {
+                self.report.installs += 1;
+                self.trace(|| format!("{id} installs snapshot {}/{}", snap.index, snap.term));
+                if self.snapshots_at.get(&snap.index) != Some(&snap) {
+                    let v = format!(
+                        "step {now}: state machine safety: {id} installed a snapshot at {} that no node took",
+                        snap.index
+                    );
+                    self.violation(v);
+                }
+                let node = &mut self.nodes[i];
+                let applied = node.applied_base + node.applied.len() as u64;
+                if snap.index.0 < applied {
+                    let v = format!(
+                        "step {now}: {id} rolled its state machine back from {applied} to a snapshot at {}",
+                        snap.index
+                    );
+                    self.violation(v);
+                }
+                // What it applied before is still checked against the
+                // committed entries; the state machine goes on from here.
+                self.verify_applied(i);
+                let node = &mut self.nodes[i];
+                node.applied.clear();
+                node.applied_base = snap.index.0;
+            }
+        }
     }
 
     fn inject_faults(&mut self) {
@@ -333,7 +564,7 @@ impl Sim {
             self.change_partition();
         }
         for i in 0..self.nodes.len() {
-            let crashed = self.nodes[i].raft.is_none();
+            let crashed = self.nodes[i].driver.is_none();
             if !crashed && self.rng.chance(self.opts.crash) {
                 self.crash(i);
             } else if crashed && self.now >= self.nodes[i].down_until {
@@ -345,9 +576,8 @@ impl Sim {
     fn change_partition(&mut self) {
         let n = self.opts.nodes;
         let kind = self.rng.range(0, 3);
-        for (&id, g) in self.group_of.iter_mut() {
+        for g in self.group_of.values_mut() {
             *g = 0;
-            let _ = id;
         }
         match kind {
             0 => self.trace(|| "network healed".to_string()),
@@ -372,21 +602,12 @@ impl Sim {
         let down = self
             .rng
             .range(self.opts.down_steps_min, self.opts.down_steps_max + 1);
+        self.verify_applied(i);
         let node = &mut self.nodes[i];
-        node.raft = None;
-        // Whatever the disk had not made durable is gone; the state
-        // machine restarts from the stored snapshot.
-        node.writing.clear();
+        node.driver = None;
+        // Whatever the disk had not made durable is gone.
+        node.disk.crash();
         node.applied.clear();
-        let (index, hash) = node
-            .disk_snapshot
-            .as_ref()
-            .and_then(|s| decode_sm(&s.data))
-            .unwrap_or((0, CHAIN_START));
-        node.sm_index = index;
-        node.sm_hash = hash;
-        node.applied_base = index;
-        node.seen_commit = 0;
         node.down_until = self.now + down;
         self.report.crashes += 1;
         let id = node.id;
@@ -395,122 +616,31 @@ impl Sim {
 
     fn restart(&mut self, i: usize) {
         self.nodes[i].restarts += 1;
-        let raft = self.boot(&self.nodes[i]);
-        self.nodes[i].raft = Some(raft);
+        self.boot(i);
         let id = self.nodes[i].id;
         self.trace(|| format!("{id} restarted"));
     }
 
     fn complete_disk_writes(&mut self) {
         for i in 0..self.nodes.len() {
-            while self.nodes[i]
-                .writing
-                .first()
-                .is_some_and(|w| w.done_at <= self.now)
-            {
-                let w = self.nodes[i].writing.remove(0);
-                let node = &mut self.nodes[i];
-                if let Some(hs) = w.hard_state {
-                    node.disk_hard_state = hs;
-                }
-                let mut last = None;
-                if let Some(snap) = w.snapshot {
-                    // As the real store: keep the stored entries after the
-                    // snapshot if the log holds its last entry, else none.
-                    let base = node.disk_snapshot.as_ref().map_or(0, |s| s.index.0);
-                    let at = snap.index.0.checked_sub(base + 1).map(|k| k as usize);
-                    let holds = match at {
-                        Some(k) => node.disk_log.get(k).map(|e| e.term) == Some(snap.term),
-                        None => snap.index.0 == base,
-                    };
-                    if holds {
-                        let drop = (snap.index.0 - base) as usize;
-                        node.disk_log.drain(..drop.min(node.disk_log.len()));
-                    } else {
-                        node.disk_log.clear();
+            let node = &mut self.nodes[i];
+            if node.driver.is_none() {
+                continue;
+            }
+            match node.disk.complete(self.now) {
+                Ok(Some(seq)) => {
+                    if let Some(d) = node.driver.as_mut() {
+                        d.durable(seq);
                     }
-                    last = Some((snap.index, snap.term));
-                    node.disk_snapshot = Some(snap);
+                    self.drain(i);
                 }
-                if let Some(e) = w.entries.last() {
-                    last = Some((e.index, e.term));
-                }
-                if let Some(first) = w.entries.first() {
-                    let base = node.disk_snapshot.as_ref().map_or(0, |s| s.index.0);
-                    assert!(
-                        first.index.0 > base,
-                        "entries {} written at or before the stored snapshot {base}",
-                        first.index
-                    );
-                    node.disk_log.truncate((first.index.0 - base - 1) as usize);
-                    assert_eq!(
-                        base + node.disk_log.len() as u64 + 1,
-                        first.index.0,
-                        "gap in the stored log"
-                    );
-                    node.disk_log.extend(w.entries);
-                }
-                if let (Some((idx, term)), Some(r)) = (last, node.raft.as_mut()) {
-                    r.persisted(idx, term);
-                }
-                for m in w.messages {
-                    self.send(m);
+                Ok(None) => {}
+                Err(e) => {
+                    let v = format!("step {}: {} disk: {e}", self.now, node.id);
+                    self.violation(v);
                 }
             }
         }
-    }
-
-    /// The state machine hash after the committed entries `1..=index`, if
-    /// all of them are known.
-    fn committed_hash(&self, index: u64) -> Option<u64> {
-        let mut h = CHAIN_START;
-        for (term, data, _) in self.committed.get(..index as usize)? {
-            h = chain_parts(h, *term, data);
-        }
-        Some(h)
-    }
-
-    /// The node replaces its state machine with a leader's snapshot, which
-    /// must be the state after the committed prefix.
-    fn install(&mut self, i: usize, snap: &Snapshot) -> Result<(), String> {
-        let Some((index, hash)) = decode_sm(&snap.data) else {
-            return Err(format!("step {}: malformed snapshot", self.now));
-        };
-        if index != snap.index.0 {
-            return Err(format!(
-                "step {}: snapshot at {} holds the state at {index}",
-                self.now, snap.index
-            ));
-        }
-        match self.committed_hash(index) {
-            Some(h) if h == hash => {}
-            Some(_) => {
-                return Err(format!(
-                    "step {}: state machine safety: {} installed a snapshot at {index} that is not the committed prefix",
-                    self.now, self.nodes[i].id
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "step {}: {} installed a snapshot at {index}, past what is known committed ({})",
-                    self.now,
-                    self.nodes[i].id,
-                    self.committed.len()
-                ))
-            }
-        }
-        if index < self.nodes[i].sm_index {
-            return Err(format!(
-                "step {}: {} rolled its state machine back from {} to a snapshot at {index}",
-                self.now, self.nodes[i].id, self.nodes[i].sm_index
-            ));
-        }
-        let node = &mut self.nodes[i];
-        node.sm_index = index;
-        node.sm_hash = hash;
-        node.applied.clear();
-        node.applied_base = index;
-        Ok(())
     }
 
     fn send(&mut self, m: Message) {
@@ -556,108 +686,416 @@ impl Sim {
                 continue;
             }
             let to = m.to.0 as usize - 1;
-            if self.nodes[to].raft.is_none() {
+            let Some(d) = self.nodes[to].driver.as_mut() else {
                 continue;
-            }
+            };
             if self.opts.trace {
                 let line = format!("deliver {m}");
-                self.trace(|| line);
+                let _ = writeln!(self.report.trace, "[{:>5}] {line}", now);
             }
-            self.nodes[to].raft.as_mut().expect("checked").step(m);
-            self.process_ready(to);
+            if let Err(e) = d.step(m) {
+                self.violation(format!("step {now}: a message was refused: {e}"));
+            }
+            self.process(to);
         }
     }
 
-    fn propose(&mut self) {
-        let leader = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.raft.as_ref())
-            .filter(|r| r.role() == Role::Leader)
-            .max_by_key(|r| r.current_term())
-            .map(|r| r.id());
-        let Some(leader) = leader else {
-            return;
-        };
-        self.proposals += 1;
-        let data = format!("s{}-p{}", self.opts.seed, self.proposals).into_bytes();
-        let r = self.nodes[leader.0 as usize - 1]
-            .raft
-            .as_mut()
-            .expect("leader is up");
-        if let Ok(idx) = r.propose(data) {
-            self.trace(|| format!("{leader} proposed at {idx}"));
-        }
+    // ---- clients ----------------------------------------------------------
+
+    fn client_delay(&mut self) -> u64 {
+        self.rng
+            .range(self.opts.delay_steps_min, self.opts.delay_steps_max + 1)
     }
 
-    fn process_ready(&mut self, i: usize) {
-        let Some(r) = self.nodes[i].raft.as_mut() else {
-            return;
-        };
-        let rd = r.ready();
-        if let Some(ss) = rd.soft_state {
-            if ss.role == Role::Leader {
-                self.report.elections += 1;
-            }
-            let id = self.nodes[i].id;
-            self.trace(|| format!("{id} t{}: {} (leader {:?})", ss.term, ss.role, ss.leader));
-        }
-        if let Some(snap) = &rd.snapshot {
-            self.report.installs += 1;
-            let id = self.nodes[i].id;
-            let (index, term) = (snap.index, snap.term);
-            self.trace(|| format!("{id} installs snapshot {index}/{term}"));
-            if let Err(v) = self.install(i, snap) {
-                self.install_violation.get_or_insert(v);
-            }
-        }
-        let node = &mut self.nodes[i];
-        for e in &rd.committed_entries {
-            if e.index.0 == node.sm_index + 1 {
-                node.sm_hash = chain(node.sm_hash, e);
-                node.sm_index = e.index.0;
+    fn deliver_client_messages(&mut self) {
+        let now = self.now;
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.client_net.len() {
+            if self.client_net[i].0 <= now {
+                due.push(self.client_net.swap_remove(i));
             } else {
-                self.install_violation.get_or_insert(format!(
-                    "step {}: {} applied {} after {}",
-                    self.now, node.id, e.index, node.sm_index
-                ));
+                i += 1;
             }
         }
-        let must_persist = rd.must_persist();
-        node.applied.extend(rd.committed_entries);
-        let messages_now = rd.messages;
-        if must_persist || !rd.messages_after_persist.is_empty() {
-            let done_at = self.disk_done_at(i);
-            self.nodes[i].writing.push(DiskWrite {
-                done_at,
-                hard_state: rd.hard_state,
-                snapshot: rd.snapshot,
-                entries: rd.entries,
-                messages: rd.messages_after_persist,
-            });
-        }
-        for m in messages_now {
-            self.send(m);
+        due.sort_by_key(|(at, order, _)| (*at, *order));
+        for (_, _, msg) in due {
+            match msg {
+                ClientMsg::Request {
+                    node,
+                    to,
+                    command,
+                    stale_read,
+                } => {
+                    let Some(d) = self.nodes[node].driver.as_mut() else {
+                        continue; // lost with the node
+                    };
+                    d.handle_kv(to, command.as_ref(), stale_read);
+                    self.drain(node);
+                }
+                ClientMsg::Answer { to, from, body } => self.client_answer(to, from, body),
+            }
         }
     }
 
-    /// When a write node `i` starts now completes: after a random latency,
-    /// and never before the writes ahead of it (they complete in order).
-    fn disk_done_at(&mut self, i: usize) -> u64 {
-        let prev_done = self.nodes[i].writing.last().map_or(self.now, |w| w.done_at);
-        let latency = self.rng.range(0, self.opts.disk_steps_max + 1);
-        prev_done.max(self.now + latency)
+    /// Each client: retry a request that timed out, or start a new one.
+    fn clients_act(&mut self) {
+        for c in 0..self.clients.len() {
+            match &self.clients[c].pending {
+                Some(p) if self.now >= p.sent_at + self.opts.client_timeout_steps => {
+                    let next = (p.target + 1) % self.nodes.len();
+                    self.resend(c, next);
+                }
+                Some(_) => {}
+                None if self.rng.chance(self.opts.client_rate) => self.start_op(c, false),
+                None => {}
+            }
+        }
+    }
+
+    /// A new operation of client `c` (the liveness marker: a put).
+    fn start_op(&mut self, c: usize, marker: bool) {
+        let roll = if marker { 0 } else { self.rng.range(0, 100) };
+        let key = if marker {
+            "liveness".to_string()
+        } else {
+            format!("k{}", self.rng.range(0, self.opts.keys))
+        };
+        let cl = &mut self.clients[c];
+        cl.values += 1;
+        let value = format!("c{}.{}", cl.number, cl.values);
+        let (op, kind, stale_read) = match roll {
+            0..=29 => (
+                Op::Put {
+                    key: key.clone().into_bytes(),
+                    value: value.clone().into_bytes(),
+                },
+                Some(OpKind::Put),
+                false,
+            ),
+            30..=54 => (
+                Op::Get {
+                    key: key.clone().into_bytes(),
+                },
+                Some(OpKind::Get),
+                false,
+            ),
+            55..=69 => {
+                // Expect a value some client wrote, or absence.
+                let expected = match self.rng.range(0, 3) {
+                    0 => None,
+                    _ => Some(format!(
+                        "c{}.{}",
+                        self.rng.range(1, self.opts.clients + 1),
+                        self.rng.range(1, self.clients[c].values + 1)
+                    )),
+                };
+                (
+                    Op::Cas {
+                        key: key.clone().into_bytes(),
+                        expected: expected.map(String::into_bytes),
+                        new: value.clone().into_bytes(),
+                    },
+                    Some(OpKind::Cas),
+                    false,
+                )
+            }
+            70..=79 => (
+                Op::Delete {
+                    key: key.clone().into_bytes(),
+                },
+                Some(OpKind::Delete),
+                false,
+            ),
+            80..=89 => (
+                Op::Append {
+                    data: value.clone().into_bytes(),
+                },
+                None,
+                false,
+            ),
+            _ => (
+                Op::Get {
+                    key: key.clone().into_bytes(),
+                },
+                None,
+                true,
+            ),
+        };
+        let cl = &mut self.clients[c];
+        let seq = if matches!(op, Op::Get { .. }) {
+            cl.seq
+        } else {
+            cl.seq += 1;
+            cl.seq
+        };
+        let command = Command {
+            client_id: cl.client_id,
+            seq,
+            op,
+        };
+        let record = kind.map(|kind| {
+            self.clock += 1;
+            let (value, expected) = match &command.op {
+                Op::Put { .. } => (Some(value.clone()), None),
+                Op::Cas { expected, .. } => (
+                    Some(value.clone()),
+                    expected
+                        .as_ref()
+                        .map(|e| String::from_utf8_lossy(e).into_owned()),
+                ),
+                _ => (None, None),
+            };
+            self.history.push(Some(Operation {
+                client: cl.number,
+                kind,
+                key: key.clone(),
+                value,
+                expected,
+                invoke_ns: self.clock,
+                complete_ns: None,
+                ok: None,
+                result: None,
+            }));
+            self.history.len() - 1
+        });
+        self.report.ops += 1;
+        let target = cl.target;
+        cl.pending = Some(Pending {
+            command,
+            stale_read,
+            record,
+            request_ids: Vec::new(),
+            target,
+            sent_at: self.now,
+            attempts: 0,
+            marker,
+        });
+        self.resend(c, target);
+    }
+
+    /// Sends client `c`'s pending operation (again) to node `target`, or
+    /// gives it up after `client_attempts_max` sends: its outcome stays
+    /// unknown.
+    fn resend(&mut self, c: usize, target: usize) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let now = self.now;
+        let delay = self.client_delay();
+        let order = self.rng.next_u64();
+        let attempts_max = self.opts.client_attempts_max;
+        let cl = &mut self.clients[c];
+        let number = cl.number;
+        let Some(p) = cl.pending.as_mut() else {
+            return;
+        };
+        if p.attempts >= attempts_max {
+            cl.pending = None;
+            self.trace(|| format!("client {number} gives up"));
+            return;
+        }
+        if p.attempts > 0 {
+            self.report.retries += 1;
+        }
+        p.attempts += 1;
+        p.target = target;
+        p.sent_at = now;
+        p.request_ids.push(request_id);
+        cl.target = target;
+        let msg = ClientMsg::Request {
+            node: target,
+            to: ClientRef {
+                conn: number,
+                request_id,
+            },
+            command: p.command.clone(),
+            stale_read: p.stale_read,
+        };
+        let line = self.opts.trace.then(|| {
+            format!(
+                "client {number} -> n{} {:?} (request {request_id})",
+                target + 1,
+                p.command
+            )
+        });
+        self.client_net.push((now + delay, order, msg));
+        if let Some(l) = line {
+            self.trace(|| l);
+        }
+    }
+
+    fn client_answer(&mut self, to: ClientRef, from: NodeId, body: ResponseBody) {
+        let Some(c) = self.clients.iter().position(|c| c.number == to.conn) else {
+            return;
+        };
+        let answers_pending = self.clients[c]
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.request_ids.contains(&to.request_id));
+        if !answers_pending {
+            return; // an earlier operation's late answer
+        }
+        let now = self.now;
+        self.trace(|| format!("client {} <- {from} {body:?}", to.conn));
+        let nodes = self.nodes.len();
+        let from_index = from.0 as usize - 1;
+        match body {
+            ResponseBody::Kv { index, result } => self.complete(c, index, result),
+            ResponseBody::NotLeader { leader, .. } => {
+                let next = match leader {
+                    Some(l) if l != from => l.0 as usize - 1,
+                    _ => (from_index + 1) % nodes,
+                };
+                self.resend(c, next);
+            }
+            ResponseBody::Error {
+                code: ErrorCode::Unavailable | ErrorCode::TooBusy,
+                ..
+            } => self.resend(c, (from_index + 1) % nodes),
+            ResponseBody::Error {
+                code: ErrorCode::SessionExpired,
+                ..
+            } => {
+                // Not applied, definitely: the op failed; a new session.
+                self.fail(c);
+                let cl = &mut self.clients[c];
+                cl.client_id = self.rng.next_u64();
+                cl.seq = 0;
+            }
+            other => {
+                let v = format!("step {now}: client {} got {other:?} from {from}", to.conn);
+                self.violation(v);
+                self.clients[c].pending = None;
+            }
+        }
+    }
+
+    /// Client `c`'s operation was answered with `result` at `index`.
+    fn complete(&mut self, c: usize, index: LogIndex, result: OpResult) {
+        let now = self.now;
+        let Some(p) = self.clients[c].pending.take() else {
+            return;
+        };
+        self.report.ops_answered += 1;
+        if p.marker {
+            self.marker_index = Some(index);
+        }
+        self.clock += 1;
+        let Some(op) = p.record.and_then(|k| self.history[k].as_mut()) else {
+            return;
+        };
+        op.complete_ns = Some(self.clock);
+        let fits = match (op.kind, result) {
+            (OpKind::Put, OpResult::Done) => {
+                op.ok = Some(true);
+                true
+            }
+            (OpKind::Delete, OpResult::Deleted(_)) => {
+                op.ok = Some(true);
+                true
+            }
+            (OpKind::Cas, OpResult::CasOk) => {
+                op.ok = Some(true);
+                true
+            }
+            (OpKind::Cas, OpResult::CasMismatch(_)) => {
+                op.ok = Some(false);
+                true
+            }
+            (OpKind::Get, OpResult::Value(v)) => {
+                op.ok = Some(true);
+                op.result = v.map(|v| String::from_utf8_lossy(&v).into_owned());
+                true
+            }
+            _ => false,
+        };
+        if !fits {
+            let v = format!(
+                "step {now}: client {} got an answer of the wrong type",
+                c + 1
+            );
+            self.violation(v);
+        }
+    }
+
+    /// Client `c`'s operation definitely did not take effect, and saw
+    /// nothing: it leaves the history (for a cas, a recorded failure would
+    /// claim the comparison failed).
+    fn fail(&mut self, c: usize) {
+        let Some(p) = self.clients[c].pending.take() else {
+            return;
+        };
+        if let Some(k) = p.record {
+            self.history[k] = None;
+        }
+    }
+
+    /// The clients' history must be linearizable: no acknowledged write
+    /// lost, no retried write applied twice, no stale linearizable read.
+    fn check_history(&mut self) -> Result<(), String> {
+        let opts = CheckOptions {
+            step_budget: 2_000_000,
+            cache_budget_bytes: 64 << 20,
+            shrink: true,
+            shrink_budget: 2_000_000,
+        };
+        let history: Vec<Operation> = self.history.iter().flatten().cloned().collect();
+        let verdict = check::check(&history, &opts);
+        self.report.ops_checked = history.len() as u64;
+        self.report.keys_undecided = verdict.unknown.len() as u64;
+        if let Some(f) = verdict.failures.first() {
+            let ops: Vec<String> = f
+                .ops
+                .iter()
+                .map(|o| format!("client {} {} {}", o.client, o.call(), o.outcome()))
+                .collect();
+            return Err(format!(
+                "linearizability: key {:?} ({} of its {} operations cannot be ordered): {}",
+                f.key,
+                f.ops.len(),
+                f.key_ops,
+                ops.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks node `i`'s applied entries that are known committed by now;
+    /// the others wait for a later check.
+    fn verify_applied(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let known = self.committed.len() as u64;
+        let mut verified = 0;
+        for e in &node.applied {
+            if e.index.0 > known {
+                break;
+            }
+            match self.committed.get(e.index.0 as usize - 1) {
+                Some((t, data, _)) if *t == e.term && *data == e.data => verified += 1,
+                _ => {
+                    let v = format!(
+                        "step {now}: state machine safety: {} applied {} which is not the committed entry",
+                        node.id, e
+                    );
+                    self.pending_violation.get_or_insert(v);
+                    return;
+                }
+            }
+        }
+        node.applied.drain(..verified);
+        node.applied_base += verified as u64;
     }
 
     // ---- checks -----------------------------------------------------------
 
     fn check_safety(&mut self) -> Result<(), String> {
-        if let Some(v) = self.install_violation.take() {
+        if let Some(v) = self.pending_violation.take() {
             return Err(v);
         }
         let now = self.now;
         for i in 0..self.nodes.len() {
-            let Some(r) = self.nodes[i].raft.as_ref() else {
+            let Some(r) = self.nodes[i].driver.as_ref().map(Driver::raft) else {
                 continue;
             };
             let id = r.id();
@@ -751,30 +1189,16 @@ impl Sim {
             }
         }
         for node in &mut self.nodes {
-            if let Some(r) = node.raft.as_ref() {
+            if let Some(r) = node.driver.as_ref().map(Driver::raft) {
                 node.seen_commit = r.commit_index().0;
             }
         }
         // State Machine Safety on what was actually applied.
-        for node in &self.nodes {
-            for (k, e) in node.applied.iter().enumerate() {
-                let idx = node.applied_base as usize + k;
-                if e.index.0 as usize != idx + 1 {
-                    return Err(format!(
-                        "step {now}: {} applied {} out of order",
-                        node.id, e.index
-                    ));
-                }
-                match self.committed.get(idx) {
-                    Some((t, data, _)) if *t == e.term && *data == e.data => {}
-                    _ => {
-                        return Err(format!(
-                            "step {now}: state machine safety: {} applied {} which is not the committed entry",
-                            node.id, e
-                        ))
-                    }
-                }
-            }
+        for i in 0..self.nodes.len() {
+            self.verify_applied(i);
+        }
+        if let Some(v) = self.pending_violation.take() {
+            return Err(v);
         }
         self.check_log_matching()
     }
@@ -788,13 +1212,13 @@ impl Sim {
         let base = self
             .nodes
             .iter()
-            .filter_map(|n| n.raft.as_ref())
+            .filter_map(|n| n.driver.as_ref().map(Driver::raft))
             .map(|r| r.log().offset())
             .max()
             .unwrap_or(LogIndex(0));
         let mut seen: HashMap<(u64, u64), (u64, NodeId)> = HashMap::new();
         for node in &self.nodes {
-            let Some(r) = node.raft.as_ref() else {
+            let Some(r) = node.driver.as_ref().map(Driver::raft) else {
                 continue;
             };
             let mut h = CHAIN_START;
@@ -817,14 +1241,14 @@ impl Sim {
         Ok(())
     }
 
-    /// Heals everything, restarts crashed nodes, and requires a leader and a
-    /// new entry committed and applied on every node within the bound.
+    /// Heals everything, restarts crashed nodes, and requires a write to be
+    /// answered and then applied on every node within the bound.
     fn check_liveness(&mut self) -> Result<(), String> {
-        for (_, g) in self.group_of.iter_mut() {
+        for g in self.group_of.values_mut() {
             *g = 0;
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].raft.is_none() {
+            if self.nodes[i].driver.is_none() {
                 self.restart(i);
             }
         }
@@ -833,42 +1257,23 @@ impl Sim {
         self.opts.loss = 0.0;
         self.opts.duplicate = 0.0;
         let deadline = self.now + self.opts.liveness_steps_max;
-        let mut marker: Option<(NodeId, LogIndex, Term)> = None;
+        let mut marker_sent = false;
         while self.now < deadline {
             self.step(false)?;
-            // A leader that lost its place may take its proposal with it:
-            // propose again through the next one.
-            if let Some((id, _, term)) = marker {
-                let still = self.nodes[id.0 as usize - 1]
-                    .raft
-                    .as_ref()
-                    .is_some_and(|r| r.role() == Role::Leader && r.current_term() == term);
-                if !still {
-                    marker = None;
-                }
+            if !marker_sent && self.clients[0].pending.is_none() {
+                self.start_op(0, true);
+                marker_sent = true;
             }
-            if marker.is_none() {
-                let leader = self
-                    .nodes
-                    .iter()
-                    .filter_map(|n| n.raft.as_ref())
-                    .find(|r| r.role() == Role::Leader);
-                if let Some(id) = leader.map(|r| r.id()) {
-                    let r = self.nodes[id.0 as usize - 1].raft.as_mut().expect("up");
-                    let term = r.current_term();
-                    if let Ok(idx) = r.propose(b"liveness".to_vec()) {
-                        marker = Some((id, idx, term));
-                    }
-                }
+            if marker_sent && self.marker_index.is_none() && self.clients[0].pending.is_none() {
+                // Given up: send another.
+                self.start_op(0, true);
             }
-            if marker.is_some() {
-                // Applied, or taken in with a snapshot that covers it.
-                let first_marker = self
-                    .committed
-                    .iter()
-                    .position(|(_, data, _)| &data[..] == b"liveness");
-                let everywhere =
-                    first_marker.is_some_and(|k| self.nodes.iter().all(|n| n.sm_index > k as u64));
+            if let Some(index) = self.marker_index {
+                let everywhere = self.nodes.iter().all(|n| {
+                    n.driver
+                        .as_ref()
+                        .is_some_and(|d| d.kv().last_applied() >= index)
+                });
                 if everywhere {
                     self.opts.loss = saved.0;
                     self.opts.duplicate = saved.1;
@@ -877,19 +1282,17 @@ impl Sim {
             }
         }
         Err(format!(
-            "liveness: after healing, no entry committed on every node within {} steps (leader proposal {:?})",
-            self.opts.liveness_steps_max, marker
+            "liveness: after healing, no write answered and applied on every node within {} steps (marker at {:?})",
+            self.opts.liveness_steps_max, self.marker_index
         ))
     }
 }
 
-fn chain(h: u64, e: &Entry) -> u64 {
-    chain_parts(h, e.term, &e.data)
-}
+const CHAIN_START: u64 = 0xcbf2_9ce4_8422_2325;
 
-fn chain_parts(h: u64, term: Term, data: &[u8]) -> u64 {
+fn chain(h: u64, e: &Entry) -> u64 {
     let mut h = h;
-    for b in term.0.to_le_bytes().iter().chain(data.iter()) {
+    for b in e.term.0.to_le_bytes().iter().chain(e.data.iter()) {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

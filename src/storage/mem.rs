@@ -44,7 +44,11 @@ impl MemStore {
     fn term_at(&self, index: LogIndex) -> Option<crate::raft::Term> {
         let base = self.base();
         if index.0 == base {
-            return Some(self.snapshot.as_ref().map_or(crate::raft::Term(0), |s| s.term));
+            return Some(
+                self.snapshot
+                    .as_ref()
+                    .map_or(crate::raft::Term(0), |s| s.term),
+            );
         }
         let k = index.0.checked_sub(base + 1)?;
         self.entries.get(k as usize).map(|e| e.term)
