@@ -614,7 +614,7 @@ class Client:
                     if self.status(addr, self.attempt_timeout).role == "leader":
                         self.leader = addr
                         return addr
-                except RaftkitError:
-                    pass
+                except (Unreachable, Timeout, ProtocolError):
+                    pass  # down or restarting: ask the others
             time.sleep(0.1)
         raise Timeout("no node says it leads")
