@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod check;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod kv;
 pub mod node;

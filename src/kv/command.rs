@@ -57,7 +57,7 @@ pub enum OpResult {
     CasMismatch(Option<Vec<u8>>),
 }
 
-use crate::wire::codec::{put_bytes, put_opt_bytes, put_u64, put_u8, DecodeError, Reader};
+use crate::codec::{put_bytes, put_opt_bytes, put_u64, put_u8, DecodeError, Reader};
 
 /// Format byte leading every command stored in the log.
 pub const COMMAND_FORMAT_V1: u8 = 1;

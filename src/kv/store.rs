@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::command::{ClientId, CommandRef, OpRef, OpResult};
+use crate::codec::{put_bytes, put_u32, put_u64, DecodeError, Reader};
 use crate::raft::LogIndex;
-use crate::wire::codec::{put_bytes, put_u32, put_u64, DecodeError, Reader};
 
 /// Sessions kept at most; past it, the client whose last request is oldest
 /// (by log index) is forgotten. Eviction depends only on the log, so every

@@ -1,6 +1,11 @@
-//! Byte-level helpers shared by the wire frames and the log's command
-//! encoding: big-endian integers and length-prefixed byte strings, with a
-//! reader that turns every shortfall into an error value.
+//! Byte-level helpers shared by the wire frames (`wire`), the log's command
+//! encoding and the key-value snapshot (`kv`): big-endian integers and
+//! length-prefixed byte strings, with a reader that turns every shortfall
+//! into an error value.
+//!
+//! A ground module: it uses nothing else of this crate, so that `kv` and
+//! `wire` both build on it and the dependencies point one way
+//! (`wire -> kv -> codec`, `wire -> codec`).
 
 use std::fmt;
 
