@@ -21,10 +21,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::kv::{ClientId, CommandRef, KvStore, OpRef, OpResult};
-use crate::raft::rng::Rng;
 use crate::raft::{
     self, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, NotLeader, Raft, Role, Snapshot,
 };
+use crate::rng::Rng;
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
 use crate::wire::{
     decode_frame_ref, decode_raft_fragments, encode_frame, encode_raft_fragments, ErrorCode,

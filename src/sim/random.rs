@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::raft::rng::Rng;
 use crate::raft::{
     Config, Entry, HardState, LogIndex, Message, NodeId, Raft, Role, Snapshot, Term,
 };
+use crate::rng::Rng;
 
 /// What a run does; every field has a default in `SimOptions::new`.
 #[derive(Clone, Debug)]
