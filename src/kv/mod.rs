@@ -4,4 +4,4 @@ pub mod command;
 pub mod store;
 
 pub use command::{ClientId, Command, CommandRef, Op, OpRef, OpResult};
-pub use store::{Applied, KvStore, SESSIONS_MAX};
+pub use store::{Applied, KvStore, SnapshotError, SESSIONS_MAX};

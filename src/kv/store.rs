@@ -2,6 +2,7 @@
 //! per-client session table so that a retried request applies once.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
 
 use super::command::{ClientId, CommandRef, OpRef, OpResult};
 use crate::codec::{put_bytes, put_u32, put_u64, DecodeError, Reader};
@@ -42,6 +43,121 @@ const SNAPSHOT_CRC_BYTES: usize = 4;
 const SNAPSHOT_PAIR_FIXED_BYTES: usize = 4 + 4;
 /// Bytes of a session at least: client id, last seq, last index, result tag.
 const SNAPSHOT_SESSION_BYTES_MIN: usize = 8 + 8 + 8 + 1;
+
+/// Why bytes are not a [`KvStore::snapshot`]: what is wrong, and at which
+/// byte offset of the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Shorter than the header.
+    ShorterThanHeader { len: usize },
+    /// Bytes 0..8 are not [`SNAPSHOT_MAGIC`].
+    BadMagic { found: [u8; 8] },
+    /// A format version this build does not read (byte 8).
+    UnsupportedVersion { version: u32 },
+    /// The length at byte 12 is not the number of bytes there are.
+    LengthMismatch { len: usize, stated: u64 },
+    /// Too short to end in a CRC.
+    NoRoomForCrc { len: usize },
+    /// The CRC-32C at byte `at` does not match the bytes before it.
+    CrcMismatch {
+        at: usize,
+        stored: u32,
+        computed: u32,
+    },
+    /// A field starting at byte `at` does not decode, or bytes follow the
+    /// last one.
+    Field { at: usize, source: DecodeError },
+    /// The key at byte `at` is not after the key before it.
+    KeysNotAscending { at: usize },
+    /// The session at byte `at` is not in eviction order, or is newer than
+    /// the state it is part of.
+    SessionOutOfOrder {
+        at: usize,
+        client: ClientId,
+        last_index: LogIndex,
+        previous_index: LogIndex,
+        last_applied: LogIndex,
+    },
+    /// A second session of `client` at byte `at`.
+    DuplicateSession { at: usize, client: ClientId },
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::ShorterThanHeader { len } => write!(
+                f,
+                "kv snapshot truncated: {len} bytes, shorter than the \
+                 {SNAPSHOT_HEADER_BYTES}-byte header"
+            ),
+            SnapshotError::BadMagic { found } => write!(
+                f,
+                "not a kv snapshot: bytes 0..8 are {found:02x?}, not the magic \"RAFTKKVS\""
+            ),
+            SnapshotError::UnsupportedVersion { version } => write!(
+                f,
+                "kv snapshot format version {version} at byte 8 is not supported \
+                 (this build reads version {SNAPSHOT_FORMAT_VERSION})"
+            ),
+            SnapshotError::LengthMismatch { len, stated } => {
+                let what = if *stated > *len as u64 {
+                    "truncated"
+                } else {
+                    "has trailing bytes"
+                };
+                write!(
+                    f,
+                    "kv snapshot {what}: {len} bytes, but the length at byte 12 says {stated}"
+                )
+            }
+            SnapshotError::NoRoomForCrc { len } => {
+                write!(f, "kv snapshot truncated: {len} bytes, no room for the CRC")
+            }
+            SnapshotError::CrcMismatch {
+                at,
+                stored,
+                computed,
+            } => write!(
+                f,
+                "kv snapshot corrupt: CRC-32C at byte {at} is 0x{stored:08x}, \
+                 bytes 0..{at} have 0x{computed:08x}"
+            ),
+            SnapshotError::Field { at, source } => {
+                write!(f, "kv snapshot: {source} (at byte {at})")
+            }
+            SnapshotError::KeysNotAscending { at } => write!(
+                f,
+                "kv snapshot: key at byte {at} is not after the key before it \
+                 (keys must be ascending and distinct)"
+            ),
+            SnapshotError::SessionOutOfOrder {
+                at,
+                client,
+                last_index,
+                previous_index,
+                last_applied,
+            } => write!(
+                f,
+                "kv snapshot: session of client {client} at byte {at} has last index \
+                 {last_index}, not after the previous session's {previous_index} and at \
+                 most the last applied {last_applied}"
+            ),
+            SnapshotError::DuplicateSession { at, client } => write!(
+                f,
+                "kv snapshot: client {client} has a second session at byte {at}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SnapshotError::Field { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// Keys and values, sessions, and the count of raw appends.
 pub struct KvStore {
@@ -279,43 +395,30 @@ impl KvStore {
     /// The store a [`KvStore::snapshot`] was taken of. Truncated, corrupt
     /// or inconsistent bytes give an error naming what is wrong and at
     /// which byte offset.
-    pub fn restore(data: &[u8]) -> Result<KvStore, String> {
+    pub fn restore(data: &[u8]) -> Result<KvStore, SnapshotError> {
         let len = data.len();
         if len < SNAPSHOT_HEADER_BYTES {
-            return Err(format!(
-                "kv snapshot truncated: {len} bytes, shorter than the \
-                 {SNAPSHOT_HEADER_BYTES}-byte header"
-            ));
+            return Err(SnapshotError::ShorterThanHeader { len });
         }
         if &data[..8] != SNAPSHOT_MAGIC {
-            return Err(format!(
-                "not a kv snapshot: bytes 0..8 are {:02x?}, not the magic \"RAFTKKVS\"",
-                &data[..8]
-            ));
+            let mut found = [0u8; 8];
+            found.copy_from_slice(&data[..8]);
+            return Err(SnapshotError::BadMagic { found });
         }
-        let mut header = Reader::new(&data[8..SNAPSHOT_HEADER_BYTES]);
-        let version = header.u32("version").map_err(|e| e.to_string())?;
+        let mut header = SnapshotReader {
+            r: Reader::new(&data[8..SNAPSHOT_HEADER_BYTES]),
+            end: SNAPSHOT_HEADER_BYTES,
+        };
+        let version = header.read(|r| r.u32("version"))?;
         if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(format!(
-                "kv snapshot format version {version} at byte 8 is not supported \
-                 (this build reads version {SNAPSHOT_FORMAT_VERSION})"
-            ));
+            return Err(SnapshotError::UnsupportedVersion { version });
         }
-        let total = header.u64("length").map_err(|e| e.to_string())?;
-        if total != len as u64 {
-            let what = if total > len as u64 {
-                "truncated"
-            } else {
-                "has trailing bytes"
-            };
-            return Err(format!(
-                "kv snapshot {what}: {len} bytes, but the length at byte 12 says {total}"
-            ));
+        let stated = header.read(|r| r.u64("length"))?;
+        if stated != len as u64 {
+            return Err(SnapshotError::LengthMismatch { len, stated });
         }
         if len < SNAPSHOT_HEADER_BYTES + SNAPSHOT_CRC_BYTES {
-            return Err(format!(
-                "kv snapshot truncated: {len} bytes, no room for the CRC"
-            ));
+            return Err(SnapshotError::NoRoomForCrc { len });
         }
         let crc_at = len - SNAPSHOT_CRC_BYTES;
         let stored = u32::from_be_bytes([
@@ -324,26 +427,25 @@ impl KvStore {
             data[crc_at + 2],
             data[crc_at + 3],
         ]);
-        let actual = crc32c::crc32c(&data[..crc_at]);
-        if stored != actual {
-            return Err(format!(
-                "kv snapshot corrupt: CRC-32C at byte {crc_at} is 0x{stored:08x}, \
-                 bytes 0..{crc_at} have 0x{actual:08x}"
-            ));
+        let computed = crc32c::crc32c(&data[..crc_at]);
+        if stored != computed {
+            return Err(SnapshotError::CrcMismatch {
+                at: crc_at,
+                stored,
+                computed,
+            });
         }
         let mut r = SnapshotReader {
             r: Reader::new(&data[SNAPSHOT_HEADER_BYTES..crc_at]),
             end: crc_at,
         };
         let kv = KvStore::restore_body(&mut r)?;
-        let at = r.offset();
-        r.r.finish()
-            .map_err(|e| format!("kv snapshot: {e} (at byte {at})"))?;
+        r.read(|r| r.finish())?;
         Ok(kv)
     }
 
     /// The fields between the header and the CRC.
-    fn restore_body(r: &mut SnapshotReader<'_>) -> Result<KvStore, String> {
+    fn restore_body(r: &mut SnapshotReader<'_>) -> Result<KvStore, SnapshotError> {
         let mut kv = KvStore::new();
         kv.last_applied = LogIndex(r.read(|r| r.u64("last_applied"))?);
         kv.appends_applied = r.read(|r| r.u64("appends_applied"))?;
@@ -353,10 +455,7 @@ impl KvStore {
             let at = r.offset();
             let key = r.read(|r| r.bytes("key"))?;
             if previous.is_some_and(|p| p >= key) {
-                return Err(format!(
-                    "kv snapshot: key at byte {at} is not after the key before it \
-                     (keys must be ascending and distinct)"
-                ));
+                return Err(SnapshotError::KeysNotAscending { at });
             }
             let value = r.read(|r| r.bytes("value"))?;
             kv.map.insert(key.to_vec(), value.to_vec());
@@ -373,12 +472,13 @@ impl KvStore {
             let last_index = LogIndex(r.read(|r| r.u64("session.last_index"))?);
             let last_result = r.read(OpResult::decode)?;
             if last_index <= previous_index || last_index > kv.last_applied {
-                return Err(format!(
-                    "kv snapshot: session of client {client} at byte {at} has last index \
-                     {last_index}, not after the previous session's {previous_index} and at \
-                     most the last applied {}",
-                    kv.last_applied
-                ));
+                return Err(SnapshotError::SessionOutOfOrder {
+                    at,
+                    client,
+                    last_index,
+                    previous_index,
+                    last_applied: kv.last_applied,
+                });
             }
             let session = Session {
                 last_seq,
@@ -386,9 +486,7 @@ impl KvStore {
                 last_index,
             };
             if kv.sessions.insert(client, session).is_some() {
-                return Err(format!(
-                    "kv snapshot: client {client} has a second session at byte {at}"
-                ));
+                return Err(SnapshotError::DuplicateSession { at, client });
             }
             kv.session_age.push_back((last_index, client));
             previous_index = last_index;
@@ -427,9 +525,9 @@ impl<'a> SnapshotReader<'a> {
     fn read<T>(
         &mut self,
         field: impl FnOnce(&mut Reader<'a>) -> Result<T, DecodeError>,
-    ) -> Result<T, String> {
+    ) -> Result<T, SnapshotError> {
         let at = self.offset();
-        field(&mut self.r).map_err(|e| format!("kv snapshot: {e} (at byte {at})"))
+        field(&mut self.r).map_err(|source| SnapshotError::Field { at, source })
     }
 }
 
@@ -602,7 +700,7 @@ mod snapshot_tests {
     fn restore_err(b: &[u8]) -> String {
         match KvStore::restore(b) {
             Ok(_) => panic!("restored from bad bytes"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 
@@ -813,6 +911,28 @@ mod snapshot_tests {
             e.contains("CRC") && e.contains(&format!("byte {}", snap.len() - 4)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kv_restore_errors_are_values_a_caller_can_match() {
+        let snap = small_snapshot();
+        assert!(matches!(
+            KvStore::restore(&snap[..5]),
+            Err(SnapshotError::ShorterThanHeader { len: 5 })
+        ));
+        let mut b = snap.clone();
+        b[40] ^= 1;
+        assert!(matches!(
+            KvStore::restore(&b),
+            Err(SnapshotError::CrcMismatch { at, .. }) if at == snap.len() - 4
+        ));
+        let mut longer = snap.clone();
+        longer.push(0);
+        let stated = snap.len() as u64;
+        assert!(matches!(
+            KvStore::restore(&longer),
+            Err(SnapshotError::LengthMismatch { len, stated: s }) if len == snap.len() + 1 && s == stated
+        ));
     }
 
     /// Rewrites the CRC so that only the content checks can catch `b`.
