@@ -1110,7 +1110,7 @@ impl Node {
                 if self.raft.role() != Role::Leader && idle && lone {
                     self.storage
                         .write_inline(&job)
-                        .map_err(NodeError::Storage)?;
+                        .map_err(|e| NodeError::Storage(e.to_string()))?;
                     self.storage_durable = self.storage_seq;
                     self.release_durable();
                 } else if !self.storage.submit(job) {
@@ -1149,7 +1149,7 @@ impl Node {
         while let Ok(d) = self.storage.done().try_recv() {
             match d {
                 Durable::Upto(seq) => self.storage_durable = seq,
-                Durable::Failed(e) => return Err(NodeError::Storage(e)),
+                Durable::Failed(e) => return Err(NodeError::Storage(e.to_string())),
             }
         }
         self.release_durable();
