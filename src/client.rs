@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::kv::{ClientId, Command, Op, OpResult};
 use crate::raft::{Entry, LogIndex, NodeId};
 use crate::wire::{
-    decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
+    decode_frame, encode_frame, ErrorCode, Frame, FrameError, RequestBody, ResponseBody, Sender,
 };
 
 /// Why a request failed.
@@ -25,8 +25,16 @@ pub enum ClientError {
     },
     /// No leader answered within the timeout.
     NoLeader { waited: Duration, last: String },
-    /// The node refused the connection or answered nonsense.
-    Protocol(String),
+    /// The node is not in the client's config.
+    NotInConfig { node: NodeId },
+    /// The node sent bytes that are not a frame; the connection is closed.
+    BadFrame {
+        node: NodeId,
+        addr: String,
+        source: FrameError,
+    },
+    /// The node answered with a frame that does not answer the request.
+    Unexpected { node: NodeId, answer: String },
     /// The node answered with an error.
     Server { code: ErrorCode, message: String },
 }
@@ -44,13 +52,50 @@ impl fmt::Display for ClientError {
                     waited.as_secs_f64()
                 )
             }
-            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::NotInConfig { node } => {
+                write!(f, "protocol error: {node} is not in the config")
+            }
+            ClientError::BadFrame { node, addr, source } => {
+                write!(
+                    f,
+                    "protocol error: {node} at {addr} sent a bad frame: {source}"
+                )
+            }
+            ClientError::Unexpected { node, answer } => {
+                write!(
+                    f,
+                    "protocol error: {node} answered with an unexpected {answer}"
+                )
+            }
             ClientError::Server { code, message } => write!(f, "node error {code:?}: {message}"),
         }
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Unreachable { source, .. } => Some(source),
+            ClientError::BadFrame { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Why no frame could be read.
+enum ReadError {
+    Io(io::Error),
+    Frame(FrameError),
+}
+
+impl ReadError {
+    fn into_client_error(self, node: NodeId, addr: String) -> ClientError {
+        match self {
+            ReadError::Io(source) => ClientError::Unreachable { node, addr, source },
+            ReadError::Frame(source) => ClientError::BadFrame { node, addr, source },
+        }
+    }
+}
 
 /// A connection-per-node blocking client.
 pub struct Client {
@@ -90,7 +135,7 @@ impl Client {
             let nc = self
                 .config
                 .node(node)
-                .ok_or_else(|| ClientError::Protocol(format!("{node} is not in the config")))?;
+                .ok_or(ClientError::NotInConfig { node })?;
             let addr = nc.addr;
             let unreachable = |source| ClientError::Unreachable {
                 node,
@@ -110,7 +155,9 @@ impl Client {
             encode_frame(&hello, &mut out);
             s.write_all(&out).map_err(unreachable)?;
             self.buf.clear();
-            match read_frame(&mut s, &mut self.buf).map_err(unreachable)? {
+            let hello = read_frame(&mut s, &mut self.buf)
+                .map_err(|e| e.into_client_error(node, addr.to_string()))?;
+            match hello {
                 Frame::HelloOk { .. } => {}
                 Frame::HelloReject { code, reason } => {
                     return Err(ClientError::Server {
@@ -118,7 +165,12 @@ impl Client {
                         message: reason,
                     })
                 }
-                other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+                other => {
+                    return Err(ClientError::Unexpected {
+                        node,
+                        answer: format!("{other:?}"),
+                    })
+                }
             }
             self.conn = Some((node, s));
         }
@@ -149,17 +201,18 @@ impl Client {
                 let s = &mut self.conn.as_mut().expect("connected").1;
                 let frame = read_frame(s, &mut buf);
                 self.buf = buf;
-                match frame.map_err(|source| ClientError::Unreachable {
-                    node,
-                    addr: addr.clone(),
-                    source,
-                })? {
+                match frame.map_err(|e| e.into_client_error(node, addr.clone()))? {
                     Frame::Response {
                         request_id: r,
                         body,
                     } if r == request_id => return Ok(body),
                     Frame::Response { .. } => continue,
-                    other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+                    other => {
+                        return Err(ClientError::Unexpected {
+                            node,
+                            answer: format!("{other:?}"),
+                        })
+                    }
                 }
             }
         })();
@@ -201,7 +254,12 @@ impl Client {
                         return Ok((commit_index, entries));
                     }
                 }
-                other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+                other => {
+                    return Err(ClientError::Unexpected {
+                        node,
+                        answer: format!("{other:?}"),
+                    })
+                }
             }
         }
     }
@@ -254,20 +312,33 @@ impl Client {
                     ) {
                         last = format!("{node}: {message}");
                     } else {
+                        if code == ErrorCode::BadRequest
+                            && !matches!(command.op, Op::Get { .. })
+                            && command.seq == self.seq
+                        {
+                            // Refused before it was proposed (a limit): the
+                            // seq was not used, and must be reused if it
+                            // was the session's first (docs/PROTOCOL.md).
+                            self.seq -= 1;
+                        }
                         return Err(ClientError::Server { code, message });
                     }
                 }
                 Ok(other) => {
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected answer {other:?}"
-                    )))
+                    return Err(ClientError::Unexpected {
+                        node,
+                        answer: format!("{other:?}"),
+                    })
                 }
                 // A stale read is of the target's own state: another node
-                // must not answer in its place.
-                Err(e @ ClientError::Unreachable { .. }) if stale_read => {
+                // must not answer in its place. A node that sent a bad
+                // frame is passed over like one that cannot be reached.
+                Err(e @ (ClientError::Unreachable { .. } | ClientError::BadFrame { .. }))
+                    if stale_read =>
+                {
                     unreachable = Some(e);
                 }
-                Err(e @ ClientError::Unreachable { .. }) => {
+                Err(e @ (ClientError::Unreachable { .. } | ClientError::BadFrame { .. })) => {
                     last = e.to_string();
                     self.target =
                         ids[(ids.iter().position(|&i| i == node).unwrap_or(0) + 1) % ids.len()];
@@ -288,7 +359,7 @@ impl Client {
 }
 
 /// Reads one whole frame (blocking).
-fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Frame> {
+fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Frame, ReadError> {
     let mut chunk = [0u8; 16 << 10];
     loop {
         match decode_frame(buf) {
@@ -297,15 +368,68 @@ fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Frame> {
                 return Ok(frame);
             }
             Ok(None) => {}
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            Err(e) => return Err(ReadError::Frame(e)),
         }
-        let n = s.read(&mut chunk)?;
+        let n = s.read(&mut chunk).map_err(ReadError::Io)?;
         if n == 0 {
-            return Err(io::Error::new(
+            return Err(ReadError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "connection closed",
-            ));
+            )));
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::path::Path;
+
+    fn config_for(addr: std::net::SocketAddr) -> Config {
+        let text = format!(
+            "[cluster]\nname = \"t\"\ndata_dir = \"d\"\nelection_timeout_ms = [150, 300]\n\
+             heartbeat_interval_ms = 50\n\n[[node]]\nid = 1\naddr = \"{addr}\"\n"
+        );
+        Config::parse(&text, Path::new("cluster.toml")).expect("test config")
+    }
+
+    /// A node that answers the Hello with bytes that are not a frame gives
+    /// a `BadFrame` naming the node and the frame error, not an I/O error.
+    #[test]
+    fn client_bad_frame_is_a_typed_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let _ = s.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0]);
+            let mut sink = [0u8; 64];
+            let _ = s.read(&mut sink);
+        });
+        let mut c = Client::new(config_for(addr), None);
+        let e = c.call(NodeId(1), RequestBody::Status).unwrap_err();
+        match &e {
+            ClientError::BadFrame { node, source, .. } => {
+                assert_eq!(*node, NodeId(1));
+                assert_eq!(*source, FrameError::BadMagic(0xdead));
+            }
+            other => panic!("expected a bad frame, got {other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with("protocol error: n1 at 127.0.0.1:"),
+            "{e}"
+        );
+        drop(c);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn client_node_not_in_config() {
+        let mut c = Client::new(config_for("127.0.0.1:9".parse().expect("addr")), None);
+        let e = c.call(NodeId(7), RequestBody::Status).unwrap_err();
+        assert!(matches!(e, ClientError::NotInConfig { node } if node == NodeId(7)));
+        assert_eq!(e.to_string(), "protocol error: n7 is not in the config");
     }
 }

@@ -317,13 +317,32 @@ impl Config {
     }
 }
 
+/// A node id on the command line that is not one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdError {
+    /// What was given.
+    pub text: String,
+}
+
+impl fmt::Display for NodeIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid node id {:?}: expected a number like 1 or n1",
+            self.text
+        )
+    }
+}
+
+impl std::error::Error for NodeIdError {}
+
 /// Parses a node id as the CLI accepts it: `1` or `n1`.
-pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
+pub fn parse_node_id(s: &str) -> Result<NodeId, NodeIdError> {
     let digits = s.strip_prefix('n').unwrap_or(s);
     match digits.parse::<u64>() {
-        Ok(0) | Err(_) => Err(format!(
-            "invalid node id {s:?}: expected a number like 1 or n1"
-        )),
+        Ok(0) | Err(_) => Err(NodeIdError {
+            text: s.to_string(),
+        }),
         Ok(n) => Ok(NodeId(n)),
     }
 }

@@ -11,7 +11,7 @@ use raftkit::check::{
     check, parse_history, read_history, write_op, CheckOptions, Exhausted, HistoryError, OpKind,
     Operation, Verdict,
 };
-use raftkit::raft::rng::Rng;
+use raftkit::rng::Rng;
 
 // ---------------------------------------------------------------------------
 // Building operations by hand. Times are in ns; every helper makes an

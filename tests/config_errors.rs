@@ -113,4 +113,10 @@ fn config_node_id_accepts_n_prefix() {
     assert_eq!(parse_node_id("3"), Ok(NodeId(3)));
     assert!(parse_node_id("x").is_err());
     assert!(parse_node_id("0").is_err());
+    let e = parse_node_id("n0x").unwrap_err();
+    assert_eq!(e.text, "n0x");
+    assert_eq!(
+        e.to_string(),
+        "invalid node id \"n0x\": expected a number like 1 or n1"
+    );
 }

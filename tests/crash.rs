@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::TestCluster;
 use raftkit::client::Client;
 use raftkit::kv::{Op, OpResult};
-use raftkit::raft::rng::Rng;
 use raftkit::raft::{NodeId, Role};
+use raftkit::rng::Rng;
 
 const WRITERS: u64 = 5;
 const KEYS_PER_WRITER: u64 = 500;

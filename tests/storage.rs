@@ -1015,3 +1015,123 @@ fn background_snapshots_remove_the_segments_they_cover_in_order() {
     assert_eq!(rec.snapshot, Some(snap(300, 3)));
     assert_eq!(rec.entries, entries(301, 305, 3));
 }
+
+/// A caller that appends past the end is a bug in the caller, not damage
+/// on disk: it panics with the numbers instead of suggesting a repair.
+#[test]
+#[should_panic(expected = "append of index 5 after 3: the log would have a gap")]
+fn wal_append_with_a_gap_is_a_caller_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+    w.append(&entries(1, 3, 1)).unwrap();
+    let _ = w.append(&[entry(5, 1, b"x")]);
+}
+
+/// Entries a snapshot covers are committed: cutting them is a caller bug,
+/// even while the segment holding them is still on disk.
+#[test]
+#[should_panic(expected = "truncation at index 4, but the snapshot covers up to 5")]
+fn wal_truncation_at_or_before_the_snapshot_is_a_caller_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+    w.append(&entries(1, 8, 1)).unwrap();
+    w.sync().unwrap();
+    w.compact(5, Term(1)).unwrap();
+    assert_eq!(w.first_index(), 1, "the one segment stays");
+    let _ = w.append(&[entry(4, 2, b"x")]);
+}
+
+#[test]
+#[should_panic(expected = "truncation at index 3, but the snapshot covers up to 3")]
+fn wal_append_at_a_reopened_snapshot_is_a_caller_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut w, _) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+        w.append(&entries(1, 6, 1)).unwrap();
+        w.sync().unwrap();
+    }
+    let (mut w, after) = Wal::open_at(
+        dir.path(),
+        small(1 << 20),
+        ScanMode::Strict,
+        Some((3, Term(1))),
+    )
+    .unwrap();
+    assert_eq!(after.first().map(|e| e.index), Some(LogIndex(4)));
+    let _ = w.append(&[entry(3, 2, b"x")]);
+}
+
+/// Entries after the snapshot still truncate on a conflict, and the log
+/// goes on from there.
+#[test]
+fn wal_truncation_after_the_snapshot_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(dir.path(), small(1 << 20)).unwrap();
+    w.append(&entries(1, 8, 1)).unwrap();
+    w.sync().unwrap();
+    w.compact(5, Term(1)).unwrap();
+    w.append(&entries(6, 7, 2)).unwrap();
+    w.sync().unwrap();
+    assert_eq!(w.last_index(), 7);
+    drop(w);
+    let (_, after) = Wal::open_at(
+        dir.path(),
+        small(1 << 20),
+        ScanMode::Strict,
+        Some((5, Term(1))),
+    )
+    .unwrap();
+    assert_eq!(after, entries(6, 7, 2));
+}
+
+/// Every entry a frame can carry fits in a record, so the record limit is
+/// never reached from the network.
+#[test]
+fn wal_record_limit_covers_the_largest_frame() {
+    const _: () = assert!(raftkit::wire::FRAME_BYTES_MAX <= wal::ENTRY_DATA_BYTES_MAX);
+}
+
+/// A failed write reaches the caller as a `StorageError` it can match, and
+/// the thread claims nothing durable after it.
+#[test]
+fn storage_thread_reports_a_failure_as_a_storage_error() {
+    struct Broken;
+    impl LogStore for Broken {
+        fn save_hard_state(&mut self, _: &HardState) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn append(&mut self, _: &[Entry]) -> Result<(), StorageError> {
+            Err(StorageError::io(
+                Path::new("broken/wal"),
+                std::io::Error::other("disk on fire"),
+            ))
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn save_snapshot(&mut self, _: &Snapshot) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+    let t = StorageThread::spawn(Box::new(Broken), None).unwrap();
+    let job = |seq| Job {
+        seq,
+        entries: vec![entry(seq, 1, b"x")],
+        ..Job::default()
+    };
+    match t.write_inline(&job(1)) {
+        Err(StorageError::Io { path, source }) => {
+            assert_eq!(path, Path::new("broken/wal"));
+            assert_eq!(source.to_string(), "disk on fire");
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    assert!(t.submit(job(2)));
+    match t.done().recv().unwrap() {
+        Durable::Failed(e @ StorageError::Io { .. }) => {
+            assert_eq!(e.to_string(), "broken/wal: disk on fire");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(t.done().recv().is_err(), "the thread stops after a failure");
+}

@@ -2,12 +2,12 @@
 //! flips, truncations and corrupted lengths (CRC recomputed so the body
 //! parser really runs).
 
+use raftkit::codec::DecodeError;
 use raftkit::kv::{Command, Op};
 use raftkit::raft::{
     Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState, Role,
     Snapshot, Status, Term,
 };
-use raftkit::wire::codec::DecodeError;
 use raftkit::wire::{
     decode_frame, decode_frame_ref, decode_raft_fragments, encode_frame, encode_raft_fragments,
     FaultSpec, Frame, FrameError, FrameRef, NodeStatus, RequestBody, ResponseBody, Sender,

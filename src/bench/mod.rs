@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::kv::{CommandRef, OpRef, OpResult};
-use crate::raft::rng::Rng;
+use crate::rng::Rng;
 use crate::wire::frame::encode_kv_request;
 use crate::wire::{
     decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,

@@ -57,7 +57,7 @@ pub enum OpResult {
     CasMismatch(Option<Vec<u8>>),
 }
 
-use crate::wire::codec::{put_bytes, put_opt_bytes, put_u64, put_u8, DecodeError, Reader};
+use crate::codec::{put_bytes, put_opt_bytes, put_u64, put_u8, DecodeError, Endian, Reader};
 
 /// Format byte leading every command stored in the log.
 pub const COMMAND_FORMAT_V1: u8 = 1;
@@ -363,12 +363,19 @@ impl Command {
 }
 
 impl OpResult {
+    /// Appends the result as the wire carries it (big-endian lengths).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_in(Endian::Big, out);
+    }
+
+    /// Appends the result with its lengths in `endian` order (the key-value
+    /// snapshot writes them little-endian).
+    pub fn encode_in(&self, endian: Endian, out: &mut Vec<u8>) {
         match self {
             OpResult::Done => put_u8(out, 1),
             OpResult::Value(v) => {
                 put_u8(out, 2);
-                put_opt_bytes(out, v.as_deref());
+                endian.put_opt_bytes(out, v.as_deref());
             }
             OpResult::Deleted(existed) => {
                 put_u8(out, 3);
@@ -377,11 +384,12 @@ impl OpResult {
             OpResult::CasOk => put_u8(out, 4),
             OpResult::CasMismatch(v) => {
                 put_u8(out, 5);
-                put_opt_bytes(out, v.as_deref());
+                endian.put_opt_bytes(out, v.as_deref());
             }
         }
     }
 
+    /// Reads a result in the reader's byte order.
     pub fn decode(r: &mut Reader<'_>) -> Result<OpResult, DecodeError> {
         Ok(match r.u8("result")? {
             1 => OpResult::Done,

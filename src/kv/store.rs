@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 use super::command::{ClientId, CommandRef, OpRef, OpResult};
+use crate::codec::{DecodeError, Endian, Reader};
 use crate::raft::LogIndex;
-use crate::wire::codec::{put_bytes, put_u32, put_u64, DecodeError, Reader};
 
 /// Sessions kept at most; past it, the client whose last request is oldest
 /// (by log index) is forgotten. Eviction depends only on the log, so every
@@ -65,8 +65,15 @@ impl fmt::Display for Refused {
 
 /// First bytes of a [`KvStore::snapshot`].
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTKKVS";
-/// Format version of a [`KvStore::snapshot`]; `restore` reads only this one.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Format version of a [`KvStore::snapshot`]: integers little-endian, like
+/// everything else on disk (docs/STORAGE.md).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The format earlier releases wrote: the same layout with big-endian
+/// integers. `restore` still reads it, so that an upgraded node starts
+/// from the snapshot it left.
+pub const SNAPSHOT_FORMAT_VERSION_BIG_ENDIAN: u32 = 1;
+/// The byte order of [`SNAPSHOT_FORMAT_VERSION`].
+const SNAPSHOT_ENDIAN: Endian = Endian::Little;
 /// Magic, format version, total length.
 const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8;
 /// The CRC-32C that ends a snapshot.
@@ -75,6 +82,124 @@ const SNAPSHOT_CRC_BYTES: usize = 4;
 const SNAPSHOT_PAIR_FIXED_BYTES: usize = 4 + 4;
 /// Bytes of a session at least: client id, last seq, last index, result tag.
 const SNAPSHOT_SESSION_BYTES_MIN: usize = 8 + 8 + 8 + 1;
+
+/// Why bytes are not a [`KvStore::snapshot`]: what is wrong, and at which
+/// byte offset of the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Shorter than the header.
+    ShorterThanHeader { len: usize },
+    /// Bytes 0..8 are not [`SNAPSHOT_MAGIC`].
+    BadMagic { found: [u8; 8] },
+    /// A format version this build does not read: bytes 8..12, which
+    /// hold neither 2 little-endian nor 1 big-endian.
+    UnsupportedVersion { bytes: [u8; 4] },
+    /// The length at byte 12 is not the number of bytes there are.
+    LengthMismatch { len: usize, stated: u64 },
+    /// Too short to end in a CRC.
+    NoRoomForCrc { len: usize },
+    /// The CRC-32C at byte `at` does not match the bytes before it.
+    CrcMismatch {
+        at: usize,
+        stored: u32,
+        computed: u32,
+    },
+    /// A field starting at byte `at` does not decode, or bytes follow the
+    /// last one.
+    Field { at: usize, source: DecodeError },
+    /// The key at byte `at` is not after the key before it.
+    KeysNotAscending { at: usize },
+    /// The session at byte `at` is not in eviction order, or is newer than
+    /// the state it is part of.
+    SessionOutOfOrder {
+        at: usize,
+        client: ClientId,
+        last_index: LogIndex,
+        previous_index: LogIndex,
+        last_applied: LogIndex,
+    },
+    /// A second session of `client` at byte `at`.
+    DuplicateSession { at: usize, client: ClientId },
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::ShorterThanHeader { len } => write!(
+                f,
+                "kv snapshot truncated: {len} bytes, shorter than the \
+                 {SNAPSHOT_HEADER_BYTES}-byte header"
+            ),
+            SnapshotError::BadMagic { found } => write!(
+                f,
+                "not a kv snapshot: bytes 0..8 are {found:02x?}, not the magic \"RAFTKKVS\""
+            ),
+            SnapshotError::UnsupportedVersion { bytes } => write!(
+                f,
+                "kv snapshot format version {} at byte 8 (bytes {bytes:02x?}) is not \
+                 supported (this build reads version {SNAPSHOT_FORMAT_VERSION}, little-endian, \
+                 and version {SNAPSHOT_FORMAT_VERSION_BIG_ENDIAN}, big-endian)",
+                u32::from_le_bytes(*bytes)
+            ),
+            SnapshotError::LengthMismatch { len, stated } => {
+                let what = if *stated > *len as u64 {
+                    "truncated"
+                } else {
+                    "has trailing bytes"
+                };
+                write!(
+                    f,
+                    "kv snapshot {what}: {len} bytes, but the length at byte 12 says {stated}"
+                )
+            }
+            SnapshotError::NoRoomForCrc { len } => {
+                write!(f, "kv snapshot truncated: {len} bytes, no room for the CRC")
+            }
+            SnapshotError::CrcMismatch {
+                at,
+                stored,
+                computed,
+            } => write!(
+                f,
+                "kv snapshot corrupt: CRC-32C at byte {at} is 0x{stored:08x}, \
+                 bytes 0..{at} have 0x{computed:08x}"
+            ),
+            SnapshotError::Field { at, source } => {
+                write!(f, "kv snapshot: {source} (at byte {at})")
+            }
+            SnapshotError::KeysNotAscending { at } => write!(
+                f,
+                "kv snapshot: key at byte {at} is not after the key before it \
+                 (keys must be ascending and distinct)"
+            ),
+            SnapshotError::SessionOutOfOrder {
+                at,
+                client,
+                last_index,
+                previous_index,
+                last_applied,
+            } => write!(
+                f,
+                "kv snapshot: session of client {client} at byte {at} has last index \
+                 {last_index}, not after the previous session's {previous_index} and at \
+                 most the last applied {last_applied}"
+            ),
+            SnapshotError::DuplicateSession { at, client } => write!(
+                f,
+                "kv snapshot: client {client} has a second session at byte {at}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SnapshotError::Field { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// Keys and values, sessions, and the count of raw appends.
 pub struct KvStore {
@@ -248,13 +373,14 @@ impl KvStore {
     /// a store that answers and applies exactly as this one does. Two stores
     /// that applied the same entries give the same bytes.
     ///
-    /// All integers big-endian; `bytes` and `result` as in
-    /// docs/PROTOCOL.md:
+    /// All integers little-endian, like everything on disk; `bytes` and
+    /// `result` laid out as in docs/PROTOCOL.md (a u32 length, then the
+    /// bytes), but with little-endian lengths:
     ///
     /// | offset | size | field |
     /// |---:|---:|---|
     /// | 0 | 8 | magic `RAFTKKVS` |
-    /// | 8 | 4 | format version, `1` |
+    /// | 8 | 4 | format version, `2` |
     /// | 12 | 8 | total length in bytes, this header and the CRC included |
     /// | 20 | 8 | last applied index |
     /// | 28 | 8 | raw appends applied |
@@ -262,34 +388,38 @@ impl KvStore {
     /// | | 4 | session count, then each: u64 client id, u64 last seq, u64 last index, result; in eviction order (oldest last index first) |
     /// | end - 4 | 4 | CRC-32C of every byte before it |
     ///
+    /// Version 1, written by earlier releases, is the same table with every
+    /// integer big-endian; [`KvStore::restore`] reads both.
+    ///
     /// Only the eviction queue's live entries are written: the stale ones
     /// are skipped by eviction anyway, so the restored queue evicts the same
     /// sessions in the same order.
     pub fn snapshot(&self) -> Vec<u8> {
+        let le = SNAPSHOT_ENDIAN;
         let mut out = Vec::with_capacity(self.snapshot_size_hint());
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        put_u32(&mut out, SNAPSHOT_FORMAT_VERSION);
-        put_u64(&mut out, 0); // total length, filled in below
-        put_u64(&mut out, self.last_applied.0);
-        put_u64(&mut out, self.appends_applied);
+        le.put_u32(&mut out, SNAPSHOT_FORMAT_VERSION);
+        le.put_u64(&mut out, 0); // total length, filled in below
+        le.put_u64(&mut out, self.last_applied.0);
+        le.put_u64(&mut out, self.appends_applied);
         // A u32 count: four billion keys would need far more memory than a
         // node has.
-        put_u32(&mut out, self.map.len() as u32);
+        le.put_u32(&mut out, self.map.len() as u32);
         for (k, v) in &self.map {
-            put_bytes(&mut out, k);
-            put_bytes(&mut out, v);
+            le.put_bytes(&mut out, k);
+            le.put_bytes(&mut out, v);
         }
         let count_at = out.len();
-        put_u32(&mut out, 0); // session count, filled in below
+        le.put_u32(&mut out, 0); // session count, filled in below
         let mut written: u32 = 0;
         for (index, client) in &self.session_age {
             let Some(s) = self.sessions.get(client).filter(|s| s.last_index == *index) else {
                 continue; // stale
             };
-            put_u64(&mut out, *client);
-            put_u64(&mut out, s.last_seq);
-            put_u64(&mut out, s.last_index.0);
-            s.last_result.encode(&mut out);
+            le.put_u64(&mut out, *client);
+            le.put_u64(&mut out, s.last_seq);
+            le.put_u64(&mut out, s.last_index.0);
+            s.last_result.encode_in(le, &mut out);
             written += 1;
         }
         debug_assert_eq!(
@@ -297,11 +427,11 @@ impl KvStore {
             self.sessions.len(),
             "one live age entry per session"
         );
-        out[count_at..count_at + 4].copy_from_slice(&written.to_be_bytes());
+        out[count_at..count_at + 4].copy_from_slice(&le.u32_bytes(written));
         let total = (out.len() + SNAPSHOT_CRC_BYTES) as u64;
-        out[12..20].copy_from_slice(&total.to_be_bytes());
+        out[12..20].copy_from_slice(&le.u64_bytes(total));
         let crc = crc32c::crc32c(&out);
-        put_u32(&mut out, crc);
+        le.put_u32(&mut out, crc);
         out
     }
 
@@ -322,74 +452,57 @@ impl KvStore {
             + SNAPSHOT_CRC_BYTES
     }
 
-    /// The store a [`KvStore::snapshot`] was taken of. Truncated, corrupt
-    /// or inconsistent bytes give an error naming what is wrong and at
-    /// which byte offset.
-    pub fn restore(data: &[u8]) -> Result<KvStore, String> {
+    /// The store a [`KvStore::snapshot`] was taken of, from a snapshot of
+    /// this release (version 2) or of an earlier one (version 1,
+    /// big-endian). Truncated, corrupt or inconsistent bytes give an error
+    /// naming what is wrong and at which byte offset.
+    pub fn restore(data: &[u8]) -> Result<KvStore, SnapshotError> {
         let len = data.len();
         if len < SNAPSHOT_HEADER_BYTES {
-            return Err(format!(
-                "kv snapshot truncated: {len} bytes, shorter than the \
-                 {SNAPSHOT_HEADER_BYTES}-byte header"
-            ));
+            return Err(SnapshotError::ShorterThanHeader { len });
         }
         if &data[..8] != SNAPSHOT_MAGIC {
-            return Err(format!(
-                "not a kv snapshot: bytes 0..8 are {:02x?}, not the magic \"RAFTKKVS\"",
-                &data[..8]
-            ));
+            let mut found = [0u8; 8];
+            found.copy_from_slice(&data[..8]);
+            return Err(SnapshotError::BadMagic { found });
         }
-        let mut header = Reader::new(&data[8..SNAPSHOT_HEADER_BYTES]);
-        let version = header.u32("version").map_err(|e| e.to_string())?;
-        if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(format!(
-                "kv snapshot format version {version} at byte 8 is not supported \
-                 (this build reads version {SNAPSHOT_FORMAT_VERSION})"
-            ));
-        }
-        let total = header.u64("length").map_err(|e| e.to_string())?;
-        if total != len as u64 {
-            let what = if total > len as u64 {
-                "truncated"
-            } else {
-                "has trailing bytes"
-            };
-            return Err(format!(
-                "kv snapshot {what}: {len} bytes, but the length at byte 12 says {total}"
-            ));
+        let endian = snapshot_endian([data[8], data[9], data[10], data[11]])?;
+        let mut header = SnapshotReader {
+            r: Reader::with_endian(&data[12..SNAPSHOT_HEADER_BYTES], endian),
+            end: SNAPSHOT_HEADER_BYTES,
+        };
+        let stated = header.read(|r| r.u64("length"))?;
+        if stated != len as u64 {
+            return Err(SnapshotError::LengthMismatch { len, stated });
         }
         if len < SNAPSHOT_HEADER_BYTES + SNAPSHOT_CRC_BYTES {
-            return Err(format!(
-                "kv snapshot truncated: {len} bytes, no room for the CRC"
-            ));
+            return Err(SnapshotError::NoRoomForCrc { len });
         }
         let crc_at = len - SNAPSHOT_CRC_BYTES;
-        let stored = u32::from_be_bytes([
-            data[crc_at],
-            data[crc_at + 1],
-            data[crc_at + 2],
-            data[crc_at + 3],
-        ]);
-        let actual = crc32c::crc32c(&data[..crc_at]);
-        if stored != actual {
-            return Err(format!(
-                "kv snapshot corrupt: CRC-32C at byte {crc_at} is 0x{stored:08x}, \
-                 bytes 0..{crc_at} have 0x{actual:08x}"
-            ));
+        let stored = SnapshotReader {
+            r: Reader::with_endian(&data[crc_at..], endian),
+            end: len,
+        }
+        .read(|r| r.u32("crc"))?;
+        let computed = crc32c::crc32c(&data[..crc_at]);
+        if stored != computed {
+            return Err(SnapshotError::CrcMismatch {
+                at: crc_at,
+                stored,
+                computed,
+            });
         }
         let mut r = SnapshotReader {
-            r: Reader::new(&data[SNAPSHOT_HEADER_BYTES..crc_at]),
+            r: Reader::with_endian(&data[SNAPSHOT_HEADER_BYTES..crc_at], endian),
             end: crc_at,
         };
         let kv = KvStore::restore_body(&mut r)?;
-        let at = r.offset();
-        r.r.finish()
-            .map_err(|e| format!("kv snapshot: {e} (at byte {at})"))?;
+        r.read(|r| r.finish())?;
         Ok(kv)
     }
 
     /// The fields between the header and the CRC.
-    fn restore_body(r: &mut SnapshotReader<'_>) -> Result<KvStore, String> {
+    fn restore_body(r: &mut SnapshotReader<'_>) -> Result<KvStore, SnapshotError> {
         let mut kv = KvStore::new();
         kv.last_applied = LogIndex(r.read(|r| r.u64("last_applied"))?);
         kv.appends_applied = r.read(|r| r.u64("appends_applied"))?;
@@ -399,10 +512,7 @@ impl KvStore {
             let at = r.offset();
             let key = r.read(|r| r.bytes("key"))?;
             if previous.is_some_and(|p| p >= key) {
-                return Err(format!(
-                    "kv snapshot: key at byte {at} is not after the key before it \
-                     (keys must be ascending and distinct)"
-                ));
+                return Err(SnapshotError::KeysNotAscending { at });
             }
             let value = r.read(|r| r.bytes("value"))?;
             kv.map.insert(key.to_vec(), value.to_vec());
@@ -419,12 +529,13 @@ impl KvStore {
             let last_index = LogIndex(r.read(|r| r.u64("session.last_index"))?);
             let last_result = r.read(OpResult::decode)?;
             if last_index <= previous_index || last_index > kv.last_applied {
-                return Err(format!(
-                    "kv snapshot: session of client {client} at byte {at} has last index \
-                     {last_index}, not after the previous session's {previous_index} and at \
-                     most the last applied {}",
-                    kv.last_applied
-                ));
+                return Err(SnapshotError::SessionOutOfOrder {
+                    at,
+                    client,
+                    last_index,
+                    previous_index,
+                    last_applied: kv.last_applied,
+                });
             }
             let session = Session {
                 last_seq,
@@ -432,9 +543,7 @@ impl KvStore {
                 last_index,
             };
             if kv.sessions.insert(client, session).is_some() {
-                return Err(format!(
-                    "kv snapshot: client {client} has a second session at byte {at}"
-                ));
+                return Err(SnapshotError::DuplicateSession { at, client });
             }
             kv.session_age.push_back((last_index, client));
             previous_index = last_index;
@@ -457,6 +566,20 @@ impl KvStore {
     }
 }
 
+/// The byte order of a snapshot whose version field (bytes 8..12) holds
+/// `bytes`: the current version little-endian, or the first version
+/// big-endian. The two cannot be mistaken for each other: version 2
+/// little-endian is `02 00 00 00`, version 1 big-endian `00 00 00 01`.
+fn snapshot_endian(bytes: [u8; 4]) -> Result<Endian, SnapshotError> {
+    if bytes == SNAPSHOT_FORMAT_VERSION.to_le_bytes() {
+        Ok(SNAPSHOT_ENDIAN)
+    } else if bytes == SNAPSHOT_FORMAT_VERSION_BIG_ENDIAN.to_be_bytes() {
+        Ok(Endian::Big)
+    } else {
+        Err(SnapshotError::UnsupportedVersion { bytes })
+    }
+}
+
 /// A reader over a snapshot's body whose errors say at which byte of the
 /// whole snapshot the field starts.
 struct SnapshotReader<'a> {
@@ -473,9 +596,9 @@ impl<'a> SnapshotReader<'a> {
     fn read<T>(
         &mut self,
         field: impl FnOnce(&mut Reader<'a>) -> Result<T, DecodeError>,
-    ) -> Result<T, String> {
+    ) -> Result<T, SnapshotError> {
         let at = self.offset();
-        field(&mut self.r).map_err(|e| format!("kv snapshot: {e} (at byte {at})"))
+        field(&mut self.r).map_err(|source| SnapshotError::Field { at, source })
     }
 }
 
@@ -727,7 +850,7 @@ mod snapshot_tests {
     fn restore_err(b: &[u8]) -> String {
         match KvStore::restore(b) {
             Ok(_) => panic!("restored from bad bytes"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 
@@ -939,8 +1062,16 @@ mod snapshot_tests {
         b[0] = b'X';
         assert!(err(&b).contains("not a kv snapshot"), "{}", err(&b));
         let mut b = snap.clone();
-        b[11] = 2;
-        assert!(err(&b).contains("version 2"), "{}", err(&b));
+        b[8] = 3;
+        assert!(
+            err(&b).contains("version 3") && err(&b).contains("byte 8"),
+            "{}",
+            err(&b)
+        );
+        // Version 2 big-endian was never written: not mistaken for either.
+        let mut b = snap.clone();
+        b[8..12].copy_from_slice(&2u32.to_be_bytes());
+        assert!(err(&b).contains("not supported"), "{}", err(&b));
         let mut b = snap.clone();
         b[40] ^= 1;
         let e = err(&b);
@@ -950,11 +1081,33 @@ mod snapshot_tests {
         );
     }
 
+    #[test]
+    fn kv_restore_errors_are_values_a_caller_can_match() {
+        let snap = small_snapshot();
+        assert!(matches!(
+            KvStore::restore(&snap[..5]),
+            Err(SnapshotError::ShorterThanHeader { len: 5 })
+        ));
+        let mut b = snap.clone();
+        b[40] ^= 1;
+        assert!(matches!(
+            KvStore::restore(&b),
+            Err(SnapshotError::CrcMismatch { at, .. }) if at == snap.len() - 4
+        ));
+        let mut longer = snap.clone();
+        longer.push(0);
+        let stated = snap.len() as u64;
+        assert!(matches!(
+            KvStore::restore(&longer),
+            Err(SnapshotError::LengthMismatch { len, stated: s }) if len == snap.len() + 1 && s == stated
+        ));
+    }
+
     /// Rewrites the CRC so that only the content checks can catch `b`.
     fn fix_crc(b: &mut [u8]) {
         let at = b.len() - 4;
         let crc = crc32c::crc32c(&b[..at]);
-        b[at..].copy_from_slice(&crc.to_be_bytes());
+        b[at..].copy_from_slice(&crc.to_le_bytes());
     }
 
     #[test]
@@ -979,14 +1132,15 @@ mod snapshot_tests {
         let e = restore_err(&b);
         assert!(e.contains("ascending") && e.contains("byte 50"), "{e}");
 
-        // Two sessions of client 1: the second one's client id rewritten.
-        // The session count follows the two pairs (length, byte, length,
-        // byte each); a session is three u64 and the one-byte Done.
+        // Two sessions of client 1: the second one's client id rewritten
+        // (its low byte comes first). The session count follows the two
+        // pairs (length, byte, length, byte each); a session is three u64
+        // and the one-byte Done.
         let session_count = first_key - 4 + 2 * (4 + 1 + 4 + 1);
         let second_client = session_count + 4 + 8 + 8 + 8 + 1;
-        assert_eq!(snap[second_client + 7], 2);
+        assert_eq!(snap[second_client..second_client + 8], 2u64.to_le_bytes());
         let mut b = snap.clone();
-        b[second_client + 7] = 1;
+        b[second_client] = 1;
         fix_crc(&mut b);
         let e = restore_err(&b);
         assert!(
@@ -997,7 +1151,7 @@ mod snapshot_tests {
 
         // A session whose last index is past the last applied.
         let mut b = snap.clone();
-        b[second_client + 16 + 7] = 9;
+        b[second_client + 16] = 9;
         fix_crc(&mut b);
         assert!(restore_err(&b).contains("last index 9"));
 
@@ -1013,10 +1167,112 @@ mod snapshot_tests {
 
         // A key count larger than the bytes can hold.
         let mut b = snap;
-        b[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+        b[36..40].copy_from_slice(&(u32::MAX - 1).to_le_bytes());
         fix_crc(&mut b);
         let e = restore_err(&b);
         assert!(e.contains("keys") && e.contains("byte 36"), "{e}");
+    }
+
+    /// A version 1 snapshot (big-endian), as the release before version 2
+    /// wrote it for `v1_log`: keys "a" = "1" and "bc" = "", one raw append,
+    /// last applied 5, and the sessions of clients 2 (a CAS mismatch that
+    /// saw "1"), 3 (the append) and 1 (its second put), in that order.
+    const V1_SNAPSHOT_HEX: &str = "\
+        524146544b4b565300000001000000000000009500000000000000050000000000000001\
+        000000020000000161000000013100000002626300000000000000030000000000000002\
+        000000000000000100000000000000030501000000013100000000000000030000000000\
+        000001000000000000000401000000000000000100000000000000020000000000000005\
+        019c56c41b";
+
+    fn from_hex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("fixture is hex"))
+            .collect()
+    }
+
+    /// The entries the version 1 fixture was taken after.
+    fn v1_log() -> Vec<LogEntry> {
+        vec![
+            Some(entry(1, 1, put("a", "1"))),
+            None,
+            Some(entry(2, 1, cas("a", Some("0"), "x"))),
+            Some(entry(3, 1, Op::Append { data: vec![7] })),
+            Some(entry(1, 2, put("bc", ""))),
+        ]
+    }
+
+    #[test]
+    fn kv_snapshot_is_version_2_little_endian() {
+        let mut kv = KvStore::new();
+        apply_all(&mut kv, 1, &v1_log());
+        let snap = kv.snapshot();
+        assert_eq!(snap[8..12], [2, 0, 0, 0]);
+        assert_eq!(snap[12..20], (snap.len() as u64).to_le_bytes());
+        assert_eq!(snap[20..28], 5u64.to_le_bytes(), "last applied");
+        assert_eq!(snap[28..36], 1u64.to_le_bytes(), "raw appends");
+        assert_eq!(snap[36..40], 2u32.to_le_bytes(), "keys");
+        let at = snap.len() - 4;
+        assert_eq!(snap[at..], crc32c::crc32c(&snap[..at]).to_le_bytes());
+        // The same content as version 1, byte for byte, apart from the
+        // order of each integer's bytes.
+        assert_eq!(snap.len(), from_hex(V1_SNAPSHOT_HEX).len());
+    }
+
+    /// A node upgraded from a release that wrote version 1 starts from the
+    /// snapshot it left: the same state, then written as version 2.
+    #[test]
+    fn kv_restore_reads_a_version_1_snapshot() {
+        let v1 = from_hex(V1_SNAPSHOT_HEX);
+        assert_eq!(v1[8..12], [0, 0, 0, 1]);
+        let restored = KvStore::restore(&v1).unwrap();
+        assert_eq!(restored.get(b"a"), Some(&b"1"[..]));
+        assert_eq!(restored.get(b"bc"), Some(&b""[..]));
+        assert_eq!(restored.len(), 2);
+        assert_eq!(restored.last_applied(), LogIndex(5));
+        assert_eq!(restored.appends_applied(), 1);
+        assert_eq!(
+            restored.cached(2, 1).map(|(_, r)| r),
+            Some(&OpResult::CasMismatch(Some(b"1".to_vec())))
+        );
+        assert_eq!(restored.cached(3, 1).map(|(_, r)| r), Some(&OpResult::Done));
+        assert_eq!(restored.cached(1, 2).map(|(_, r)| r), Some(&OpResult::Done));
+        assert_eq!(restored.cached(1, 1).map(|(_, r)| r), None);
+        assert_eq!(
+            restored.session_age,
+            VecDeque::from([(LogIndex(3), 2), (LogIndex(4), 3), (LogIndex(5), 1)])
+        );
+        let mut kv = KvStore::new();
+        apply_all(&mut kv, 1, &v1_log());
+        assert_same(&kv, &restored, 4, 3);
+        let v2 = restored.snapshot();
+        assert_eq!(v2[8..12], [2, 0, 0, 0]);
+        assert_same(&KvStore::restore(&v2).unwrap(), &kv, 4, 3);
+    }
+
+    #[test]
+    fn kv_restore_checks_a_version_1_snapshot_as_strictly() {
+        let v1 = from_hex(V1_SNAPSHOT_HEX);
+        for cut in 0..v1.len() {
+            assert!(KvStore::restore(&v1[..cut]).is_err(), "cut to {cut} bytes");
+        }
+        for i in 0..v1.len() {
+            for bit in 0..8 {
+                let mut b = v1.clone();
+                b[i] ^= 1 << bit;
+                assert!(KvStore::restore(&b).is_err(), "byte {i} bit {bit}");
+            }
+        }
+        let mut b = v1.clone();
+        b[40] ^= 1;
+        let e = restore_err(&b);
+        assert!(
+            e.contains("CRC") && e.contains(&format!("byte {}", v1.len() - 4)),
+            "{e}"
+        );
+        // The big-endian length and CRC are read as such.
+        let e = restore_err(&v1[..v1.len() - 1]);
+        assert!(e.contains("truncated") && e.contains("says 149"), "{e}");
     }
 
     /// A random log entry over few clients and keys, so that retries, old

@@ -19,7 +19,7 @@ use log::{error, info};
 
 use crate::kv::{ClientId, KvStore};
 use crate::raft::{self, Entry, LogIndex, Message, MessageBody, NodeId, Raft, Role, Snapshot};
-use crate::storage::{Job, Recovered};
+use crate::storage::{Job, Recovered, StorageError};
 use crate::wire::ResponseBody;
 
 /// `Ready`s carried out per call of [`Driver::process_ready`] at most: each
@@ -42,7 +42,7 @@ pub trait Disk {
 /// that failed cannot be retried and carried on from).
 #[derive(Debug)]
 pub enum DriverError {
-    Storage(String),
+    Storage(StorageError),
     /// A leader's snapshot that the core accepted does not decode.
     Snapshot(String),
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::raft::rng::Rng;
 use crate::raft::{Message, NodeId};
+use crate::rng::Rng;
 use crate::wire::FaultSpec;
 
 use super::Node;

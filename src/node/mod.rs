@@ -43,7 +43,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::raft::{self, NodeId};
-use crate::storage::{Durable, Job, LogStore, Recovered, StorageThread};
+use crate::storage::{Durable, Job, LogStore, Recovered, StorageError, StorageThread};
 use crate::wire::{Frame, ResponseBody};
 
 pub use driver::{Answer, ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
@@ -117,14 +117,14 @@ impl Disk for StorageThread {
         if StorageThread::submit(self, job) {
             Ok(())
         } else {
-            Err(DriverError::Storage(
-                "the storage thread has stopped".into(),
-            ))
+            Err(DriverError::Storage(StorageError::Stopped {
+                what: "the storage thread has stopped",
+            }))
         }
     }
 
     fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
-        StorageThread::write_inline(self, job).map_err(|e| DriverError::Storage(e.to_string()))
+        StorageThread::write_inline(self, job).map_err(DriverError::Storage)
     }
 }
 
@@ -326,9 +326,7 @@ impl Node {
         while let Ok(d) = self.storage.done().try_recv() {
             match d {
                 Durable::Upto(seq) => self.driver.durable(seq),
-                Durable::Failed(e) => {
-                    return Err(NodeError::Driver(DriverError::Storage(e.to_string())))
-                }
+                Durable::Failed(e) => return Err(NodeError::Driver(DriverError::Storage(e))),
             }
         }
         Ok(())

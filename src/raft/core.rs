@@ -10,11 +10,11 @@ use log::{debug, info};
 use super::log::RaftLog;
 use super::message::{Message, MessageBody, RejectHint};
 use super::progress::Progress;
-use super::rng::Rng;
 use super::types::{
     Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Snapshot,
     Status, Term,
 };
+use crate::rng::Rng;
 
 /// Settings of one core. Times are in ticks; the driver decides how long a
 /// tick is (raft-node: `tick_ms` of cluster.toml; the simulator: one step).

@@ -15,6 +15,5 @@ pub use types::{
 pub mod core;
 pub mod log;
 pub mod progress;
-pub mod rng;
 
 pub use self::core::{Config, NotLeader, Raft, ReadState, Ready, SoftState};

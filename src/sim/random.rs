@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 use crate::check::{self, CheckOptions, OpKind, Operation};
 use crate::kv::{Command, Op, OpResult};
 use crate::node::{ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
-use crate::raft::rng::Rng;
 use crate::raft::{Config, Entry, LogIndex, Message, NodeId, Role, Snapshot, Term};
+use crate::rng::Rng;
 use crate::storage::{write_jobs, Job, MemStore};
 use crate::wire::{ErrorCode, ResponseBody};
 
@@ -179,8 +179,7 @@ impl Disk for SimDisk {
 
     fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
         assert!(self.queue.is_empty(), "an inline write with jobs in flight");
-        write_jobs(&mut self.store, std::slice::from_ref(job))
-            .map_err(|e| DriverError::Storage(e.to_string()))
+        write_jobs(&mut self.store, std::slice::from_ref(job)).map_err(DriverError::Storage)
     }
 }
 

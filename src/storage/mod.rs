@@ -56,6 +56,11 @@ pub enum StorageError {
         found: Meta,
         expected: Meta,
     },
+    /// A writer panicked or stopped part way: what it left on disk is
+    /// unknown, so nothing may be written, or claimed durable, after it.
+    Stopped {
+        what: &'static str,
+    },
 }
 
 impl StorageError {
@@ -103,11 +108,19 @@ impl fmt::Display for StorageError {
                 expected.node_id,
                 expected.cluster
             ),
+            StorageError::Stopped { what } => write!(f, "{what}"),
         }
     }
 }
 
-impl std::error::Error for StorageError {}
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// What a restarting node gets back.
 #[derive(Debug)]
@@ -414,10 +427,9 @@ impl SnapshotWriter {
 }
 
 fn writer_stopped() -> StorageError {
-    StorageError::io(
-        Path::new("snapshot"),
-        io::Error::other("the snapshot writer has stopped"),
-    )
+    StorageError::Stopped {
+        what: "the snapshot writer has stopped",
+    }
 }
 
 impl Drop for SnapshotWriter {

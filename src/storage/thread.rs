@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use log::error;
 
-use super::LogStore;
+use super::{LogStore, StorageError};
 use crate::raft::{Entry, HardState, Snapshot};
 
 /// Jobs (and bytes) written under one `fdatasync` at most; the rest wait
@@ -49,7 +49,9 @@ pub struct Job {
 #[derive(Debug)]
 pub enum Durable {
     Upto(u64),
-    Failed(String),
+    /// The thread stops after this report: nothing written after a failed
+    /// write may be claimed durable.
+    Failed(StorageError),
 }
 
 /// Counters the thread keeps, readable from any thread.
@@ -87,6 +89,8 @@ impl StorageThread {
             .name("storage".into())
             .spawn(move || {
                 let mut batch: Vec<Job> = Vec::new();
+                // The highest job number reported durable.
+                let mut reported = 0u64;
                 while let Ok(first) = rx.recv() {
                     batch.clear();
                     let mut bytes = job_bytes(&first);
@@ -100,14 +104,25 @@ impl StorageThread {
                             Err(_) => break,
                         }
                     }
+                    // A report covers every job up to its number, so the
+                    // numbers must go up in the order the jobs are sent.
+                    let seq_last = batch[batch.len() - 1].seq;
+                    assert!(
+                        batch[0].seq > reported && batch.windows(2).all(|w| w[0].seq < w[1].seq),
+                        "storage jobs out of order: {reported} reported durable, then a batch \
+                         of {} jobs numbered {} ..= {seq_last}",
+                        batch.len(),
+                        batch[0].seq
+                    );
                     let report = match write_batch(&thread_store, &batch) {
                         Ok(()) => {
                             st.count(&batch, bytes);
-                            Durable::Upto(batch[batch.len() - 1].seq)
+                            reported = seq_last;
+                            Durable::Upto(seq_last)
                         }
                         Err(e) => {
                             error!("storage: {e}");
-                            Durable::Failed(e.to_string())
+                            Durable::Failed(e)
                         }
                     };
                     let failed = matches!(report, Durable::Failed(_));
@@ -139,7 +154,7 @@ impl StorageThread {
     /// Writes `job` and makes it durable on the caller's thread, in place
     /// of `submit`. Only while the thread is idle: every job submitted so
     /// far has been reported durable, so nothing is written out of order.
-    pub fn write_inline(&self, job: &Job) -> Result<(), String> {
+    pub fn write_inline(&self, job: &Job) -> Result<(), StorageError> {
         let batch = std::slice::from_ref(job);
         write_batch(&self.store, batch)?;
         self.stats.count(batch, job_bytes(job));
@@ -193,17 +208,17 @@ fn job_bytes(j: &Job) -> usize {
 /// Writes the jobs and makes them durable, holding the store's lock. A
 /// writer that panicked while holding it left the store in an unknown
 /// state: nothing writes after it.
-fn write_batch(store: &Mutex<Box<dyn LogStore>>, batch: &[Job]) -> Result<(), String> {
-    let mut store = store
-        .lock()
-        .map_err(|_| "a write panicked; the log is in an unknown state".to_string())?;
-    write_jobs(store.as_mut(), batch).map_err(|e| e.to_string())
+fn write_batch(store: &Mutex<Box<dyn LogStore>>, batch: &[Job]) -> Result<(), StorageError> {
+    let mut store = store.lock().map_err(|_| StorageError::Stopped {
+        what: "a write panicked; the log is in an unknown state",
+    })?;
+    write_jobs(store.as_mut(), batch)
 }
 
 /// Writes a batch of jobs to `store` and makes them durable: the one
 /// copy of the order in which a job's parts reach the disk, used by the
 /// storage thread and by the simulator's disks alike.
-pub fn write_jobs(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), super::StorageError> {
+pub fn write_jobs(store: &mut dyn LogStore, batch: &[Job]) -> Result<(), StorageError> {
     // The term must never lag the log: the hard state goes first.
     if let Some(hs) = batch.iter().rev().find_map(|j| j.hard_state) {
         store.save_hard_state(&hs)?;

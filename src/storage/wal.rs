@@ -401,7 +401,13 @@ pub struct Wal {
     buf: Vec<u8>,
     /// Written through `file` (or truncated) since the last sync.
     dirty: bool,
+    /// Index of the last entry appended (durable after `sync`);
+    /// `first_index() - 1` when the log is empty.
     last_index: u64,
+    /// The highest index a snapshot covers, as handed to `open_at`,
+    /// `compact` or `detach_through` (0: none). Those entries are
+    /// committed: appending or truncating at or below it is a caller bug.
+    snapshot_index: u64,
     stats: WalStats,
 }
 
@@ -499,13 +505,19 @@ impl Wal {
             buf: Vec::with_capacity(1 << 20),
             dirty: false,
             last_index,
+            snapshot_index: 0,
             stats,
         };
+        wal.check_segments();
         let Some((index, term)) = snapshot else {
             return Ok((wal, entries));
         };
+        wal.snapshot_index = index;
         match entries_after_snapshot(entries, first_index, index, term) {
-            Ok(after) => Ok((wal, after)),
+            Ok(after) => {
+                wal.check_segments();
+                Ok((wal, after))
+            }
             Err(why) => {
                 warn!(
                     "{}: {why}, so it does not continue the snapshot (index {index}, term {term}) \
@@ -514,6 +526,7 @@ impl Wal {
                     index.saturating_add(1)
                 );
                 wal.reset(index.saturating_add(1))?;
+                wal.check_segments();
                 Ok((wal, Vec::new()))
             }
         }
@@ -545,32 +558,32 @@ impl Wal {
     /// Appends `entries`, first truncating the log from the first one's
     /// index if it already holds that index (a conflict). Not durable until
     /// `sync`.
+    ///
+    /// # Panics
+    ///
+    /// On a caller bug, never on the disk's account: an entry that would
+    /// leave a gap after the last one, one at or before the snapshot (or
+    /// before the log's start), or one larger than a record may hold
+    /// (`ENTRY_DATA_BYTES_MAX`, which no frame can exceed).
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         for e in entries {
             if e.index.0 <= self.last_index {
                 self.truncate_from(e.index.0)?;
             }
-            if e.index.0 != self.last_index + 1 {
-                return Err(StorageError::corrupt(
-                    &self.current().path,
-                    self.current().len,
-                    format!(
-                        "append of index {} after {}: the log would have a gap",
-                        e.index, self.last_index
-                    ),
-                ));
-            }
-            if e.data.len() > ENTRY_DATA_BYTES_MAX {
-                return Err(StorageError::corrupt(
-                    &self.current().path,
-                    self.current().len,
-                    format!(
-                        "entry {} holds {} bytes, more than a record may",
-                        e.index,
-                        e.data.len()
-                    ),
-                ));
-            }
+            assert!(
+                e.index.0 == self.last_index + 1,
+                "{}: append of index {} after {}: the log would have a gap",
+                self.dir.display(),
+                e.index,
+                self.last_index
+            );
+            assert!(
+                e.data.len() <= ENTRY_DATA_BYTES_MAX,
+                "{}: entry {} holds {} bytes, more than the {ENTRY_DATA_BYTES_MAX} a record may",
+                self.dir.display(),
+                e.index,
+                e.data.len()
+            );
             let cur = self.current();
             if cur.len >= self.opts.segment_bytes_max && !cur.offsets.is_empty() {
                 self.roll(e.index.0)?;
@@ -586,6 +599,7 @@ impl Wal {
                 self.flush()?;
             }
         }
+        self.check_last_segment();
         Ok(())
     }
 
@@ -700,16 +714,34 @@ impl Wal {
             self.stats.syncs += 1;
             self.dirty = false;
         }
+        // Durable means written: no record may still be in the buffer.
+        assert!(
+            self.buf.is_empty() && self.written == self.current().len,
+            "{}: synced with {} bytes still buffered, {} of the last segment's {} written",
+            self.dir.display(),
+            self.buf.len(),
+            self.written,
+            self.current().len
+        );
+        self.check_last_segment();
         Ok(())
     }
 
     /// Starts a new segment for index `first`. The old one is made durable
     /// first, so only the last segment can ever end in a torn write.
     fn roll(&mut self, first: u64) -> Result<(), StorageError> {
+        assert!(
+            first == self.last_index + 1,
+            "{}: new segment at {first}, but the log ends at {}",
+            self.dir.display(),
+            self.last_index
+        );
         self.flush()?;
         self.trim_preallocation()?;
         self.sync()?;
-        self.start_segment(first)
+        self.start_segment(first)?;
+        self.check_segments();
+        Ok(())
     }
 
     /// Creates segment `first` and makes it the one written to.
@@ -718,6 +750,12 @@ impl Wal {
         (self.file, self.direct) = open_last(&seg.path, self.opts)?;
         self.written = seg.len;
         self.allocated = seg.len;
+        assert!(
+            self.buf.is_empty(),
+            "{}: segment {first} started with {} bytes of the previous one still buffered",
+            self.dir.display(),
+            self.buf.len()
+        );
         self.segments.push(seg);
         self.stats.segments_created += 1;
         Ok(())
@@ -727,17 +765,26 @@ impl Wal {
     /// directory is fsynced at once; the cut inside the remaining segment is
     /// durable with the next `sync`, which comes before anything appended
     /// after it is acknowledged.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is at or before the snapshot, or before the log's first
+    /// index: those entries are committed, and cutting them is a caller bug.
     pub fn truncate_from(&mut self, index: u64) -> Result<(), StorageError> {
         if index > self.last_index {
             return Ok(());
         }
+        assert!(
+            index > self.snapshot_index && index >= self.first_index(),
+            "{}: truncation at index {index}, but the snapshot covers up to {} and the log \
+             starts at {}",
+            self.dir.display(),
+            self.snapshot_index,
+            self.first_index()
+        );
         self.flush()?;
         let Some(pos) = self.segments.iter().rposition(|s| s.first_index <= index) else {
-            return Err(StorageError::corrupt(
-                &self.dir,
-                0,
-                format!("truncation at index {index}, before the log's start"),
-            ));
+            unreachable!("index {index} >= first index {}", self.first_index());
         };
         if pos + 1 < self.segments.len() {
             for s in self.segments.drain(pos + 1..) {
@@ -758,6 +805,7 @@ impl Wal {
         self.allocated = cut;
         self.last_index = index - 1;
         self.dirty = true;
+        self.check_segments();
         Ok(())
     }
 }
@@ -801,7 +849,10 @@ impl Wal {
             let paths = self.detach_through(index);
             remove_segments(&self.dir, &paths, self.opts.fsync)
         } else {
-            self.reset(index.saturating_add(1))
+            self.note_snapshot(index);
+            self.reset(index.saturating_add(1))?;
+            self.check_segments();
+            Ok(())
         }
     }
 
@@ -816,13 +867,29 @@ impl Wal {
     /// their paths, oldest first, for `remove_segments` once a snapshot
     /// covering them is durable.
     pub fn detach_through(&mut self, index: u64) -> Vec<PathBuf> {
+        self.note_snapshot(index);
         let keep = self
             .segments
             .iter()
             .rposition(|s| s.first_index <= index)
             .unwrap_or(0)
             .min(self.segments.len().saturating_sub(1));
-        self.segments.drain(..keep).map(|s| s.path).collect()
+        let detached = self.segments.drain(..keep).map(|s| s.path).collect();
+        self.check_segments();
+        detached
+    }
+
+    /// Records that a snapshot covers the entries up to `index`. The log
+    /// holds them (it continues the snapshot), or is about to be reset
+    /// past them.
+    fn note_snapshot(&mut self, index: u64) {
+        assert!(
+            index >= self.snapshot_index,
+            "{}: snapshot at {index} older than the one at {} before it",
+            self.dir.display(),
+            self.snapshot_index
+        );
+        self.snapshot_index = index;
     }
 
     /// Replaces the whole log with an empty segment starting at `first`.
@@ -843,6 +910,80 @@ impl Wal {
         self.dirty = false;
         self.last_index = first - 1;
         Ok(())
+    }
+}
+
+impl Wal {
+    /// What must hold of the last segment after every append and sync, in
+    /// O(1): its records end at the log's last index, its length counts
+    /// what is written and what is buffered, and the file is at least as
+    /// long as what was written.
+    fn check_last_segment(&self) {
+        let cur = self.current();
+        assert_eq!(
+            cur.first_index + cur.offsets.len() as u64,
+            self.last_index + 1,
+            "{}: the last segment starts at {} and holds {} records, but the log ends at {}",
+            cur.path.display(),
+            cur.first_index,
+            cur.offsets.len(),
+            self.last_index
+        );
+        assert_eq!(
+            cur.len,
+            self.written + self.buf.len() as u64,
+            "{}: segment length {} is not the {} bytes written plus the {} buffered",
+            cur.path.display(),
+            cur.len,
+            self.written,
+            self.buf.len()
+        );
+        assert!(
+            self.allocated >= self.written,
+            "{}: {} bytes written past the {} allocated",
+            cur.path.display(),
+            self.written,
+            self.allocated
+        );
+        if let Some(&last) = cur.offsets.last() {
+            assert!(
+                last < cur.len,
+                "{}: last record at offset {last}, past the segment's length {}",
+                cur.path.display(),
+                cur.len
+            );
+        }
+        assert!(
+            self.snapshot_index <= self.last_index,
+            "{}: the snapshot covers up to {}, past the log's end at {}",
+            self.dir.display(),
+            self.snapshot_index,
+            self.last_index
+        );
+    }
+
+    /// What must hold after the segments change (open, roll, truncation,
+    /// compaction, reset), in O(segments): there is a segment, each one
+    /// starts right after the one before it ends, and only the last may be
+    /// empty; then `check_last_segment`.
+    fn check_segments(&self) {
+        assert!(
+            !self.segments.is_empty(),
+            "{}: no segment",
+            self.dir.display()
+        );
+        for w in self.segments.windows(2) {
+            let end = w[0].first_index + w[0].offsets.len() as u64;
+            assert!(
+                w[1].first_index == end && !w[0].offsets.is_empty(),
+                "{}: segment {} holds {} records, but the next one starts at {}",
+                self.dir.display(),
+                w[0].first_index,
+                w[0].offsets.len(),
+                w[1].first_index
+            );
+        }
+        self.check_last_segment();
     }
 }
 

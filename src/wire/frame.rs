@@ -4,7 +4,7 @@ use std::fmt;
 
 use byteorder::{BigEndian, ByteOrder};
 
-use super::codec::{
+use crate::codec::{
     put_bool, put_bytes, put_opt_u64, put_u16, put_u32, put_u64, put_u8, DecodeError, Reader,
 };
 use crate::kv::{Command, CommandRef, OpResult};

@@ -4,7 +4,6 @@
 //! `decode_frame` separates "need more bytes" (`Ok(None)`) from a bad frame
 //! (`Err`): a bad frame ends that one connection, never the node.
 
-pub mod codec;
 pub mod frame;
 
 pub use frame::{

@@ -96,7 +96,7 @@ fn parse_groups(config: &Config, groups: &[String]) -> Result<Vec<Vec<NodeId>>, 
     for g in groups {
         let mut group = Vec::new();
         for part in g.split(',').filter(|p| !p.trim().is_empty()) {
-            let id = parse_node_id(part.trim())?;
+            let id = parse_node_id(part.trim()).map_err(|e| e.to_string())?;
             if config.node(id).is_none() {
                 return Err(format!("{id} is not in the config"));
             }
