@@ -16,6 +16,7 @@ pub mod check;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod conn;
 pub mod kv;
 pub mod node;
 pub mod raft;

@@ -10,7 +10,7 @@
 pub mod hist;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,12 +20,11 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::conn::{FramedConn, ReadEnd};
 use crate::kv::{CommandRef, OpRef, OpResult};
 use crate::rng::Rng;
 use crate::wire::frame::encode_kv_request;
-use crate::wire::{
-    decode_frame, encode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender,
-};
+use crate::wire::{decode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender};
 pub use hist::Histogram;
 
 /// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`), shared
@@ -305,13 +304,12 @@ struct Pending {
     deadline: Instant,
 }
 
+/// Capacity a client connection's write buffer keeps once flushed.
+const WRITE_BUF_KEEP_BYTES: usize = 64 << 10;
+
 struct Conn {
-    stream: TcpStream,
+    io: FramedConn,
     node: usize,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    want_write: bool,
 }
 
 struct ClientState {
@@ -614,7 +612,7 @@ impl<'a> Engine<'a> {
                 seq: cl.seq,
                 op,
             };
-            encode_kv_request(request_id, command, false, &mut conn.wbuf);
+            encode_kv_request(request_id, command, false, &mut conn.io.write_buf);
         }
         self.flush(c);
     }
@@ -638,28 +636,18 @@ impl<'a> Engine<'a> {
         {
             return false;
         }
-        let mut wbuf = Vec::with_capacity(256);
-        encode_frame(
-            &Frame::Hello {
-                cluster: self.config.cluster.name.clone(),
-                from: Sender::Client,
-            },
-            &mut wbuf,
-        );
-        self.clients[c].conn = Some(Conn {
-            stream,
-            node,
-            rbuf: Vec::with_capacity(4096),
-            wbuf,
-            wpos: 0,
-            want_write: true,
+        let mut io = FramedConn::new(stream, true);
+        io.queue(&Frame::Hello {
+            cluster: self.config.cluster.name.clone(),
+            from: Sender::Client,
         });
+        self.clients[c].conn = Some(Conn { io, node });
         true
     }
 
     fn drop_conn(&mut self, c: usize) {
         if let Some(mut conn) = self.clients[c].conn.take() {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            let _ = self.poll.registry().deregister(&mut conn.io.stream);
         }
     }
 
@@ -689,77 +677,26 @@ impl<'a> Engine<'a> {
         let Some(conn) = self.clients[c].conn.as_mut() else {
             return;
         };
-        let mut failed = false;
-        while conn.wpos < conn.wbuf.len() {
-            match conn.stream.write(&conn.wbuf[conn.wpos..]) {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(n) => conn.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if failed {
-            self.conn_failed(c);
-            return;
-        }
-        if conn.wpos == conn.wbuf.len() {
-            conn.wbuf.clear();
-            conn.wpos = 0;
-            if conn.want_write {
-                conn.want_write = false;
-                let _ =
-                    self.poll
-                        .registry()
-                        .reregister(&mut conn.stream, Token(c), Interest::READABLE);
-            }
-        } else if !conn.want_write {
-            conn.want_write = true;
-            let _ = self.poll.registry().reregister(
-                &mut conn.stream,
-                Token(c),
-                Interest::READABLE | Interest::WRITABLE,
-            );
+        match conn.io.flush(WRITE_BUF_KEEP_BYTES) {
+            Ok(_) => conn.io.update_interest(self.poll.registry(), Token(c)),
+            Err(_) => self.conn_failed(c),
         }
     }
 
     fn read(&mut self, c: usize, read_closed: bool) -> io::Result<()> {
-        let chunk = &mut self.read_chunk;
-        loop {
-            let Some(conn) = self.clients[c].conn.as_mut() else {
-                return Ok(());
-            };
-            match conn.stream.read(chunk) {
-                Ok(0) => {
-                    self.conn_failed(c);
-                    return Ok(());
-                }
-                Ok(n) => {
-                    conn.rbuf.extend_from_slice(&chunk[..n]);
-                    if n < chunk.len() && !read_closed {
-                        break; // drained; edge-triggered: new data, new event
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.conn_failed(c);
-                    return Ok(());
-                }
-            }
+        let Some(conn) = self.clients[c].conn.as_mut() else {
+            return Ok(());
+        };
+        // One client connection carries one request at a time: no budget.
+        if let ReadEnd::Closed(_) = conn.io.fill(&mut self.read_chunk, read_closed, usize::MAX) {
+            self.conn_failed(c);
+            return Ok(());
         }
         loop {
             let Some(conn) = self.clients[c].conn.as_mut() else {
                 return Ok(());
             };
-            let (frame, used) = match decode_frame(&conn.rbuf) {
+            let (frame, used) = match decode_frame(&conn.io.read_buf) {
                 Ok(Some(x)) => x,
                 Ok(None) => return Ok(()),
                 Err(_) => {
@@ -767,7 +704,7 @@ impl<'a> Engine<'a> {
                     return Ok(());
                 }
             };
-            conn.rbuf.drain(..used);
+            conn.io.read_buf.drain(..used);
             let node = conn.node;
             match frame {
                 Frame::HelloOk { .. } => {}

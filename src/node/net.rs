@@ -5,14 +5,15 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{self, Read, Write};
+use std::io;
 
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
+use crate::conn::{FramedConn, ReadEnd};
 use crate::raft::NodeId;
-use crate::wire::{decode_frame_ref, encode_frame, Frame, FrameRef};
+use crate::wire::{decode_frame_ref, Frame, FrameRef};
 
 use super::Node;
 
@@ -45,17 +46,13 @@ pub(super) enum ConnKind {
 }
 
 pub(super) struct Conn {
-    pub(super) stream: TcpStream,
+    /// The socket and its read and write buffers.
+    pub(super) io: FramedConn,
     pub(super) kind: ConnKind,
-    pub(super) read_buf: Vec<u8>,
-    pub(super) write_buf: Vec<u8>,
-    /// Bytes of `write_buf` already written.
-    pub(super) write_pos: usize,
     /// An outbound connect not yet confirmed.
     pub(super) connecting: bool,
-    /// Close once `write_buf` is flushed.
+    /// Close once everything queued is flushed.
     pub(super) close_after_flush: bool,
-    pub(super) writable_registered: bool,
     /// In `Node::dirty`, to be flushed at the end of the loop iteration.
     pub(super) dirty: bool,
     /// The fragments of a Raft message received so far (an inbound peer
@@ -70,7 +67,7 @@ impl Conn {
 
     /// Bytes queued and not yet written.
     pub(super) fn has_output(&self) -> bool {
-        self.write_pos < self.write_buf.len()
+        self.io.queued_bytes() > 0
     }
 }
 
@@ -125,14 +122,10 @@ impl Node {
         self.conns.insert(
             token,
             Conn {
-                stream,
+                io: FramedConn::new(stream, connecting),
                 kind,
-                read_buf: Vec::with_capacity(READ_CHUNK_BYTES),
-                write_buf: Vec::new(),
-                write_pos: 0,
                 connecting,
                 close_after_flush: false,
-                writable_registered: connecting,
                 dirty: false,
                 fragments: Vec::new(),
             },
@@ -170,7 +163,7 @@ impl Node {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.poll.registry().deregister(&mut conn.io.stream);
         match conn.kind {
             ConnKind::OutPeer(p) => {
                 debug!("{}: link to {p} closed: {why}", self.id);
@@ -194,7 +187,7 @@ impl Node {
             if let Some(c) = self.conns.get_mut(&token) {
                 if c.connecting {
                     // A nonblocking connect is confirmed before use.
-                    match (c.stream.take_error(), c.stream.peer_addr()) {
+                    match (c.io.stream.take_error(), c.io.stream.peer_addr()) {
                         (Ok(None), Ok(_)) => {
                             c.connecting = false;
                             if let ConnKind::OutPeer(p) = c.kind {
@@ -224,50 +217,30 @@ impl Node {
     /// Reads what the socket has; `read_closed`: the peer has shut down its
     /// side, so read on to the end (a short read is not the end then).
     pub(super) fn read(&mut self, token: Token, read_closed: bool) {
-        let mut closed: Option<String> = None;
-        {
+        let closed = {
             let Some(c) = self.conns.get_mut(&token) else {
                 return;
             };
-            let chunk = &mut self.read_chunk;
-            let mut budget = READ_BYTES_PER_EVENT_MAX;
-            loop {
-                if budget == 0 {
+            match c
+                .io
+                .fill(&mut self.read_chunk, read_closed, READ_BYTES_PER_EVENT_MAX)
+            {
+                ReadEnd::Drained => None,
+                ReadEnd::Budget => {
                     // Fair to the other connections: read the rest next
                     // iteration.
                     self.reread.push(token);
-                    break;
+                    None
                 }
-                match c.stream.read(chunk) {
-                    Ok(0) => {
-                        closed = Some("closed by the other side".into());
-                        break;
-                    }
-                    Ok(n) => {
-                        budget = budget.saturating_sub(n);
-                        c.read_buf.extend_from_slice(&chunk[..n]);
-                        // A short read drained the socket: with edge-triggered
-                        // readiness, more data brings a new event, so skip the
-                        // read that would only say WouldBlock.
-                        if n < chunk.len() && !read_closed {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        closed = Some(format!("read error: {e}"));
-                        break;
-                    }
-                }
+                ReadEnd::Closed(why) => Some(why),
             }
-        }
+        };
         // Decode every whole frame, in place: the buffer is taken out of the
         // connection meanwhile and put back after.
         let Some(mut buf) = self
             .conns
             .get_mut(&token)
-            .map(|c| std::mem::take(&mut c.read_buf))
+            .map(|c| std::mem::take(&mut c.io.read_buf))
         else {
             return;
         };
@@ -284,11 +257,11 @@ impl Node {
                 }
                 Err(e) => {
                     if let Some(c) = self.conns.get(&token) {
-                        let peer = c
-                            .stream
-                            .peer_addr()
-                            .map(|a| a.to_string())
-                            .unwrap_or_default();
+                        let peer =
+                            c.io.stream
+                                .peer_addr()
+                                .map(|a| a.to_string())
+                                .unwrap_or_default();
                         warn!(
                             "{}: bad frame from {peer} ({:?}): {e}; closing that connection",
                             self.id, c.kind
@@ -309,7 +282,7 @@ impl Node {
         }
         buf.drain(..pos);
         if let Some(c) = self.conns.get_mut(&token) {
-            c.read_buf = buf;
+            c.io.read_buf = buf;
         }
         if let Some(why) = closed {
             self.close(token, &why);
@@ -326,49 +299,10 @@ impl Node {
             if c.connecting {
                 return;
             }
-            while c.write_pos < c.write_buf.len() {
-                match c.stream.write(&c.write_buf[c.write_pos..]) {
-                    Ok(0) => {
-                        close = Some("write returned 0".into());
-                        break;
-                    }
-                    Ok(n) => c.write_pos += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        close = Some(format!("write error: {e}"));
-                        break;
-                    }
-                }
-            }
-            if c.write_pos == c.write_buf.len() {
-                c.write_buf.clear();
-                if c.write_buf.capacity() > WRITE_BUF_KEEP_BYTES {
-                    // A snapshot went out: do not hold its size for good.
-                    c.write_buf.shrink_to(WRITE_BUF_KEEP_BYTES);
-                }
-                c.write_pos = 0;
-                if c.close_after_flush {
-                    close = Some("done".into());
-                }
-            }
-            if close.is_none() {
-                let want = c.write_pos < c.write_buf.len();
-                if want != c.writable_registered {
-                    let interest = if want {
-                        Interest::READABLE | Interest::WRITABLE
-                    } else {
-                        Interest::READABLE
-                    };
-                    if self
-                        .poll
-                        .registry()
-                        .reregister(&mut c.stream, token, interest)
-                        .is_ok()
-                    {
-                        c.writable_registered = want;
-                    }
-                }
+            match c.io.flush(WRITE_BUF_KEEP_BYTES) {
+                Ok(true) if c.close_after_flush => close = Some("done".into()),
+                Ok(_) => c.io.update_interest(self.poll.registry(), token),
+                Err(why) => close = Some(why),
             }
         }
         if let Some(why) = close {
@@ -382,8 +316,8 @@ impl Node {
         };
         // A client that lets answers pile up is closed; one answer is
         // always queued whole, however large.
-        if c.kind == ConnKind::Client && c.write_buf.len() - c.write_pos > CLIENT_WRITE_BYTES_MAX {
-            let queued = c.write_buf.len() - c.write_pos;
+        let queued = c.io.queued_bytes();
+        if c.kind == ConnKind::Client && queued > CLIENT_WRITE_BYTES_MAX {
             warn!(
                 "{}: closing a client connection: {queued} bytes of answers unread, over {CLIENT_WRITE_BYTES_MAX}",
                 self.id
@@ -391,7 +325,7 @@ impl Node {
             self.close(token, "client is not reading its responses");
             return;
         }
-        encode_frame(frame, &mut c.write_buf);
+        c.io.queue(frame);
         self.mark_dirty(token);
     }
 

@@ -13,8 +13,7 @@ use mio::Token;
 
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::wire::{
-    decode_raft_fragments, encode_frame, encode_raft_fragments, ErrorCode, Frame, Sender,
-    FRAGMENTED_BYTES_MAX,
+    decode_raft_fragments, encode_raft_fragments, ErrorCode, Frame, Sender, FRAGMENTED_BYTES_MAX,
 };
 
 use super::driver::ClientRef;
@@ -87,7 +86,7 @@ impl Node {
                             from: Sender::Peer(self.id),
                         };
                         if let Some(c) = self.conns.get_mut(&token) {
-                            encode_frame(&hello, &mut c.write_buf);
+                            c.io.queue(&hello);
                         }
                         if let Some(l) = self.peers.get_mut(&peer) {
                             l.token = Some(token);
@@ -201,19 +200,19 @@ impl Node {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        if c.write_buf.len() > PEER_WRITE_BYTES_MAX {
+        if c.io.queued_bytes() > PEER_WRITE_BYTES_MAX {
             debug!(
                 "{}: dropping {m}: {} bytes queued",
                 self.id,
-                c.write_buf.len()
+                c.io.queued_bytes()
             );
             return;
         }
         if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
             // A snapshot may not fit one frame.
-            encode_raft_fragments(&m, &mut c.write_buf);
+            encode_raft_fragments(&m, &mut c.io.write_buf);
         } else {
-            encode_frame(&Frame::Raft(m), &mut c.write_buf);
+            c.io.queue(&Frame::Raft(m));
         }
         self.mark_dirty(token);
     }
