@@ -3,7 +3,8 @@
 //! Dependencies point one way, from the node down to the ground modules:
 //!
 //! ```text
-//! node -> { storage, wire, kv, raft, config }
+//! node -> { conn, storage, wire, kv, raft, config }    bench -> conn
+//! conn -> wire
 //! wire -> { kv, raft, codec }      storage -> raft
 //! kv   -> { codec, raft types }    raft    -> rng
 //! codec, rng: ground modules, using nothing else of this crate

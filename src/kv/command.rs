@@ -25,7 +25,7 @@ pub enum Op {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     },
-    /// A raw log entry (the seeds' ClientLogAppend): logged and applied as is,
+    /// A raw log entry: logged and applied as is,
     /// changing no key.
     Append {
         data: Vec<u8>,

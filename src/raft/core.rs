@@ -392,7 +392,7 @@ impl Raft {
         }
     }
 
-    /// A client proposal (the seeds' ClientLogAppend): appended to the
+    /// A client proposal (a command for the log): appended to the
     /// leader's log and replicated at the next `ready`. Returns its index.
     pub fn propose(&mut self, data: impl Into<Arc<[u8]>>) -> Result<LogIndex, NotLeader> {
         if self.role != Role::Leader {
@@ -868,7 +868,7 @@ impl Raft {
         self.tally_votes();
     }
 
-    /// AppendEntries received (the seeds' AppendEntries event). The sender
+    /// AppendEntries received from a leader. The sender
     /// is the leader of our current term.
     fn handle_append_entries(
         &mut self,
@@ -1145,7 +1145,10 @@ impl Raft {
         self.confirm_reads();
     }
 
-    /// The leader's heartbeat timer (the seeds' LeaderHeartbeat event).
+    /// The leader's heartbeat timer fired (every `heartbeat_interval_ticks`):
+    /// replication stalled for an election timeout is probed again, and
+    /// followers hear from the leader, with its commit index and a read
+    /// round.
     fn handle_leader_heartbeat(&mut self) {
         for peer in self.peers().collect::<Vec<_>>() {
             let last_index = self.log.last_index();
