@@ -38,3 +38,24 @@ fn sim_same_seed_replays_exactly() {
     assert_eq!(ra.trace, rb.trace);
     assert!(ra.trace.len() > 1000);
 }
+
+#[test]
+fn sim_html_draws_the_run_as_a_diagram() {
+    let mut opts = SimOptions::new(7);
+    opts.diagram = true;
+    let report = run_seed(opts);
+    let page = report.diagram.expect("a page");
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+    for lane in ["n1</text>", "n2</text>", "n3</text>"] {
+        assert!(page.contains(lane), "lane {lane}");
+    }
+    assert!(page.contains("leader t"), "elections are marked");
+    assert!(page.contains("AppendEntries"), "messages are drawn");
+    assert_eq!(page.matches("<g ").count(), page.matches("</g>").count());
+    assert_eq!(page.matches("<svg").count(), page.matches("</svg>").count());
+    assert!(
+        page.contains("<table class=\"log\">"),
+        "the logs at the end"
+    );
+    assert!(report.violation.is_none());
+}

@@ -34,10 +34,18 @@ struct Args {
     /// Stop at the first seed with a violation (the mutation suite).
     #[arg(long)]
     stop: bool,
+    /// Write the run (with --seed) as a self-contained HTML page: the
+    /// message sequence diagram and the logs at the end.
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.html.is_some() && args.seed.is_none() {
+        eprintln!("error: --html draws one run: give --seed too");
+        return ExitCode::from(2);
+    }
     if args.nodes < 1 || args.nodes > 9 {
         eprintln!("error: --nodes must be between 1 and 9, got {}", args.nodes);
         return ExitCode::from(2);
@@ -56,6 +64,7 @@ fn main() -> ExitCode {
         opts.nodes = args.nodes;
         opts.steps = args.steps;
         opts.trace = args.trace;
+        opts.diagram = args.html.is_some();
         // A panic (an assertion in the driver or the store) is a violation
         // of its seed too, not the end of the run.
         let report = match std::panic::catch_unwind(|| run_seed(opts)) {
@@ -75,6 +84,13 @@ fn main() -> ExitCode {
         };
         if args.trace {
             print!("{}", report.trace);
+        }
+        if let (Some(path), Some(page)) = (&args.html, &report.diagram) {
+            if let Err(e) = std::fs::write(path, page) {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+            println!("wrote {}", path.display());
         }
         steps += report.steps;
         elections += report.elections;

@@ -6,6 +6,7 @@
 //! after every step.
 
 pub mod cluster;
+pub mod html;
 pub mod random;
 
 pub use self::random::{run_seed, Sim, SimOptions, SimReport};

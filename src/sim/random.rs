@@ -18,10 +18,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 
+use super::html::{self, DiagramEvent, Fate, FinalLog};
 use crate::check::{self, CheckOptions, OpKind, Operation};
 use crate::kv::{Command, Op, OpResult};
 use crate::node::{ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
-use crate::raft::{Config, Entry, LogIndex, Message, NodeId, Role, Snapshot, Term};
+use crate::raft::{Config, Entry, LogIndex, Message, MessageBody, NodeId, Role, Snapshot, Term};
 use crate::rng::Rng;
 use crate::storage::{write_jobs, Job, MemStore};
 use crate::wire::{ErrorCode, ResponseBody};
@@ -65,6 +66,8 @@ pub struct SimOptions {
     pub liveness_steps_max: u64,
     /// Print every event.
     pub trace: bool,
+    /// Record the run for [`SimReport::diagram`] (an HTML page).
+    pub diagram: bool,
 }
 
 impl SimOptions {
@@ -97,6 +100,7 @@ impl SimOptions {
             compact: pick(&mut r, &[0.0, 0.005, 0.03]),
             liveness_steps_max: 400,
             trace: false,
+            diagram: false,
         }
     }
 }
@@ -125,6 +129,9 @@ pub struct SimReport {
     pub violation: Option<String>,
     /// The transcript, when tracing.
     pub trace: String,
+    /// The run as a self-contained HTML page, when asked for
+    /// (`SimOptions::diagram`).
+    pub diagram: Option<String>,
 }
 
 /// A node's disk: jobs complete in order after a random latency; a crash
@@ -199,6 +206,7 @@ struct SimNode {
 }
 
 struct InFlight {
+    sent_at: u64,
     deliver_at: u64,
     /// Tie-breaker that reorders messages due at the same step.
     order: u64,
@@ -281,6 +289,8 @@ pub struct Sim {
     pending_violation: Option<String>,
     /// The liveness check's marker write, once answered: its index.
     marker_index: Option<LogIndex>,
+    /// What the HTML diagram shows, when `opts.diagram`.
+    diagram: Vec<DiagramEvent>,
 }
 
 impl Sim {
@@ -307,6 +317,7 @@ impl Sim {
             snapshots_at: HashMap::new(),
             pending_violation: None,
             marker_index: None,
+            diagram: Vec::new(),
             opts,
         };
         for &id in &ids {
@@ -380,6 +391,30 @@ impl Sim {
         }
     }
 
+    fn draw(&mut self, e: impl FnOnce() -> DiagramEvent) {
+        if self.opts.diagram {
+            self.diagram.push(e());
+        }
+    }
+
+    fn draw_message(&mut self, m: &Message, sent: u64, fate: Fate) {
+        if !self.opts.diagram {
+            return;
+        }
+        let empty =
+            matches!(&m.body, MessageBody::AppendEntries { entries, .. } if entries.is_empty());
+        self.diagram.push(DiagramEvent::Message {
+            from: m.from,
+            to: m.to,
+            sent,
+            at: self.now,
+            kind: m.body.name(),
+            empty,
+            label: m.to_string(),
+            fate,
+        });
+    }
+
     fn violation(&mut self, v: String) {
         self.pending_violation.get_or_insert(v);
     }
@@ -406,6 +441,65 @@ impl Sim {
     fn finish(mut self) -> SimReport {
         self.report.steps = self.now;
         self.report.commit_index_max = self.committed.len() as u64;
+        if self.opts.diagram {
+            if let Some(v) = &self.report.violation {
+                let text = v.clone();
+                self.diagram
+                    .push(DiagramEvent::Violation { at: self.now, text });
+            }
+            let logs: Vec<FinalLog> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let (up, recovered);
+                    let r = match n.driver.as_ref() {
+                        Some(d) => {
+                            up = true;
+                            let r = d.raft();
+                            (
+                                r.log().offset().0,
+                                r.log()
+                                    .entries()
+                                    .iter()
+                                    .map(|e| (e.index.0, e.term.0))
+                                    .collect(),
+                                r.commit_index().0,
+                            )
+                        }
+                        None => {
+                            up = false;
+                            recovered = n.disk.store.recover();
+                            let base = recovered.snapshot.as_ref().map_or(0, |s| s.index.0);
+                            (
+                                base,
+                                recovered
+                                    .entries
+                                    .iter()
+                                    .map(|e| (e.index.0, e.term.0))
+                                    .collect(),
+                                0,
+                            )
+                        }
+                    };
+                    FinalLog {
+                        node: n.id,
+                        up,
+                        snapshot_index: r.0,
+                        entries: r.1,
+                        commit_index: r.2,
+                    }
+                })
+                .collect();
+            self.report.diagram = Some(html::render(
+                self.opts.seed,
+                self.opts.nodes,
+                self.opts.steps,
+                self.now,
+                &self.diagram,
+                &logs,
+                self.report.violation.as_deref(),
+            ));
+        }
         self.report
     }
 
@@ -510,10 +604,22 @@ impl Sim {
             }
             DriverEvent::Elected { term } => {
                 self.report.elections += 1;
+                if self.opts.diagram {
+                    self.diagram.push(DiagramEvent::Leader {
+                        node: id,
+                        term: term.0,
+                        at: now,
+                    });
+                }
                 self.trace(|| format!("{id} t{term}: leader"));
             }
             DriverEvent::SnapshotTaken(snap) => {
                 self.report.snapshots += 1;
+                self.draw(|| DiagramEvent::Snapshot {
+                    node: id,
+                    at: now,
+                    text: format!("snapshot {}", snap.index),
+                });
                 self.trace(|| format!("{id} snapshot at {}/{}", snap.index, snap.term));
                 match self.snapshots_at.get(&snap.index) {
                     Some(s) if s.term != snap.term || s.data != snap.data => {
@@ -531,6 +637,11 @@ impl Sim {
             }
             DriverEvent::SnapshotInstalled(snap) => {
                 self.report.installs += 1;
+                self.draw(|| DiagramEvent::Snapshot {
+                    node: id,
+                    at: now,
+                    text: format!("installs {}", snap.index),
+                });
                 self.trace(|| format!("{id} installs snapshot {}/{}", snap.index, snap.term));
                 if self.snapshots_at.get(&snap.index) != Some(&snap) {
                     let v = format!(
@@ -579,11 +690,23 @@ impl Sim {
             *g = 0;
         }
         match kind {
-            0 => self.trace(|| "network healed".to_string()),
+            0 => {
+                self.trace(|| "network healed".to_string());
+                let at = self.now;
+                self.draw(|| DiagramEvent::Partition {
+                    at,
+                    text: "healed".into(),
+                });
+            }
             1 => {
                 let lone = NodeId(self.rng.range(1, n + 1));
                 self.group_of.insert(lone, 1);
                 self.trace(|| format!("{lone} isolated"));
+                let at = self.now;
+                self.draw(|| DiagramEvent::Partition {
+                    at,
+                    text: format!("{lone} isolated"),
+                });
             }
             _ => {
                 let ids: Vec<NodeId> = self.group_of.keys().copied().collect();
@@ -592,6 +715,11 @@ impl Sim {
                     self.group_of.insert(id, g);
                 }
                 let groups = format!("{:?}", self.group_of);
+                let at = self.now;
+                self.draw(|| DiagramEvent::Partition {
+                    at,
+                    text: format!("partition {groups}"),
+                });
                 self.trace(|| format!("partition {groups}"));
             }
         }
@@ -611,6 +739,8 @@ impl Sim {
         self.report.crashes += 1;
         let id = node.id;
         self.trace(|| format!("{id} crashed"));
+        let at = self.now;
+        self.draw(|| DiagramEvent::Crash { node: id, at });
     }
 
     fn restart(&mut self, i: usize) {
@@ -618,6 +748,8 @@ impl Sim {
         self.boot(i);
         let id = self.nodes[i].id;
         self.trace(|| format!("{id} restarted"));
+        let at = self.now;
+        self.draw(|| DiagramEvent::Restart { node: id, at });
     }
 
     fn complete_disk_writes(&mut self) {
@@ -646,6 +778,7 @@ impl Sim {
         self.report.messages += 1;
         if self.rng.chance(self.opts.loss) {
             self.trace(|| format!("lost {m}"));
+            self.draw_message(&m, self.now, Fate::Lost);
             return;
         }
         let copies = if self.rng.chance(self.opts.duplicate) {
@@ -659,6 +792,7 @@ impl Sim {
                 .range(self.opts.delay_steps_min, self.opts.delay_steps_max + 1);
             let order = self.rng.next_u64();
             self.net.push(InFlight {
+                sent_at: self.now,
                 deliver_at: self.now + delay,
                 order,
                 msg: m.clone(),
@@ -682,9 +816,15 @@ impl Sim {
             let m = f.msg;
             if self.group_of.get(&m.from) != self.group_of.get(&m.to) {
                 self.trace(|| format!("partitioned {m}"));
+                self.draw_message(&m, f.sent_at, Fate::Partitioned);
                 continue;
             }
             let to = m.to.0 as usize - 1;
+            if self.nodes[to].driver.is_none() {
+                self.draw_message(&m, f.sent_at, Fate::Down);
+                continue;
+            }
+            self.draw_message(&m, f.sent_at, Fate::Delivered);
             let Some(d) = self.nodes[to].driver.as_mut() else {
                 continue;
             };
