@@ -29,8 +29,16 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let _ = simplelog::TermLogger::init(
         args.log_level,
+        // Compact lines for a narrow terminal pane: a wall-clock time to the
+        // millisecond, the level, then the message (which starts with the
+        // node and its term); no module path or thread.
         simplelog::ConfigBuilder::new()
-            .set_time_format_rfc3339()
+            .set_time_format_custom(time::macros::format_description!(
+                "[hour]:[minute]:[second].[subsecond digits:3]"
+            ))
+            .set_target_level(simplelog::LevelFilter::Off)
+            .set_thread_level(simplelog::LevelFilter::Off)
+            .set_location_level(simplelog::LevelFilter::Off)
             .build(),
         simplelog::TerminalMode::Stderr,
         simplelog::ColorChoice::Never,

@@ -500,10 +500,13 @@ impl Raft {
                 MessageBody::RequestVote { .. } if self.in_leader_lease() => {
                     // CheckQuorum: while we hear from a leader, a higher
                     // term from a disruptive node changes nothing.
-                    debug!(
-                        "{} t{}: ignoring {m}: leader lease",
+                    info!(
+                        "{} t{}: refusing {} for t{}: leader lease ({} is alive)",
                         self.id(),
-                        self.current_term
+                        self.current_term,
+                        m.from,
+                        m.term,
+                        self.leader.map_or("the leader".into(), |l| l.to_string())
                     );
                     return;
                 }
@@ -513,9 +516,13 @@ impl Raft {
                     vote_granted: true,
                 } => {}
                 MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+                    self.note_newer_term(&m);
                     self.become_follower(m.term, Some(m.from))
                 }
-                _ => self.become_follower(m.term, None),
+                _ => {
+                    self.note_newer_term(&m);
+                    self.become_follower(m.term, None)
+                }
             }
         } else if m.term < self.current_term {
             self.handle_stale_term(m);
@@ -740,6 +747,22 @@ impl Raft {
         false
     }
 
+    /// Says why a leader or candidate is about to step down: a message of
+    /// a newer term.
+    fn note_newer_term(&self, m: &Message) {
+        if self.role != Role::Follower {
+            info!(
+                "{} t{}: stepping down as {}: {} is at t{} ({})",
+                self.id(),
+                self.current_term,
+                self.role,
+                m.from,
+                m.term,
+                m.body.name()
+            );
+        }
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         self.randomized_election_timeout = self.rng.range(
@@ -823,14 +846,31 @@ impl Raft {
                 self.reset_election_timer();
             }
         }
-        debug!(
-            "{} t{}: {} {} from {candidate} (its last {last_log_index}/{last_log_term}, ours {}/{})",
+        let why = if granted {
+            String::new()
+        } else if !up_to_date {
+            format!(
+                ": its log ends at {last_log_index}/{last_log_term}, behind ours at {}/{}",
+                self.log.last_index(),
+                self.log.last_term()
+            )
+        } else if let Some(other) = self.voted_for.filter(|&v| v != candidate) {
+            format!(": already voted for {other} in t{}", self.current_term)
+        } else if let Some(l) = self.leader {
+            format!(": we follow {l} in t{}", self.current_term)
+        } else {
+            ": it could not win".to_string()
+        };
+        info!(
+            "{} t{}: {} {} {candidate} for t{term}{why}",
             self.id(),
             self.current_term,
             if granted { "granting" } else { "refusing" },
-            if pre_vote { "pre-vote" } else { "vote" },
-            self.log.last_index(),
-            self.log.last_term()
+            if pre_vote {
+                "a pre-vote to"
+            } else {
+                "my vote to"
+            },
         );
         let reply_term = if pre_vote && granted {
             term
@@ -1018,10 +1058,11 @@ impl Raft {
                         e.index,
                         e.term
                     );
-                    debug!(
-                        "{} t{}: truncating from {} (t{t} vs t{})",
+                    info!(
+                        "{} t{}: log repaired: cutting {} entries from {} (ours from t{t}, the leader's t{})",
                         self.id(),
                         self.current_term,
+                        self.log.last_index().0 - e.index.0 + 1,
                         e.index,
                         e.term
                     );
@@ -1250,8 +1291,8 @@ impl Raft {
             .snapshot
             .clone()
             .expect("a compacted log comes with a snapshot");
-        debug!(
-            "{} t{}: sending snapshot {}/{} to {peer}",
+        info!(
+            "{} t{}: sending snapshot {}/{} to {peer}: it needs entries compacted away",
             self.config.id, self.current_term, snapshot.index, snapshot.term
         );
         let pr = self.progress.get_mut(&peer).expect("leader has progress");
