@@ -18,6 +18,7 @@ mod fault;
 mod query;
 mod settle;
 mod wal;
+mod watch;
 
 /// Exit codes (also listed in the README).
 pub(crate) const EXIT_ERROR: u8 = 1;
@@ -78,6 +79,20 @@ enum Cmd {
     /// node says so); exit 3 when none does. `--json`: the leader, its term,
     /// and the nodes that answered (`up`) and did not (`down`).
     Leader,
+    /// A live view of the cluster: every node's role, term, commit and
+    /// applied index, each follower's lag behind the leader, faults in
+    /// force, the last events. `q`, Esc or Ctrl-C quits.
+    Watch {
+        /// Print one frame as text after this many seconds, then exit
+        /// (no terminal needed: for scripts and documentation).
+        #[arg(long, value_name = "SECONDS")]
+        dump: Option<f64>,
+        /// Size of the dumped frame.
+        #[arg(long, default_value_t = 100)]
+        width: u16,
+        #[arg(long, default_value_t = 30)]
+        height: u16,
+    },
     /// Show a node's log entries (--node), or all logs side by side (--all).
     Log {
         #[arg(long)]
@@ -264,6 +279,21 @@ fn main() -> ExitCode {
         Cmd::Get { key, stale } => get(&mut client, &args, key, *stale),
         Cmd::Status => status(&mut client, &config, args.json),
         Cmd::Leader => leader(&client, &config, args.json),
+        Cmd::Watch {
+            dump,
+            width,
+            height,
+        } => {
+            let dump = match dump.map(|s| std::time::Duration::try_from_secs_f64(s.max(0.0))) {
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    eprintln!("error: --dump: {e}");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
+            watch::run(&config, dump, *width, *height)
+        }
         Cmd::Log { from, to, all } => {
             if *all {
                 log_all(&mut client, &config, args.json)
