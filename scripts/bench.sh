@@ -2,10 +2,12 @@
 # raftkit's benchmark matrix: a fresh local 3-node cluster (release build,
 # fsync on) for every cell, `raft-ctl bench` at the leader, one table.
 #
-#   scripts/bench.sh [--clients "1 8 64 256"] [--ops "put get"] [--duration S]
+#   scripts/bench.sh [--clients "1 8 64 256"] [--conns K] [--ops "put get"] [--duration S]
 #                    [--warmup S] [--reps N] [--out FILE.jsonl]
 #                    [--etcd ETCD.jsonl [--etcd-harness bench-etcd-matrix.sh]]
 #
+# --conns K       the clients share K connections (raft-ctl bench --conns,
+#                 kvbench --conns); default 0: one connection per client
 # --out           also write raft-ctl bench's JSON lines (one per cell and rep)
 # --etcd          JSON lines from ../shared/bench/bench-etcd-matrix.sh (kvbench)
 #                 made in the same sitting: adds etcd's figures and the ratios
@@ -19,10 +21,11 @@
 # the floor (medians over those measurements).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-clients="1 8 64 256"; ops="put get"; duration=20; warmup=5; reps=1; out=""; etcd=""; harness=""
+clients="1 8 64 256"; conns=0; ops="put get"; duration=20; warmup=5; reps=1; out=""; etcd=""; harness=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients="$2"; shift 2 ;;
+    --conns) conns="$2"; shift 2 ;;
     --ops) ops="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
     --warmup) warmup="$2"; shift 2 ;;
@@ -30,8 +33,8 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --etcd) etcd="$2"; shift 2 ;;
     --etcd-harness) harness="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
   esac
 done
 if [ -n "$harness" ] && [ -z "$etcd" ]; then
@@ -55,8 +58,8 @@ for op in $ops; do
   for c in $clients; do
     for rep in $(seq "$reps"); do
       if [ -n "$harness" ]; then
-        SIZES=3 TARGETS=leader OPS="$op" CLIENTS="$c" DURATION="$duration" WARMUP="$warmup" \
-          REPS=1 NICE=0 "$harness" "$etcd" >/dev/null
+        SIZES=3 TARGETS=leader OPS="$op" CLIENTS="$c" CONNS="$conns" DURATION="$duration" \
+          WARMUP="$warmup" REPS=1 NICE=0 "$harness" "$etcd" >/dev/null
       fi
       if [ "$op" = put ] && [ "$c" = 1 ]; then measure_floor; fi
       setup "bench-$op-c$c"
@@ -67,7 +70,7 @@ for op in $ops; do
         "$bin/raft-ctl" --config "$cfg" bench --op put --clients 16 --keys 1000 --total 2000 \
           --warmup 0 --quiet >/dev/null
       fi
-      line=$("$bin/raft-ctl" --config "$cfg" --json bench --op "$op" --clients "$c" --keys 1000 \
+      line=$("$bin/raft-ctl" --config "$cfg" --json bench --op "$op" --clients "$c" --conns "$conns" --keys 1000 \
         --value-size 100 --warmup "$warmup" --duration "$duration" --target leader --quiet)
       echo "$line" >>"$results"
       [ -n "$out" ] && echo "$line" >>"$out"
@@ -91,25 +94,26 @@ if sys.argv[3]:
         lab = d.get("label", "")
         op = d.get("op") or next((p.split("=")[1] for p in lab.split() if p.startswith("op=")), None)
         c = d.get("clients") or next((int(p.split("=")[1]) for p in lab.split() if p.startswith("c=")), None)
-        etcd.setdefault((op, int(c)), []).append(d)
+        k = next((int(p.split("=")[1]) for p in lab.split() if p.startswith("conns=")), 0)
+        etcd.setdefault((op, int(c), min(k, int(c)) if k else int(c)), []).append(d)
 def median(ds):
     ds = sorted(ds, key=lambda d: d["ops_per_s"])
     return ds[len(ds) // 2]
 cells = {}
 for r in rows:
-    cells.setdefault((r["op"], r["clients"]), []).append(r)
-hdr = "| op | clients | raftkit ops/s | p50 ms | p99 ms | node CPU µs/op |"
-sep = "|---|---:|---:|---:|---:|---:|"
+    cells.setdefault((r["op"], r["clients"], r.get("conns", r["clients"])), []).append(r)
+hdr = "| op | clients | conns | raftkit ops/s | p50 ms | p99 ms | node CPU µs/op |"
+sep = "|---|---:|---:|---:|---:|---:|---:|"
 if etcd:
     hdr += " etcd ops/s | etcd p99 ms | etcd CPU µs/op | ops/s ratio | p99 ratio |"
     sep += "---:|---:|---:|---:|---:|"
 print(hdr); print(sep)
-for (op, c), ds in cells.items():
+for (op, c, k), ds in cells.items():
     d = median(ds)
     cpu = d.get("node_cpu_us_per_op")
-    line = f"| {op} | {c} | {d['ops_per_s']:,.0f} | {d['lat']['p50']/1000:.2f} | {d['lat']['p99']/1000:.2f} | {cpu if cpu is not None else '-'} |"
+    line = f"| {op} | {c} | {k} | {d['ops_per_s']:,.0f} | {d['lat']['p50']/1000:.2f} | {d['lat']['p99']/1000:.2f} | {cpu if cpu is not None else '-'} |"
     if etcd:
-        e = etcd.get((op, c))
+        e = etcd.get((op, c, k))
         if e:
             e = median(e)
             w = e.get("cpu", {}).get("watched", {})
@@ -126,7 +130,7 @@ def mid(xs):
 f50 = mid([f["fdatasync_p50_us"] for f in floors])
 rtt = mid([f["rtt_p50_us"] for f in floors])
 target = 1.5 * (f50 + rtt)
-c1 = cells.get(("put", 1))
+c1 = cells.get(("put", 1, 1))
 print()
 print(f"floor (median of {len(floors)}): fdatasync p50 {f50:.0f} µs, loopback round trip p50 {rtt:.0f} µs; 1.5 x floor = {target:.0f} µs")
 if c1:

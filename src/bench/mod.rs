@@ -1,11 +1,13 @@
-//! A closed-loop load generator: many clients, each with one request in
-//! flight, over nonblocking `mio` connections from one or a few threads.
+//! A closed-loop load generator: many logical clients, each with its own
+//! client id and one request in flight, sharing a number of connections
+//! (one per client by default) through the multiplexed client
+//! ([`crate::client::mux`]), from one or a few threads.
 //!
-//! Each client follows "not the leader" hints, retries a write with the same
-//! sequence number (the state machine applies it once), and gives up on an
-//! operation after `op_timeout`, recording its outcome as unknown. Every
-//! operation can be recorded as one JSON line for `raft-ctl check`
-//! (docs/HISTORY.md).
+//! The mux follows "not the leader" hints, retries a write with the same
+//! client id and sequence number (the state machine applies it once), and
+//! gives up on an operation after `op_timeout`, whose outcome is then
+//! unknown. Every operation can be recorded as one JSON line for
+//! `raft-ctl check` (docs/HISTORY.md), each logical client a history client.
 
 pub mod hist;
 
@@ -15,16 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
+use crate::client::mux::{Mux, MuxDone, MuxOptions, MuxReply, MuxRequest};
 use crate::config::Config;
-use crate::conn::{FramedConn, ReadEnd};
-use crate::kv::{CommandRef, OpRef, OpResult};
+use crate::kv::{Command, Op, OpResult};
 use crate::rng::Rng;
-use crate::wire::frame::encode_kv_request;
-use crate::wire::{decode_frame, ErrorCode, Frame, RequestBody, ResponseBody, Sender};
+use crate::wire::{RequestBody, ResponseBody};
 pub use hist::Histogram;
 
 /// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`), shared
@@ -100,6 +99,11 @@ pub enum Target {
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub clients: usize,
+    /// Connections the clients share (0: one per client). Client `i` uses
+    /// connection `i % conns` of its thread.
+    pub conns: usize,
+    /// Requests in flight per connection at most.
+    pub window: usize,
     pub threads: usize,
     pub op: OpMix,
     pub keys: u64,
@@ -122,6 +126,8 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             clients: 8,
+            conns: 0,
+            window: 1024,
             threads: 1,
             op: OpMix::Put,
             keys: 1000,
@@ -215,6 +221,13 @@ pub fn run(config: &Config, opts: &BenchOptions, live: Arc<Live>) -> io::Result<
     let mut handles = Vec::new();
     for t in 0..threads {
         let clients: Vec<usize> = (0..opts.clients).filter(|c| c % threads == t).collect();
+        // This thread's share of the connections, at least one.
+        let conns_all = if opts.conns == 0 {
+            opts.clients
+        } else {
+            opts.conns.min(opts.clients)
+        };
+        let conns = (conns_all / threads + usize::from(t < conns_all % threads)).max(1);
         let total = opts
             .total
             .map(|n| n / threads as u64 + u64::from((t as u64) < n % threads as u64));
@@ -223,8 +236,9 @@ pub fn run(config: &Config, opts: &BenchOptions, live: Arc<Live>) -> io::Result<
             std::thread::Builder::new()
                 .name(format!("bench-{t}"))
                 .spawn(move || -> io::Result<(BenchResult, Vec<Instant>)> {
-                    let mut e =
-                        Engine::new(&config, &opts, &clients, first_node, start, base_id, live)?;
+                    let mut e = Engine::new(
+                        &config, &opts, &clients, conns, first_node, start, base_id, live,
+                    )?;
                     e.total = total;
                     e.clock_base = clock_base;
                     e.run()?;
@@ -294,22 +308,15 @@ impl Kind {
     }
 }
 
+/// A logical client's operation in flight; its command (with the value
+/// written) travels in the mux and comes back with the answer.
 struct Pending {
     kind: Kind,
     key: u64,
+    /// The value written (kept only when `keep_values`).
     value: Option<String>,
     expected: Option<Option<String>>,
-    request_id: u64,
     invoke: Instant,
-    deadline: Instant,
-}
-
-/// Capacity a client connection's write buffer keeps once flushed.
-const WRITE_BUF_KEEP_BYTES: usize = 64 << 10;
-
-struct Conn {
-    io: FramedConn,
-    node: usize,
 }
 
 struct ClientState {
@@ -317,11 +324,7 @@ struct ClientState {
     number: u64,
     client_id: u64,
     seq: u64,
-    node: usize,
-    conn: Option<Conn>,
     pending: Option<Pending>,
-    retry_at: Option<Instant>,
-    attempts: u32,
     /// Last value this client saw per key (for cas).
     seen: HashMap<u64, Option<String>>,
 }
@@ -334,9 +337,8 @@ enum Outcome {
 }
 
 struct Engine<'a> {
-    config: &'a Config,
     opts: &'a BenchOptions,
-    poll: Poll,
+    mux: Mux,
     clients: Vec<ClientState>,
     rng: Rng,
     start: Instant,
@@ -345,7 +347,6 @@ struct Engine<'a> {
     total: Option<u64>,
     issued: u64,
     stopping: bool,
-    next_request_id: u64,
     live: Arc<Live>,
     result: BenchResult,
     write_done: Vec<Instant>,
@@ -353,50 +354,52 @@ struct Engine<'a> {
     /// Keep what reads return and what each client last saw of a key: only
     /// the cas mix and `--record` need them.
     keep_values: bool,
-    /// Reused for every request's key.
-    key_buf: Vec<u8>,
-    /// Reused for every read from a socket.
-    read_chunk: Vec<u8>,
+    /// Errors the mux had counted when last looked at (for `live`).
+    errors_seen: u64,
     /// `monotonic_ns()` at `start`.
     clock_base: u64,
 }
 
-const RETRY_DELAY: Duration = Duration::from_millis(20);
-const SCAN_EVERY: Duration = Duration::from_millis(5);
+/// How long one poll waits at most (the end of the run is checked this
+/// often).
+const POLL_MAX: Duration = Duration::from_millis(5);
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 
 impl<'a> Engine<'a> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
-        config: &'a Config,
+        config: &Config,
         opts: &'a BenchOptions,
         numbers: &[usize],
+        conns: usize,
         first_node: usize,
         start: Instant,
         base_id: u64,
         live: Arc<Live>,
     ) -> io::Result<Engine<'a>> {
-        let n = config.nodes.len();
         let clients = numbers
             .iter()
             .map(|&i| ClientState {
                 number: i as u64,
                 client_id: base_id.wrapping_add(i as u64 + 1),
                 seq: 0,
-                node: match opts.target {
-                    Target::Leader => first_node,
-                    Target::Spread => i % n,
-                },
-                conn: None,
                 pending: None,
-                retry_at: None,
-                attempts: 0,
                 seen: HashMap::new(),
             })
             .collect();
+        let mux = Mux::new(
+            config.clone(),
+            MuxOptions {
+                conns,
+                window: opts.window,
+                op_timeout: opts.op_timeout,
+                first_node,
+                spread: opts.target == Target::Spread,
+            },
+        )?;
         Ok(Engine {
-            config,
             opts,
-            poll: Poll::new()?,
+            mux,
             clients,
             rng: Rng::new(opts.seed ^ base_id ^ numbers.first().copied().unwrap_or(0) as u64),
             start,
@@ -405,14 +408,12 @@ impl<'a> Engine<'a> {
             total: None,
             issued: 0,
             stopping: false,
-            next_request_id: 1,
             live,
             result: BenchResult::default(),
             write_done: Vec::new(),
             filler: "x".repeat(opts.value_size),
             keep_values: opts.record || matches!(opts.op, OpMix::Kv { .. }),
-            key_buf: Vec::with_capacity(32),
-            read_chunk: vec![0; 16 << 10],
+            errors_seen: 0,
             clock_base: 0,
         })
     }
@@ -423,11 +424,11 @@ impl<'a> Engine<'a> {
     }
 
     fn run(&mut self) -> io::Result<()> {
+        let now = Instant::now();
         for c in 0..self.clients.len() {
-            self.next_op(c, Instant::now());
+            self.next_op(c, now);
         }
-        let mut events = Events::with_capacity(1024);
-        let mut next_scan = Instant::now() + SCAN_EVERY;
+        let mut done = Vec::new();
         let mut drain_until: Option<Instant> = None;
         loop {
             let now = Instant::now();
@@ -436,33 +437,21 @@ impl<'a> Engine<'a> {
             }
             if self.stopping {
                 let until = *drain_until.get_or_insert(now + DRAIN_MAX.min(self.opts.op_timeout));
-                if self.clients.iter().all(|c| c.pending.is_none()) || now >= until {
+                if self.mux.outstanding() == 0 || now >= until {
                     break;
                 }
             }
-            let timeout = next_scan.saturating_duration_since(now);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            for ev in events.iter() {
-                let c = ev.token().0;
-                if c >= self.clients.len() {
-                    continue;
-                }
-                if ev.is_writable() {
-                    self.flush(c);
-                }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.read(c, ev.is_read_closed() || ev.is_error())?;
-                }
-            }
+            self.mux.poll(POLL_MAX, &mut done)?;
             let now = Instant::now();
-            if now >= next_scan {
-                next_scan = now + SCAN_EVERY;
-                self.scan(now);
+            for d in done.drain(..) {
+                self.done(d, now);
+            }
+            let errors = self.mux.stats.errors_total();
+            if errors > self.errors_seen {
+                self.live
+                    .errors
+                    .fetch_add(errors - self.errors_seen, Ordering::Relaxed);
+                self.errors_seen = errors;
             }
         }
         // Whatever is still waiting has an unknown outcome.
@@ -472,31 +461,17 @@ impl<'a> Engine<'a> {
                 self.complete(c, Outcome::Unknown, now);
             }
         }
+        let stats = std::mem::take(&mut self.mux.stats);
+        self.result.redirects = stats.redirects;
+        self.result.retries = stats.retries;
+        self.result.reconnects = stats.reconnects;
+        self.result.errors = stats.errors;
         self.result.measured_secs = match self.end {
             Some(e) => (e.min(now) - self.warm_end.min(now)).as_secs_f64(),
             None => (now - self.warm_end.min(now)).as_secs_f64(),
         };
         self.result.wall_secs = (now - self.start).as_secs_f64();
         Ok(())
-    }
-
-    /// Timeouts and scheduled retries.
-    fn scan(&mut self, now: Instant) {
-        for c in 0..self.clients.len() {
-            let Some(p) = &self.clients[c].pending else {
-                continue;
-            };
-            if now >= p.deadline {
-                *self.result.errors.entry("timeout".into()).or_default() += 1;
-                self.drop_conn(c);
-                self.complete(c, Outcome::Unknown, now);
-                continue;
-            }
-            if self.clients[c].retry_at.is_some_and(|t| now >= t) {
-                self.clients[c].retry_at = None;
-                self.send(c);
-            }
-        }
     }
 
     fn choose(&mut self) -> Kind {
@@ -528,9 +503,7 @@ impl<'a> Engine<'a> {
     /// Starts the client's next operation, unless the run is ending.
     fn next_op(&mut self, c: usize, now: Instant) {
         if self.stopping || self.total.is_some_and(|t| self.issued >= t) {
-            if self.total.is_some_and(|t| self.issued >= t)
-                && self.clients.iter().all(|c| c.pending.is_none())
-            {
+            if self.total.is_some_and(|t| self.issued >= t) && self.mux.outstanding() == 0 {
                 self.stopping = true;
             }
             return;
@@ -544,261 +517,98 @@ impl<'a> Engine<'a> {
         if kind != Kind::Get {
             cl.seq += 1;
         }
-        cl.attempts = 0;
-        let unique = format!("c{}-s{}", cl.number, cl.seq);
         let value = match kind {
             Kind::Put | Kind::Cas => {
-                let mut v = unique;
+                let mut v = format!("c{}-s{}", cl.number, cl.seq).into_bytes();
                 if v.len() < self.opts.value_size {
-                    v.push('-');
+                    v.push(b'-');
                     let pad = self.opts.value_size - v.len();
-                    v.push_str(&self.filler[..pad]);
+                    v.extend_from_slice(&self.filler.as_bytes()[..pad]);
                 }
-                Some(v)
+                v
+            }
+            _ => Vec::new(),
+        };
+        let expected = (kind == Kind::Cas).then(|| cl.seen.get(&key).cloned().flatten());
+        let key_bytes = Self::key_name(key).into_bytes();
+        let op = match kind {
+            Kind::Put => Op::Put {
+                key: key_bytes,
+                value,
+            },
+            Kind::Get => Op::Get { key: key_bytes },
+            Kind::Delete => Op::Delete { key: key_bytes },
+            Kind::Cas => Op::Cas {
+                key: key_bytes,
+                expected: expected.clone().flatten().map(String::into_bytes),
+                new: value,
+            },
+        };
+        let kept = match &op {
+            Op::Put { value, .. } | Op::Cas { new: value, .. } if self.keep_values => {
+                Some(String::from_utf8_lossy(value).into_owned())
             }
             _ => None,
         };
-        let expected = (kind == Kind::Cas).then(|| cl.seen.get(&key).cloned().flatten());
+        let request = MuxRequest {
+            tag: c as u64,
+            client: c as u64,
+            command: Command {
+                client_id: cl.client_id,
+                seq: cl.seq,
+                op,
+            },
+            stale_read: false,
+        };
         cl.pending = Some(Pending {
             kind,
             key,
-            value,
+            value: kept,
             expected,
-            request_id: 0,
             invoke: now,
-            deadline: now + self.opts.op_timeout,
         });
-        self.send(c);
+        if self.mux.submit(request).is_err() {
+            // Never: a mux holds far more than one request per client.
+            self.complete(c, Outcome::Unknown, now);
+        }
     }
 
     fn key_name(key: u64) -> String {
         format!("key-{key}")
     }
 
-    /// Sends (or re-sends, same sequence number) the pending operation.
-    fn send(&mut self, c: usize) {
-        if self.clients[c].conn.is_none() && !self.connect(c) {
-            self.retry_later(c, "connect");
-            return;
-        }
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
-        let cl = &mut self.clients[c];
-        let Some(p) = cl.pending.as_mut() else {
-            return;
+    /// A request the mux gave back.
+    fn done(&mut self, d: MuxDone, now: Instant) {
+        let c = d.request.tag as usize;
+        let text = |v: Option<Vec<u8>>, keep: bool| {
+            v.filter(|_| keep)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
         };
-        p.request_id = request_id;
-        self.key_buf.clear();
-        let _ = write!(self.key_buf, "key-{}", p.key);
-        let key = &self.key_buf[..];
-        let value = p.value.as_deref().unwrap_or_default().as_bytes();
-        let op = match p.kind {
-            Kind::Put => OpRef::Put { key, value },
-            Kind::Get => OpRef::Get { key },
-            Kind::Delete => OpRef::Delete { key },
-            Kind::Cas => OpRef::Cas {
-                key,
-                expected: p
-                    .expected
-                    .as_ref()
-                    .and_then(|e| e.as_deref())
-                    .map(str::as_bytes),
-                new: value,
-            },
-        };
-        if let Some(conn) = cl.conn.as_mut() {
-            let command = CommandRef {
-                client_id: cl.client_id,
-                seq: cl.seq,
-                op,
-            };
-            encode_kv_request(request_id, command, false, &mut conn.io.write_buf);
-        }
-        self.flush(c);
-    }
-
-    fn connect(&mut self, c: usize) -> bool {
-        let node = self.clients[c].node;
-        let addr = self.config.nodes[node].addr;
-        let Ok(mut stream) = TcpStream::connect(addr) else {
-            return false;
-        };
-        let _ = stream.set_nodelay(true);
-        if self
-            .poll
-            .registry()
-            .register(
-                &mut stream,
-                Token(c),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .is_err()
-        {
-            return false;
-        }
-        let mut io = FramedConn::new(stream, true);
-        io.queue(&Frame::Hello {
-            cluster: self.config.cluster.name.clone(),
-            from: Sender::Client,
-        });
-        self.clients[c].conn = Some(Conn { io, node });
-        true
-    }
-
-    fn drop_conn(&mut self, c: usize) {
-        if let Some(mut conn) = self.clients[c].conn.take() {
-            let _ = self.poll.registry().deregister(&mut conn.io.stream);
-        }
-    }
-
-    /// The connection failed: try the next node after a pause.
-    fn conn_failed(&mut self, c: usize) {
-        self.drop_conn(c);
-        self.result.reconnects += 1;
-        let n = self.config.nodes.len();
-        let cl = &mut self.clients[c];
-        cl.node = (cl.node + 1) % n;
-        if cl.pending.is_some() {
-            self.retry_later(c, "connection");
-        }
-    }
-
-    fn retry_later(&mut self, c: usize, why: &str) {
-        *self.result.errors.entry(why.to_string()).or_default() += 1;
-        self.live.errors.fetch_add(1, Ordering::Relaxed);
-        self.result.retries += 1;
-        let cl = &mut self.clients[c];
-        cl.attempts += 1;
-        let backoff = RETRY_DELAY * cl.attempts.min(10);
-        cl.retry_at = Some(Instant::now() + backoff);
-    }
-
-    fn flush(&mut self, c: usize) {
-        let Some(conn) = self.clients[c].conn.as_mut() else {
-            return;
-        };
-        match conn.io.flush(WRITE_BUF_KEEP_BYTES) {
-            Ok(_) => conn.io.update_interest(self.poll.registry(), Token(c)),
-            Err(_) => self.conn_failed(c),
-        }
-    }
-
-    fn read(&mut self, c: usize, read_closed: bool) -> io::Result<()> {
-        let Some(conn) = self.clients[c].conn.as_mut() else {
-            return Ok(());
-        };
-        // One client connection carries one request at a time: no budget.
-        if let ReadEnd::Closed(_) = conn.io.fill(&mut self.read_chunk, read_closed, usize::MAX) {
-            self.conn_failed(c);
-            return Ok(());
-        }
-        loop {
-            let Some(conn) = self.clients[c].conn.as_mut() else {
-                return Ok(());
-            };
-            let (frame, used) = match decode_frame(&conn.io.read_buf) {
-                Ok(Some(x)) => x,
-                Ok(None) => return Ok(()),
-                Err(_) => {
-                    self.conn_failed(c);
-                    return Ok(());
-                }
-            };
-            conn.io.read_buf.drain(..used);
-            let node = conn.node;
-            match frame {
-                Frame::HelloOk { .. } => {}
-                Frame::HelloReject { reason, .. } => {
-                    return Err(io::Error::other(format!(
-                        "{} refused the connection: {reason}",
-                        self.config.nodes[node].id
-                    )));
-                }
-                Frame::Response { request_id, body } => {
-                    let matches = self.clients[c]
-                        .pending
-                        .as_ref()
-                        .is_some_and(|p| p.request_id == request_id);
-                    if matches {
-                        self.response(c, node, body);
-                    }
-                }
-                _ => {
-                    self.conn_failed(c);
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    fn response(&mut self, c: usize, node: usize, body: ResponseBody) {
-        let now = Instant::now();
-        match body {
-            ResponseBody::Kv { result, .. } => {
-                let text = |v: Option<Vec<u8>>| {
-                    v.filter(|_| self.keep_values)
-                        .map(|v| String::from_utf8_lossy(&v).into_owned())
-                };
+        let outcome = match d.reply {
+            MuxReply::Kv { node, result, .. } => {
                 let outcome = match result {
                     OpResult::Done | OpResult::CasOk | OpResult::Deleted(_) => Outcome::Ok(None),
-                    OpResult::Value(v) => Outcome::Ok(text(v)),
-                    OpResult::CasMismatch(cur) => Outcome::Failed(text(cur)),
+                    OpResult::Value(v) => Outcome::Ok(text(v, self.keep_values)),
+                    OpResult::CasMismatch(cur) => Outcome::Failed(text(cur, self.keep_values)),
                 };
-                if matches!(outcome, Outcome::Ok(_))
-                    && self.clients[c]
-                        .pending
-                        .as_ref()
-                        .is_some_and(|p| p.kind != Kind::Get)
-                {
-                    self.result
-                        .leaders_seen
-                        .insert(self.config.nodes[node].id.0);
+                let write = !matches!(d.request.command.op, Op::Get { .. });
+                if write && matches!(outcome, Outcome::Ok(_)) {
+                    self.result.leaders_seen.insert(node.0);
                     self.write_done.push(now);
                 }
-                self.complete(c, outcome, now);
+                outcome
             }
-            ResponseBody::NotLeader { leader, .. } => {
-                self.result.redirects += 1;
-                let to = leader.and_then(|l| self.config.nodes.iter().position(|n| n.id == l));
-                let cl = &mut self.clients[c];
-                match to {
-                    Some(i) if i != cl.node => {
-                        cl.node = i;
-                        self.drop_conn(c);
-                        self.send(c);
-                    }
-                    _ => {
-                        // No leader known yet (an election is on): wait.
-                        cl.node = (cl.node + 1) % self.config.nodes.len();
-                        self.drop_conn(c);
-                        self.retry_later(c, "no leader");
-                    }
-                }
-            }
-            ResponseBody::Error { code, message } => match code {
-                ErrorCode::Unavailable | ErrorCode::TooBusy | ErrorCode::Timeout => {
-                    let why = format!("{code:?}").to_lowercase();
-                    self.retry_later(c, &why);
-                }
-                _ => {
-                    *self
-                        .result
-                        .errors
-                        .entry(format!("{code:?}: {message}"))
-                        .or_default() += 1;
-                    self.live.errors.fetch_add(1, Ordering::Relaxed);
-                    self.complete(c, Outcome::Failed(None), now);
-                }
-            },
-            _ => self.conn_failed(c),
-        }
+            MuxReply::Refused { .. } => Outcome::Failed(None),
+            MuxReply::TimedOut => Outcome::Unknown,
+        };
+        self.complete(c, outcome, now);
     }
 
+    /// Ends client `c`'s operation and starts its next.
     fn complete(&mut self, c: usize, outcome: Outcome, now: Instant) {
         let Some(p) = self.clients[c].pending.take() else {
             return;
         };
-        self.clients[c].retry_at = None;
         let measured = p.invoke >= self.warm_end && self.end.is_none_or(|e| now <= e);
         match &outcome {
             Outcome::Ok(_) => self.result.ok += 1,
@@ -810,6 +620,7 @@ impl<'a> Engine<'a> {
             self.result.hist.record((now - p.invoke).as_micros() as u64);
         }
         self.live.completed.fetch_add(1, Ordering::Relaxed);
+        let value = p.value.clone();
         // What this client now knows of the key (for its next cas).
         let cl = &mut self.clients[c];
         match (&outcome, p.kind) {
@@ -818,7 +629,7 @@ impl<'a> Engine<'a> {
                 cl.seen.insert(p.key, v.clone());
             }
             (Outcome::Ok(_), Kind::Put | Kind::Cas) => {
-                cl.seen.insert(p.key, p.value.clone());
+                cl.seen.insert(p.key, value.clone());
             }
             (Outcome::Ok(_), Kind::Delete) => {
                 cl.seen.insert(p.key, None);
@@ -842,7 +653,7 @@ impl<'a> Engine<'a> {
                 "client": self.clients[c].number,
                 "op": p.kind.name(),
                 "key": Self::key_name(p.key),
-                "value": p.value,
+                "value": value,
                 "expected": if p.kind == Kind::Cas { json!(p.expected.clone().flatten()) } else { json!(null) },
                 "invoke_ns": self.ns(p.invoke),
                 "complete_ns": complete,

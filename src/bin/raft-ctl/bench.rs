@@ -35,9 +35,17 @@ pub enum TargetArg {
 
 #[derive(ClapArgs, Debug)]
 pub struct BenchArgs {
-    /// Concurrent clients, each with one request in flight.
+    /// Concurrent clients, each with one request in flight (and its own
+    /// client id).
     #[arg(long, short = 'c', default_value_t = 8)]
     clients: usize,
+    /// Connections the clients share, their requests multiplexed (0: one
+    /// per client).
+    #[arg(long, default_value_t = 0)]
+    conns: usize,
+    /// Requests in flight per connection at most.
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
     #[arg(long, value_enum, default_value_t = OpArg::Put)]
     op: OpArg,
     /// Share of gets, in percent, for --op mixed and --op kv.
@@ -158,6 +166,8 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
     };
     let opts = BenchOptions {
         clients: a.clients,
+        conns: a.conns,
+        window: a.window.max(1),
         threads: a.threads.max(1),
         op,
         keys: a.keys.max(1),
@@ -172,6 +182,12 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         op_timeout: Duration::from_secs_f64(a.op_timeout.max(0.01)),
         record: a.record.is_some(),
         seed: a.seed,
+    };
+    // Connections in use: --conns, at most one per client.
+    let conns = if a.conns == 0 {
+        a.clients
+    } else {
+        a.conns.min(a.clients)
     };
     let pids = node_pids(config);
     let nodes_cpu0: Vec<Option<f64>> = pids.iter().map(|(_, p)| proc_cpu(*p)).collect();
@@ -233,7 +249,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
                 "p50": h.quantile(0.50), "p90": h.quantile(0.90), "p99": h.quantile(0.99),
                 "p999": h.quantile(0.999), "max": h.max(), "mean": (h.mean() * 10.0).round() / 10.0,
             },
-            "clients": a.clients, "op": op_name(op), "value_size": a.value_size, "keys": a.keys,
+            "clients": a.clients, "conns": conns, "op": op_name(op), "value_size": a.value_size, "keys": a.keys,
             "read_pct": a.read_pct, "threads": opts.threads,
             "duration_s": r.measured_secs, "measured_ops": r.measured_ops,
             "ok": r.ok, "failed": r.failed, "unknown": r.unknown,
@@ -249,9 +265,10 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         println!("{out}");
     } else {
         println!(
-            "{}, {} clients, {}-byte values, {} keys, {:.1} s measured after {:.1} s warmup",
+            "{}, {} clients over {} connections, {}-byte values, {} keys, {:.1} s measured after {:.1} s warmup",
             op_name(op),
             a.clients,
+            conns,
             a.value_size,
             a.keys,
             r.measured_secs,

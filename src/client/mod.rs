@@ -1,6 +1,17 @@
-//! A blocking client for raft-ctl and tests: leader discovery, redirects,
-//! and retries that reuse the request's (client id, sequence number) so a
-//! retried write applies once.
+//! Clients of the client protocol (docs/PROTOCOL.md).
+//!
+//! - [`Client`]: blocking, one request at a time on one connection, for
+//!   raft-ctl's commands and tests: leader discovery, redirects, and
+//!   retries that reuse the request's (client id, sequence number) so a
+//!   retried write applies once.
+//! - [`mux::Mux`]: nonblocking and multiplexed, for the load generator and
+//!   anything that keeps many requests in flight: many logical clients (each
+//!   its own client id and seq, one write in flight) share a few
+//!   connections, answers are matched by request id.
+
+pub mod mux;
+
+pub use mux::{Mux, MuxDone, MuxOptions, MuxReply, MuxRequest, MuxStats};
 
 use std::fmt;
 use std::io::{self, Read, Write};
