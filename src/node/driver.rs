@@ -311,8 +311,42 @@ impl Driver {
                 }
             }
             self.answer_reads();
+            self.check_invariants();
         }
         Ok(())
+    }
+
+    /// What must hold between `Ready`s (cheap enough to stay on in
+    /// production): jobs are reported durable in order and never past what
+    /// was submitted; the state machine is exactly where the core says it
+    /// applied to; nothing waits for a job that is already durable.
+    fn check_invariants(&self) {
+        assert!(
+            self.storage_durable <= self.storage_seq,
+            "{}: job {} durable, only {} submitted",
+            self.id,
+            self.storage_durable,
+            self.storage_seq
+        );
+        if let (Some(first), Some(last)) = (self.after_durable.front(), self.after_durable.back()) {
+            assert!(
+                self.storage_durable < first.0 && first.0 <= last.0 && last.0 <= self.storage_seq,
+                "{}: held-back messages wait for jobs {}..={} with {} durable and {} submitted",
+                self.id,
+                first.0,
+                last.0,
+                self.storage_durable,
+                self.storage_seq
+            );
+        }
+        assert_eq!(
+            self.kv.last_applied(),
+            self.raft.last_applied(),
+            "{}: the state machine is at {}, the core applied {}",
+            self.id,
+            self.kv.last_applied(),
+            self.raft.last_applied()
+        );
     }
 
     /// The disk reports every job up to `seq` durable: tell the core, and

@@ -41,7 +41,7 @@ use log::info;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::raft::{self, NodeId};
 use crate::storage::{Durable, Job, LogStore, Recovered, StorageError, StorageThread};
 use crate::wire::{Frame, ResponseBody};
@@ -75,7 +75,7 @@ const WAKER: Token = Token(usize::MAX - 1);
 #[derive(Debug)]
 pub enum NodeError {
     /// The node's own entry in cluster.toml is missing or unusable.
-    Config(String),
+    Config(ConfigError),
     Bind {
         addr: SocketAddr,
         source: io::Error,
@@ -163,10 +163,7 @@ impl Node {
         store: Box<dyn LogStore>,
         stop: Arc<AtomicBool>,
     ) -> Result<Node, NodeError> {
-        let me = config
-            .require_node(id)
-            .map_err(|e| NodeError::Config(e.to_string()))?
-            .clone();
+        let me = config.require_node(id).map_err(NodeError::Config)?.clone();
         let (emin, emax) = config.election_timeout_ticks();
         let mut rc = raft::Config::new(id, config.ids());
         rc.election_timeout_ticks_min = emin;
