@@ -159,7 +159,7 @@ mkdir -p "$tree"
 (cd "$root" && git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do
   [ -e "$f" ] || continue # deleted in the working tree
   mkdir -p "$tree/$(dirname "$f")"
-  cp -p "$f" "$tree/$f"
+  cp "$f" "$tree/$f" # new mtimes: the first build sees every change
 done)
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target/mutants}"
 # Each mutant rebuilds only our crate: incremental, without debug info.
