@@ -311,7 +311,7 @@ impl Sim {
         let ids: Vec<NodeId> = (1..=opts.nodes).map(NodeId).collect();
         let mut sim = Sim {
             rng: Rng::new(opts.seed),
-            fault_rng: Rng::new(opts.seed ^ 0xC10C_5EED_0F_F5E7),
+            fault_rng: Rng::new(opts.seed ^ 0x00C1_0C5E_ED0F_F5E7),
             now: 0,
             nodes: Vec::new(),
             net: Vec::new(),
