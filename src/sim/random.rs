@@ -63,7 +63,8 @@ pub struct SimOptions {
     /// Per step and slow node: chance that its clock misses a tick (clock
     /// drift, a paused process). Half the nodes, drawn per seed, are slow.
     /// Raft's safety must not depend on clocks: a leader whose clock runs
-    /// slow keeps believing it leads after a new leader is elected.
+    /// slow keeps believing it leads after a new leader is elected. Clocks
+    /// run true again once the network heals for the liveness check.
     pub tick_skip: f64,
     /// On a partition change: chance that the change isolates the current
     /// leader (from the other nodes; clients still reach it).
@@ -109,7 +110,7 @@ impl SimOptions {
             compact: pick(&mut r, &[0.0, 0.005, 0.03]),
             // Drawn last, so that the draws above are those of earlier
             // releases and a seed keeps its network, disks and clients.
-            tick_skip: pick(&mut r, &[0.0, 0.0, 0.3, 0.6]),
+            tick_skip: pick(&mut r, &[0.0, 0.0, 0.5, 0.9]),
             isolate_leader: pick(&mut r, &[0.0, 0.5]),
             crash_leader_busy: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
             liveness_steps_max: 400,
@@ -455,7 +456,7 @@ impl Sim {
         self.deliver_messages();
         self.deliver_client_messages();
         for n in &mut self.nodes {
-            if n.tick_skip > 0.0 && self.fault_rng.chance(n.tick_skip) {
+            if faults && n.tick_skip > 0.0 && self.fault_rng.chance(n.tick_skip) {
                 continue; // a slow clock
             }
             if let Some(d) = n.driver.as_mut() {
