@@ -61,6 +61,19 @@ pub struct SimOptions {
     pub client_attempts_max: u32,
     /// Per step and node: chance of taking a snapshot and compacting the log.
     pub compact: f64,
+    /// Per step and slow node: chance that its clock misses a tick (clock
+    /// drift, a paused process). Half the nodes, drawn per seed, are slow.
+    /// Raft's safety must not depend on clocks: a leader whose clock runs
+    /// slow keeps believing it leads after a new leader is elected. Clocks
+    /// run true again once the network heals for the liveness check.
+    pub tick_skip: f64,
+    /// On a partition change: chance that the change isolates the current
+    /// leader (from the other nodes; clients still reach it).
+    pub isolate_leader: f64,
+    /// Per step: chance that a leader with disk writes in flight crashes,
+    /// losing them (the window in which a leader must not count what it
+    /// has not made durable).
+    pub crash_leader_busy: f64,
     /// After healing: steps allowed to elect a leader and commit a new entry
     /// everywhere.
     pub liveness_steps_max: u64,
@@ -98,6 +111,11 @@ impl SimOptions {
             client_timeout_steps: pick(&mut r, &[15.0, 40.0, 120.0]) as u64,
             client_attempts_max: 12,
             compact: pick(&mut r, &[0.0, 0.005, 0.03]),
+            // Drawn last, so that the draws above are those of earlier
+            // releases and a seed keeps its network, disks and clients.
+            tick_skip: pick(&mut r, &[0.0, 0.0, 0.5, 0.9]),
+            isolate_leader: pick(&mut r, &[0.0, 0.5]),
+            crash_leader_busy: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
             liveness_steps_max: 400,
             trace: false,
             diagram: false,
@@ -196,6 +214,9 @@ struct SimNode {
     driver: Option<Driver>,
     disk: SimDisk,
     restarts: u64,
+    /// Chance per step that its clock misses a tick (`SimOptions::tick_skip`
+    /// for a slow node, else 0).
+    tick_skip: f64,
     down_until: u64,
     /// The commit index at the last check, since the last restart: it
     /// never decreases while the node is up.
@@ -259,6 +280,9 @@ struct SimClient {
 pub struct Sim {
     opts: SimOptions,
     rng: Rng,
+    /// Draws of the clock and leader-isolation faults, apart from `rng`, so
+    /// that a seed with them off runs as it did before they existed.
+    fault_rng: Rng,
     now: u64,
     nodes: Vec<SimNode>,
     net: Vec<InFlight>,
@@ -298,6 +322,7 @@ impl Sim {
         let ids: Vec<NodeId> = (1..=opts.nodes).map(NodeId).collect();
         let mut sim = Sim {
             rng: Rng::new(opts.seed),
+            fault_rng: Rng::new(opts.seed ^ 0x00C1_0C5E_ED0F_F5E7),
             now: 0,
             nodes: Vec::new(),
             net: Vec::new(),
@@ -327,11 +352,19 @@ impl Sim {
                 driver: None,
                 disk: SimDisk::new(disk_seed, sim.opts.disk_steps_max),
                 restarts: 0,
+                tick_skip: 0.0,
                 down_until: 0,
                 seen_commit: 0,
                 applied_base: 0,
                 applied: Vec::new(),
             });
+        }
+        if sim.opts.tick_skip > 0.0 {
+            for i in 0..sim.nodes.len() {
+                if sim.fault_rng.chance(0.5) {
+                    sim.nodes[i].tick_skip = sim.opts.tick_skip;
+                }
+            }
         }
         for i in 0..sim.nodes.len() {
             sim.boot(i);
@@ -517,6 +550,9 @@ impl Sim {
         self.deliver_messages();
         self.deliver_client_messages();
         for n in &mut self.nodes {
+            if faults && n.tick_skip > 0.0 && self.fault_rng.chance(n.tick_skip) {
+                continue; // a slow clock
+            }
             if let Some(d) = n.driver.as_mut() {
                 d.tick();
             }
@@ -681,6 +717,19 @@ impl Sim {
                 self.restart(i);
             }
         }
+        if self.opts.crash_leader_busy > 0.0 {
+            for i in 0..self.nodes.len() {
+                let node = &self.nodes[i];
+                let busy_leader = !node.disk.queue.is_empty()
+                    && node
+                        .driver
+                        .as_ref()
+                        .is_some_and(|d| d.raft().role() == Role::Leader);
+                if busy_leader && self.fault_rng.chance(self.opts.crash_leader_busy) {
+                    self.crash(i);
+                }
+            }
+        }
     }
 
     fn change_partition(&mut self) {
@@ -723,6 +772,30 @@ impl Sim {
                 self.trace(|| format!("partition {groups}"));
             }
         }
+        if self.opts.isolate_leader > 0.0 && self.fault_rng.chance(self.opts.isolate_leader) {
+            self.isolate_leader();
+        }
+    }
+
+    /// Cuts the leader of the highest term off from the other nodes (its
+    /// clients still reach it): until it notices, it is a deposed leader
+    /// that still answers.
+    fn isolate_leader(&mut self) {
+        let leader = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.driver.as_ref().map(Driver::raft))
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.current_term())
+            .map(|r| r.id());
+        let Some(leader) = leader else {
+            return;
+        };
+        for g in self.group_of.values_mut() {
+            *g = 0;
+        }
+        self.group_of.insert(leader, 1);
+        self.trace(|| format!("leader {leader} isolated"));
     }
 
     fn crash(&mut self, i: usize) {
