@@ -74,6 +74,12 @@ pub struct SimOptions {
     /// losing them (the window in which a leader must not count what it
     /// has not made durable).
     pub crash_leader_busy: f64,
+    /// Nodes whose disk stalls (a bit per node, bit 0 for n1), and the
+    /// longest such a disk takes for one write, in steps: long enough for
+    /// a truncation and an election to happen while an older write is still
+    /// on its way, so that its late completion meets a log that has changed.
+    pub slow_disk_nodes: u64,
+    pub slow_disk_steps_max: u64,
     /// After healing: steps allowed to elect a leader and commit a new entry
     /// everywhere.
     pub liveness_steps_max: u64,
@@ -116,6 +122,8 @@ impl SimOptions {
             tick_skip: pick(&mut r, &[0.0, 0.0, 0.5, 0.9]),
             isolate_leader: pick(&mut r, &[0.0, 0.5]),
             crash_leader_busy: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
+            slow_disk_nodes: r.range(0, 1 << 9),
+            slow_disk_steps_max: pick(&mut r, &[0.0, 0.0, 30.0, 80.0]) as u64,
             liveness_steps_max: 400,
             trace: false,
             diagram: false,
@@ -350,7 +358,14 @@ impl Sim {
             sim.nodes.push(SimNode {
                 id,
                 driver: None,
-                disk: SimDisk::new(disk_seed, sim.opts.disk_steps_max),
+                disk: SimDisk::new(
+                    disk_seed,
+                    if sim.opts.slow_disk_nodes & (1 << (id.0 - 1)) != 0 {
+                        sim.opts.disk_steps_max.max(sim.opts.slow_disk_steps_max)
+                    } else {
+                        sim.opts.disk_steps_max
+                    },
+                ),
                 restarts: 0,
                 tick_skip: 0.0,
                 down_until: 0,
@@ -1463,6 +1478,10 @@ impl Sim {
             if self.nodes[i].driver.is_none() {
                 self.restart(i);
             }
+            // Stalling disks recover too: a disk slower than an election
+            // timeout stops every election, so liveness is asked of a
+            // healthy cluster.
+            self.nodes[i].disk.disk_steps_max = self.opts.disk_steps_max;
         }
         self.trace(|| "healed: liveness check".to_string());
         let saved = (self.opts.loss, self.opts.duplicate);
