@@ -734,3 +734,171 @@ fn read_index_refused_by_follower_with_leader_hint() {
         Err(raftkit::raft::NotLeader::Redirect(Some(NodeId(1))))
     );
 }
+
+// ---- gaps found by mutation testing ---------------------------------------
+
+/// Section 5.1: a request with a stale term is rejected, and the reply
+/// carries the receiver's term so that the stale leader or pre-candidate
+/// updates its own and steps down.
+#[test]
+fn stale_term_requests_are_answered_with_the_current_term() {
+    let mut r = core(2, 3, 3, &[1, 2]);
+    r.step(append_entries(1, 2, 2, (2, 2), &[(3, 2)], 2));
+    let mut stale_prevote = request_vote(3, 2, 2, 2, 2);
+    if let MessageBody::RequestVote { pre_vote, .. } = &mut stale_prevote.body {
+        *pre_vote = true;
+    }
+    r.step(stale_prevote);
+    let rd = r.ready();
+    let replies: Vec<&Message> = rd
+        .messages
+        .iter()
+        .chain(rd.messages_after_persist.iter())
+        .collect();
+    assert_eq!(replies.len(), 2, "both stale requests are answered");
+    for m in replies {
+        assert_eq!(m.term, Term(3), "{m} carries our term");
+        match m.body {
+            MessageBody::AppendEntriesResponse { success, .. } => assert!(!success),
+            MessageBody::RequestVoteResponse { vote_granted, .. } => assert!(!vote_granted),
+            _ => panic!("unexpected reply {m}"),
+        }
+    }
+    assert_eq!(terms_of(&r), vec![1, 2], "the stale entry was not appended");
+
+    // The stale leader, told the newer term, steps down.
+    let mut old_leader = core(1, 3, 1, &[]);
+    old_leader.campaign_now();
+    for voter in [2, 3] {
+        for pre_vote in [true, false] {
+            old_leader.step(Message {
+                from: NodeId(voter),
+                to: NodeId(1),
+                term: Term(2),
+                body: MessageBody::RequestVoteResponse {
+                    pre_vote,
+                    vote_granted: true,
+                },
+            });
+        }
+    }
+    assert_eq!(old_leader.role(), Role::Leader);
+    let mut follower = core(2, 3, 5, &[]);
+    follower.step(append_entries(1, 2, 2, (0, 0), &[], 0));
+    for m in follower.ready().messages_after_persist {
+        old_leader.step(m);
+    }
+    assert_eq!(old_leader.role(), Role::Follower);
+    assert_eq!(old_leader.current_term(), Term(5));
+}
+
+/// A refused PreVote is answered in the voter's own term, not the term the
+/// pre-candidate asked about: otherwise every refusal would raise the
+/// pre-candidate's term, and PreVote would no longer keep a lagging node
+/// from disrupting the cluster (thesis section 9.6). A granted PreVote
+/// carries the requested term, which `step` lets through unadopted.
+#[test]
+fn prevote_refusal_carries_the_voters_term() {
+    let prevote = |last_index, last_term| {
+        let mut m = request_vote(3, 2, 3, last_index, last_term);
+        if let MessageBody::RequestVote { pre_vote, .. } = &mut m.body {
+            *pre_vote = true;
+        }
+        m
+    };
+    let reply = |r: &mut Raft| {
+        let rd = r.ready();
+        assert_eq!(rd.hard_state, None, "a PreVote changes no durable state");
+        rd.messages
+            .into_iter()
+            .chain(rd.messages_after_persist)
+            .find(|m| matches!(m.body, MessageBody::RequestVoteResponse { .. }))
+            .expect("a PreVote is answered")
+    };
+
+    let mut r = core(2, 3, 2, &[1, 2]);
+    r.step(prevote(1, 1)); // its log is behind ours
+    let m = reply(&mut r);
+    assert!(matches!(
+        m.body,
+        MessageBody::RequestVoteResponse {
+            pre_vote: true,
+            vote_granted: false
+        }
+    ));
+    assert_eq!(m.term, Term(2), "refused in our own term");
+    assert_eq!(r.current_term(), Term(2));
+
+    let mut r = core(2, 3, 2, &[1, 2]);
+    r.step(prevote(2, 2));
+    let m = reply(&mut r);
+    assert!(matches!(
+        m.body,
+        MessageBody::RequestVoteResponse {
+            pre_vote: true,
+            vote_granted: true
+        }
+    ));
+    assert_eq!(m.term, Term(3), "granted for the requested term");
+    assert_eq!(r.current_term(), Term(2));
+}
+
+/// Drops AppendEntries that carry entries to n2.
+fn drop_entries_to_n2(m: &mut Message) -> bool {
+    !(m.to == NodeId(2)
+        && matches!(&m.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty()))
+}
+
+/// Section 5.3: "if network packets are lost, the leader retries
+/// AppendEntries RPCs indefinitely". A pipelined AppendEntries that is lost
+/// while nothing else follows it is noticed by heartbeats that do not
+/// advance `match_index`, and the follower is probed again.
+#[test]
+fn replication_resends_a_lost_append_entries() {
+    let mut c = TestCluster::new(3);
+    assert!(c.elect(1));
+    c.tick_all(2);
+    c.filter = Some(drop_entries_to_n2);
+    let idx = c.raft(1).propose(b"x".to_vec()).expect("leader");
+    c.deliver_all(100_000);
+    c.filter = None;
+    assert_eq!(c.node(1).raft.commit_index(), idx, "committed with n3");
+    c.tick_all(2);
+    assert!(
+        c.node(2).raft.log().get(idx).is_none(),
+        "heartbeats alone do not carry the lost entry"
+    );
+    c.tick_all(30);
+    assert_eq!(c.terms(2), c.terms(1), "the lost entry was sent again");
+}
+
+/// A follower that truncates entries it had made durable no longer holds
+/// them durably: its durable index drops to before the conflict until the
+/// replacing entries are reported persisted (Figure 2: persist before
+/// answering; the leader counts itself only up to what is durable).
+#[test]
+fn handle_append_entries_truncation_lowers_the_durable_index() {
+    let mut r = core(2, 3, 2, &[1, 1, 1]);
+    assert_eq!(r.stable_index(), LogIndex(3));
+    r.step(append_entries(1, 2, 2, (1, 1), &[(2, 2)], 0));
+    assert_eq!(terms_of(&r), vec![1, 2]);
+    assert_eq!(r.stable_index(), LogIndex(1), "entries 2..3 were replaced");
+    let rd = r.ready();
+    let last = rd.entries.last().expect("entries to persist");
+    r.persisted(last.index, last.term);
+    assert_eq!(r.stable_index(), LogIndex(2));
+}
+
+/// `has_ready` tells the driver whether `ready` has anything: an idle
+/// leader must say no, or the driver spins through empty rounds.
+#[test]
+fn has_ready_is_false_for_an_idle_leader() {
+    let mut c = TestCluster::new(3);
+    assert!(c.elect(1));
+    c.tick_all(1);
+    for id in 1..=3 {
+        assert!(!c.node(id).raft.has_ready(), "n{id} is idle");
+    }
+    c.raft(1).propose(b"x".to_vec()).expect("leader");
+    assert!(c.node(1).raft.has_ready(), "a proposal is to be sent");
+}

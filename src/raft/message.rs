@@ -101,7 +101,7 @@ impl MessageBody {
 
 impl fmt::Display for Message {
     /// One line, for transcripts:
-    /// `n1->n2 AppendEntries t3 prev=7/2 commit=7 entries=[8/3]`.
+    /// `n1->n2 AppendEntries t3 prev=7/2 commit=7 round=4 entries=[8/3]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -174,5 +174,61 @@ impl fmt::Display for Message {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::EntryKind;
+
+    fn message(body: MessageBody) -> Message {
+        Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(3),
+            body,
+        }
+    }
+
+    #[test]
+    fn message_display_is_one_transcript_line() {
+        let entry = Entry {
+            index: LogIndex(8),
+            term: Term(3),
+            kind: EntryKind::Command,
+            data: Vec::new().into(),
+        };
+        let append = message(MessageBody::AppendEntries {
+            prev_log_index: LogIndex(7),
+            prev_log_term: Term(2),
+            entries: vec![entry],
+            leader_commit: LogIndex(7),
+            read_round: 4,
+        });
+        assert_eq!(
+            append.to_string(),
+            "n1->n2 AppendEntries t3 prev=7/2 commit=7 round=4 entries=[8/3]"
+        );
+        let prevote = message(MessageBody::RequestVote {
+            pre_vote: true,
+            last_log_index: LogIndex(9),
+            last_log_term: Term(2),
+        });
+        assert_eq!(prevote.to_string(), "n1->n2 PreVote t3 last=9/2");
+        let reject = message(MessageBody::AppendEntriesResponse {
+            success: false,
+            match_index: LogIndex(0),
+            reject: Some(RejectHint {
+                rejected_prev_index: LogIndex(7),
+                conflict_term: Term(2),
+                conflict_index: LogIndex(5),
+            }),
+            read_round: 4,
+        });
+        assert_eq!(
+            reject.to_string(),
+            "n1->n2 AppendEntriesResponse t3 reject prev=7 conflict=5/2 round=4"
+        );
     }
 }

@@ -208,3 +208,23 @@ pub struct Status {
     /// Per-follower progress; empty unless leader.
     pub peers: Vec<PeerStatus>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_name_round_trips_and_is_its_display() {
+        for role in [
+            Role::Follower,
+            Role::PreCandidate,
+            Role::Candidate,
+            Role::Leader,
+        ] {
+            assert_eq!(Role::from_name(role.name()), Some(role));
+            assert_eq!(role.to_string(), role.name());
+        }
+        assert_eq!(Role::Leader.to_string(), "leader");
+        assert_eq!(Role::from_name("king"), None);
+    }
+}
