@@ -1287,6 +1287,47 @@ impl Sim {
         Ok(())
     }
 
+    /// The persistence contract, against the disk itself: what the core
+    /// believes durable is on the disk. The entry at its `stable_index`
+    /// (which a leader counts towards a majority) is stored with the same
+    /// term; and with no write in flight, the stored term and vote are the
+    /// core's (a vote or a new term is never announced from memory alone).
+    fn check_durable(&self) -> Result<(), String> {
+        let now = self.now;
+        for n in &self.nodes {
+            let Some(r) = n.driver.as_ref().map(Driver::raft) else {
+                continue;
+            };
+            let store = &n.disk.store;
+            let stable = r.stable_index();
+            if stable.0 > store.base().max(r.log().offset().0) {
+                let stored = store.term_at(stable);
+                if stored.is_none() || stored != r.log().term_at(stable) {
+                    return Err(format!(
+                        "step {now}: persistence: {} counts {stable}/{} as durable, but its disk holds {}",
+                        n.id,
+                        r.log().term_at(stable).map_or("none".into(), |t| t.to_string()),
+                        stored.map_or("no entry there".into(), |t| format!("term {t} there"))
+                    ));
+                }
+            }
+            if n.disk.queue.is_empty() {
+                let hs = store.hard_state();
+                if hs.current_term != r.current_term() || hs.voted_for != r.voted_for() {
+                    return Err(format!(
+                        "step {now}: persistence: {} is at t{} (vote {:?}) but its disk says t{} (vote {:?}) with nothing in flight",
+                        n.id,
+                        r.current_term(),
+                        r.voted_for(),
+                        hs.current_term,
+                        hs.voted_for
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks node `i`'s applied entries that are known committed by now;
     /// the others wait for a later check.
     fn verify_applied(&mut self, i: usize) {
@@ -1424,6 +1465,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.verify_applied(i);
         }
+        self.check_durable()?;
         if let Some(v) = self.pending_violation.take() {
             return Err(v);
         }

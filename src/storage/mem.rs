@@ -32,16 +32,23 @@ impl MemStore {
         }
     }
 
+    /// The hard state as stored.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
     /// Index of the entry before `entries[0]`.
-    fn base(&self) -> u64 {
+    pub fn base(&self) -> u64 {
         self.snapshot.as_ref().map_or(0, |s| s.index.0)
     }
 
-    fn last_index(&self) -> u64 {
+    pub fn last_index(&self) -> u64 {
         self.base() + self.entries.len() as u64
     }
 
-    fn term_at(&self, index: LogIndex) -> Option<crate::raft::Term> {
+    /// The stored term of the entry at `index` (the snapshot's at its
+    /// index), if the store holds it.
+    pub fn term_at(&self, index: LogIndex) -> Option<crate::raft::Term> {
         let base = self.base();
         if index.0 == base {
             return Some(
