@@ -20,7 +20,9 @@ use raftkit::raft::{EntryKind, NodeId};
 /// deletes), the leader killed with SIGKILL after 2 s of load.
 #[test]
 fn mux_many_clients_few_conns_survive_leader_kill() {
-    let mut cluster = TestCluster::start(3);
+    // No snapshots: every acknowledged write must still be in the log at
+    // the end (thousands of writes a second pass `snapshot_entries`).
+    let mut cluster = TestCluster::start_with(3, "snapshot_entries = 0\n");
     let leader = cluster.wait_leader(&[1, 2, 3]);
     let opts = BenchOptions {
         clients: 96,
@@ -50,6 +52,24 @@ fn mux_many_clients_few_conns_survive_leader_kill() {
         .expect("bench ran to its end");
     let survivors: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
     let new_leader = cluster.wait_leader(&survivors);
+    // A new leader learns what its predecessor committed only once an
+    // entry of its own term commits (Raft paper, section 5.4.2): wait for
+    // its commit index to reach its last entry (the load has ended).
+    let mut client = cluster.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = cluster
+            .status(&mut client, new_leader)
+            .expect("status of the new leader");
+        if s.commit_index >= s.last_index {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n{new_leader} never committed its log: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let history = parse_history(std::str::from_utf8(&result.history).expect("utf-8"))
         .expect("the recorded history parses");
@@ -70,7 +90,6 @@ fn mux_many_clients_few_conns_survive_leader_kill() {
 
     // Every acknowledged put and cas is in the committed log (values are
     // unique: they start with the client's number and seq).
-    let mut client = cluster.client();
     let (commit, entries) = client
         .log(NodeId(new_leader), 1, 0)
         .expect("log of the new leader");
