@@ -33,9 +33,7 @@ done
 case "$cmd" in start|stop|status) ;; -h|--help|help) help_text; exit 0 ;; *) usage ;; esac
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
-[ -f "$cfg" ] || { echo "error: no config file $cfg" >&2; exit 2; }
-cfg="$(abs_path "$cfg")"
-build_bins "$profile"
+use_config_and_bins
 
 # Each node's data dir, from the config (raft-ctl reads it).
 declare -A dir_of

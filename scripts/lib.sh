@@ -33,6 +33,14 @@ build_bins() {  # [PROFILE]
 # The absolute path of FILE, from the caller's current directory.
 abs_path() { (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); }
 
+# After a script's options: $cfg must exist (made absolute), and the binaries
+# of $profile are built and found ($bin).
+use_config_and_bins() {
+  [ -f "$cfg" ] || { echo "error: no config file $cfg" >&2; exit 2; }
+  cfg="$(abs_path "$cfg")"
+  build_bins "${profile:-debug}"
+}
+
 # What $cfg says, read by raft-ctl (raft-node's own parser): one value each.
 config_ids() { "$bin/raft-ctl" --config "$cfg" config ids; }
 node_dir() { "$bin/raft-ctl" --config "$cfg" config data-dir --id "$1"; }

@@ -28,9 +28,7 @@ while [ $# -gt 0 ]; do
 done
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
-[ -f "$cfg" ] || { echo "error: no config file $cfg" >&2; exit 2; }
-cfg="$(abs_path "$cfg")"
-build_bins "$profile"
+use_config_and_bins
 dir=$(node_dir "$id")
 pidf="$dir/node.pid"
 if [ -f "$pidf" ]; then

@@ -22,9 +22,7 @@ while [ $# -gt 0 ]; do
 done
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
-[ -f "$cfg" ] || { echo "error: no config file $cfg" >&2; exit 2; }
-cfg="$(abs_path "$cfg")"
-build_bins "$profile"
+use_config_and_bins
 session=raftkit
 if tmux has-session -t $session 2>/dev/null; then
   echo "a tmux session named $session exists already: tmux attach -t $session" >&2; exit 1
