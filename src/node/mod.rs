@@ -54,8 +54,9 @@ pub use requests::{
 };
 pub use signals::stop_on_signals;
 
+use driver::IdMap;
 use faults::Faults;
-use net::{Conn, IdMap};
+use net::Conn;
 use peers::PeerLink;
 
 /// Readiness events taken from one `poll` at most; more wait for the next.

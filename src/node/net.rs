@@ -3,8 +3,6 @@
 //! loop iteration, with WRITABLE interest registered only while output is
 //! queued.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 
 use log::{debug, info, warn};
@@ -68,36 +66,6 @@ impl Conn {
     /// Bytes queued and not yet written.
     pub(super) fn has_output(&self) -> bool {
         self.io.queued_bytes() > 0
-    }
-}
-
-/// A map keyed by numbers this node hands out itself (connection tokens,
-/// read ids), looked up several times per request: they need no defence
-/// against chosen keys, so one multiplication replaces SipHash.
-pub(super) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-#[derive(Default)]
-pub(super) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0 << 8 | b as u64);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: spreads consecutive ids over the high bits
-        // that the table's control bytes use, and keeps the low bits apart.
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
     }
 }
 

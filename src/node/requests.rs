@@ -235,25 +235,31 @@ impl Driver {
         }
     }
 
-    /// Leadership lost: nobody here will answer the waiting requests. A
-    /// write's outcome is unknown (Unavailable: retry with the same client
-    /// id and seq); a read can go to the new leader (NotLeader).
-    pub(super) fn fail_waiting(&mut self) {
+    /// Every waiting write and read, taken out of the driver, each list in
+    /// a fixed order (so that a simulator run replays the same).
+    fn take_waiting(&mut self) -> (Vec<ClientRef>, Vec<ClientRef>) {
         let mut writes: Vec<ClientRef> = self.waiting_writes.drain().flat_map(|(_, w)| w).collect();
-        // In a fixed order, so that a run replays the same (the simulator).
-        writes.sort_by_key(|c| (c.conn, c.request_id));
-        for to in writes {
-            let message =
-                "leadership lost before the write was applied; outcome unknown, retry".into();
-            self.refuse(to, ErrorCode::Unavailable, message);
-        }
         let mut reads: Vec<ClientRef> = self
             .waiting_reads
             .drain()
             .map(|(_, w)| w.to)
             .chain(self.confirmed_reads.drain(..).map(|(_, w)| w.to))
             .collect();
+        writes.sort_by_key(|c| (c.conn, c.request_id));
         reads.sort_by_key(|c| (c.conn, c.request_id));
+        (writes, reads)
+    }
+
+    /// Leadership lost: nobody here will answer the waiting requests. A
+    /// write's outcome is unknown (Unavailable: retry with the same client
+    /// id and seq); a read can go to the new leader (NotLeader).
+    pub(super) fn fail_waiting(&mut self) {
+        let (writes, reads) = self.take_waiting();
+        for to in writes {
+            let message =
+                "leadership lost before the write was applied; outcome unknown, retry".into();
+            self.refuse(to, ErrorCode::Unavailable, message);
+        }
         for to in reads {
             let body = self.not_leader();
             self.answer(to, body);
@@ -264,16 +270,9 @@ impl Driver {
     /// (a write's outcome is unknown: retry elsewhere with the same client
     /// id and seq). Returns how many were waiting.
     pub fn shut_down(&mut self) -> usize {
-        let mut waiting: Vec<ClientRef> = self
-            .waiting_writes
-            .drain()
-            .flat_map(|(_, w)| w)
-            .chain(self.waiting_reads.drain().map(|(_, w)| w.to))
-            .chain(self.confirmed_reads.drain(..).map(|(_, w)| w.to))
-            .collect();
-        waiting.sort_by_key(|c| (c.conn, c.request_id));
-        let n = waiting.len();
-        for to in waiting {
+        let (writes, reads) = self.take_waiting();
+        let n = writes.len() + reads.len();
+        for to in writes.into_iter().chain(reads) {
             let message = "node shutting down; a write's outcome is unknown, retry".into();
             self.refuse(to, ErrorCode::Unavailable, message);
         }
