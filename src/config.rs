@@ -73,6 +73,7 @@ struct RawCluster {
     direct_io: Option<bool>,
     pre_vote: Option<bool>,
     check_quorum: Option<bool>,
+    initial_members: Option<Spanned<Vec<u64>>>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +109,10 @@ pub struct ClusterConfig {
     pub direct_io: bool,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// Who forms the cluster on its first start (every `[[node]]` unless
+    /// `initial_members` says otherwise). Read only while a node's data
+    /// holds no membership: after that the membership lives in the log.
+    pub initial_members: Vec<NodeId>,
 }
 
 /// One server.
@@ -217,7 +222,9 @@ impl Config {
             direct_io: c.direct_io.unwrap_or(true),
             pre_vote: c.pre_vote.unwrap_or(true),
             check_quorum: c.check_quorum.unwrap_or(true),
+            initial_members: Vec::new(),
         };
+        let mut cluster = cluster;
         let raw_nodes = raw.node.unwrap_or_default();
         if raw_nodes.is_empty() {
             return Err(err(
@@ -273,6 +280,35 @@ impl Config {
             });
             lines.push((id_line, addr_line));
         }
+        cluster.initial_members = match &c.initial_members {
+            None => nodes.iter().map(|n| n.id).collect(),
+            Some(m) => {
+                let ids = m.get_ref();
+                if ids.is_empty() {
+                    return Err(err(
+                        Some(m.span()),
+                        "initial_members must name at least one node".into(),
+                    ));
+                }
+                let mut out: Vec<NodeId> = Vec::new();
+                for &id in ids {
+                    if !nodes.iter().any(|n| n.id == NodeId(id)) {
+                        return Err(err(
+                            Some(m.span()),
+                            format!("initial_members names {id}, which has no [[node]] entry"),
+                        ));
+                    }
+                    if out.contains(&NodeId(id)) {
+                        return Err(err(
+                            Some(m.span()),
+                            format!("initial_members names {id} twice"),
+                        ));
+                    }
+                    out.push(NodeId(id));
+                }
+                out
+            }
+        };
         Ok(Config {
             path: path.to_path_buf(),
             cluster,

@@ -27,6 +27,7 @@ fn request_vote(from: u64, to: u64, term: u64, last_index: u64, last_term: u64) 
             pre_vote: false,
             last_log_index: LogIndex(last_index),
             last_log_term: Term(last_term),
+            transfer: false,
         },
     }
 }

@@ -23,6 +23,7 @@ fn compact_leader(c: &mut TestCluster, leader: u64, keep: u64) -> Snapshot {
     let r = c.raft(leader);
     let index = r.last_applied();
     let snap = Snapshot {
+        membership: Default::default(),
         index,
         term: r.log().term_at(index).expect("held"),
         data: format!("state@{}", index.0).into_bytes().into(),
@@ -96,6 +97,7 @@ fn install(to: u64, term: u64, index: u64, snap_term: u64) -> Message {
         term: Term(term),
         body: MessageBody::InstallSnapshot {
             snapshot: Snapshot {
+                membership: Default::default(),
                 index: LogIndex(index),
                 term: Term(snap_term),
                 data: b"s".to_vec().into(),
@@ -183,6 +185,7 @@ fn stale_snapshot_is_acknowledged_and_changes_nothing() {
 #[test]
 fn node_restarted_from_a_snapshot_leads_and_catches_up_an_empty_follower() {
     let snap = Snapshot {
+        membership: Default::default(),
         index: LogIndex(6),
         term: Term(2),
         data: b"state@6".to_vec().into(),

@@ -139,6 +139,7 @@ fn a_snapshot_that_does_not_decode_closes_the_link_only() {
         term,
         body: MessageBody::InstallSnapshot {
             snapshot: Snapshot {
+                membership: Default::default(),
                 index: LogIndex(1_000_000),
                 term,
                 data: b"not a key-value state".to_vec().into(),

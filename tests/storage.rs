@@ -614,6 +614,7 @@ fn direct_io_falls_back_where_unsupported() {
 
 fn snap(index: u64, term: u64) -> Snapshot {
     Snapshot {
+        membership: Default::default(),
         index: LogIndex(index),
         term: Term(term),
         data: format!("state-{index}-t{term}").into_bytes().into(),

@@ -4,6 +4,7 @@
 
 use raftkit::codec::DecodeError;
 use raftkit::kv::{Command, Op};
+use raftkit::raft::membership::MEMBERSHIP_BYTES_MAX;
 use raftkit::raft::{
     Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState, Role,
     Snapshot, Status, Term,
@@ -32,6 +33,7 @@ fn install_snapshot(data: &[u8], read_round: u64) -> Frame {
         term: Term(5),
         body: MessageBody::InstallSnapshot {
             snapshot: Snapshot {
+                membership: Default::default(),
                 index: LogIndex(1000),
                 term: Term(4),
                 data: data.into(),
@@ -282,7 +284,8 @@ fn wire_install_snapshot_round_trips() {
 }
 
 /// The bytes of docs/PROTOCOL.md: after from, to and term, message type 5,
-/// index, term, read_round, then the data as `bytes`.
+/// index, term, read_round, the membership as `bytes`, then the data as
+/// `bytes`.
 #[test]
 fn wire_install_snapshot_layout_is_as_documented() {
     let b = round_trip(&install_snapshot(b"xyz", 6));
@@ -295,14 +298,19 @@ fn wire_install_snapshot_layout_is_as_documented() {
     for v in [1000u64, 4, 6] {
         expected.extend_from_slice(&v.to_be_bytes());
     }
+    // An empty membership: version 1, three empty id lists, no addresses,
+    // no extension.
+    let membership = [&[1u8][..], &[0; 16], &[0]].concat();
+    expected.extend_from_slice(&(membership.len() as u32).to_be_bytes());
+    expected.extend_from_slice(&membership);
     expected.extend_from_slice(&3u32.to_be_bytes());
     expected.extend_from_slice(b"xyz");
     assert_eq!(body, &expected[..]);
     assert_eq!(b[3], 10, "a Raft frame");
-    // The largest snapshot that can be sent fills the fragments' bound
-    // exactly.
+    // The largest snapshot that can be sent, with the largest membership,
+    // fills the fragments' bound exactly.
     assert_eq!(
-        body.len() - 3 + SNAPSHOT_DATA_BYTES_MAX,
+        body.len() - 3 - membership.len() + MEMBERSHIP_BYTES_MAX + SNAPSHOT_DATA_BYTES_MAX,
         FRAGMENTED_BYTES_MAX
     );
 }
@@ -342,8 +350,8 @@ fn wire_install_snapshot_in_fragments_round_trips() {
     for (len, fragments) in [
         (0, 1),
         (100, 1),
-        (FRAGMENT_BYTES_MAX - 53, 1),
-        (FRAGMENT_BYTES_MAX - 52, 2),
+        (FRAGMENT_BYTES_MAX - 75, 1),
+        (FRAGMENT_BYTES_MAX - 74, 2),
         (5 * FRAGMENT_BYTES_MAX / 2, 3),
     ] {
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
@@ -465,7 +473,7 @@ fn wire_status_with_a_peer_in_snapshot_state_round_trips() {
     };
     let frame = Frame::Response {
         request_id: 3,
-        body: ResponseBody::Status(NodeStatus {
+        body: ResponseBody::Status(Box::new(NodeStatus {
             status: Status {
                 id: NodeId(1),
                 role: Role::Leader,
@@ -481,11 +489,19 @@ fn wire_status_with_a_peer_in_snapshot_state_round_trips() {
                     peer(3, ProgressState::Replicate),
                     peer(4, ProgressState::Probe),
                 ],
+                membership: raftkit::raft::Membership {
+                    voters: [1, 2, 3].map(NodeId).into(),
+                    learners: [4].map(NodeId).into(),
+                    ..Default::default()
+                },
+                membership_index: LogIndex(7),
+                membership_changing: false,
+                transferring_to: Some(NodeId(2)),
             },
             addr: "127.0.0.1:7001".into(),
             fault: FaultSpec::default(),
             uptime_ms: 1234,
-        }),
+        })),
     };
     let b = round_trip(&frame);
     // The first peer's state byte: after the fixed status fields (request

@@ -15,7 +15,7 @@ pub use mux::{Mux, MuxDone, MuxOptions, MuxReply, MuxRequest, MuxStats};
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -119,6 +119,9 @@ pub struct Client {
     conn: Option<(NodeId, TcpStream)>,
     pub timeout: Duration,
     buf: Vec<u8>,
+    /// Addresses of members cluster.toml does not list, learned from the
+    /// membership (a Members or Status answer, a NotLeader hint).
+    learned: std::collections::BTreeMap<NodeId, SocketAddr>,
 }
 
 impl Client {
@@ -137,17 +140,50 @@ impl Client {
             conn: None,
             timeout: Duration::from_secs(10),
             buf: Vec::new(),
+            learned: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Remembers the address of a member cluster.toml does not list.
+    /// Returns whether it was news.
+    pub fn learn(&mut self, node: NodeId, addr: &str) -> bool {
+        if self.config.node(node).is_some() {
+            return false;
+        }
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => self.learned.insert(node, a) != Some(a),
+            Err(_) => false,
+        }
+    }
+
+    /// Learns every address a membership records.
+    pub fn learn_membership(&mut self, m: &crate::raft::Membership) {
+        for (&id, addr) in &m.addrs {
+            self.learn(id, addr);
+        }
+    }
+
+    /// The address of `node`: cluster.toml's, else a learned one.
+    pub fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
+        self.config
+            .node(node)
+            .map(|n| n.addr)
+            .or_else(|| self.learned.get(&node).copied())
+    }
+
+    /// Every node this client knows: cluster.toml's, then learned ones.
+    pub fn known_ids(&self) -> Vec<NodeId> {
+        let mut ids = self.config.ids();
+        ids.extend(self.learned.keys().copied());
+        ids
     }
 
     fn connect(&mut self, node: NodeId) -> Result<&mut TcpStream, ClientError> {
         if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
             self.conn = None;
-            let nc = self
-                .config
-                .node(node)
+            let addr = self
+                .addr_of(node)
                 .ok_or(ClientError::NotInConfig { node })?;
-            let addr = nc.addr;
             let unreachable = |source| ClientError::Unreachable {
                 node,
                 addr: addr.to_string(),
@@ -195,9 +231,8 @@ impl Client {
         let mut out = Vec::new();
         encode_frame(&Frame::Request { request_id, body }, &mut out);
         let addr = self
-            .config
-            .node(node)
-            .map(|n| n.addr.to_string())
+            .addr_of(node)
+            .map(|a| a.to_string())
             .unwrap_or_default();
         let result = (|| {
             let s = self.connect(node)?;
@@ -291,7 +326,7 @@ impl Client {
             op,
         };
         let start = Instant::now();
-        let ids = self.config.ids();
+        let mut ids = self.known_ids();
         let mut last = String::from("nothing tried");
         let mut unreachable = None;
         let mut attempt = 0usize;
@@ -303,8 +338,16 @@ impl Client {
             };
             match self.call(node, body) {
                 Ok(ResponseBody::Kv { index, result }) => return Ok((index, result)),
-                Ok(ResponseBody::NotLeader { leader, .. }) => {
+                Ok(ResponseBody::NotLeader {
+                    leader,
+                    leader_addr,
+                }) => {
                     last = format!("{node} is not the leader");
+                    if let Some(l) = leader {
+                        if self.learn(l, &leader_addr) {
+                            ids = self.known_ids();
+                        }
+                    }
                     match leader {
                         Some(l) if l != node => {
                             self.target = l;

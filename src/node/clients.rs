@@ -39,7 +39,7 @@ impl Node {
                     fault: self.faults.spec.clone(),
                     uptime_ms: self.started.elapsed().as_millis() as u64,
                 };
-                self.respond(to, ResponseBody::Status(status));
+                self.respond(to, ResponseBody::Status(Box::new(status)));
             }
             RequestBody::Log {
                 from,
@@ -64,6 +64,8 @@ impl Node {
                 command,
                 stale_read,
             } => self.driver.handle_kv(to, command.as_ref(), stale_read),
+            RequestBody::Member(req) => self.driver.handle_member(to, req),
+            RequestBody::TransferLeader(target) => self.driver.handle_transfer(to, target),
         }
     }
 }

@@ -140,6 +140,11 @@ pub struct Driver {
     pub messages: Vec<Message>,
     /// Answers to clients; the caller empties it after each call.
     pub answers: Vec<Answer>,
+    /// Membership changes proposed for clients, waiting to complete.
+    pub(super) conf_waiting: Vec<super::members::ConfWaiter>,
+    /// The membership in force, when it changed since the caller last
+    /// took it (the node keeps links to every member).
+    pub new_membership: Option<raft::Membership>,
     /// Record [`DriverEvent`]s into `events` (the simulator's checks).
     pub record_events: bool,
     pub events: Vec<DriverEvent>,
@@ -181,6 +186,8 @@ impl Driver {
             entry_buf: Vec::new(),
             messages: Vec::new(),
             answers: Vec::new(),
+            conf_waiting: Vec::new(),
+            new_membership: None,
             record_events: false,
             events: Vec::new(),
         })
@@ -235,6 +242,12 @@ impl Driver {
                 return Ok(());
             }
             let rd = self.raft.ready();
+            if let Some(m) = &rd.membership {
+                self.new_membership = Some(m.clone());
+            }
+            // Before a lost leadership fails the waiters: a change that
+            // removed this leader completes in the entries it committed.
+            self.conf_committed(&rd.committed_entries);
             if let Some(ss) = rd.soft_state {
                 info!(
                     "{} t{}: {} (leader {})",

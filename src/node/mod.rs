@@ -23,6 +23,7 @@
 mod clients;
 pub mod driver;
 mod faults;
+mod members;
 mod net;
 mod peers;
 mod requests;
@@ -166,7 +167,12 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let me = config.require_node(id).map_err(NodeError::Config)?.clone();
         let (emin, emax) = config.election_timeout_ticks();
-        let mut rc = raft::Config::new(id, config.ids());
+        let mut rc = raft::Config::new(id, config.cluster.initial_members.clone());
+        rc.initial_addrs = config
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.addr_text.clone()))
+            .collect();
         rc.election_timeout_ticks_min = emin;
         rc.election_timeout_ticks_max = emax;
         rc.heartbeat_interval_ticks = config.heartbeat_interval_ticks().min(emin - 1).max(1);
@@ -301,6 +307,7 @@ impl Node {
             self.release_delayed(now);
             self.maintain_peer_links(now);
             self.driver.process_ready(&mut self.storage)?;
+            self.sync_peer_links(now);
             self.drain_outboxes();
             self.flush_dirty();
         }

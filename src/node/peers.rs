@@ -104,6 +104,45 @@ impl Node {
         }
     }
 
+    /// The membership changed: link to every member (at the address the
+    /// membership records, else the one in cluster.toml), and drop links
+    /// to nodes that are neither members nor in cluster.toml.
+    pub(super) fn sync_peer_links(&mut self, now: Instant) {
+        let Some(m) = self.driver.new_membership.take() else {
+            return;
+        };
+        let members = m.members();
+        for &id in &members {
+            if id == self.id || self.peers.contains_key(&id) {
+                continue;
+            }
+            let addr = m
+                .addrs
+                .get(&id)
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .or_else(|| self.config.node(id).map(|n| n.addr));
+            match addr {
+                Some(addr) => {
+                    info!("{}: {id} is a member; linking to it at {addr}", self.id);
+                    self.peers.insert(id, PeerLink::new(addr, now));
+                }
+                None => warn!("{}: member {id} has no address we know", self.id),
+            }
+        }
+        let gone: Vec<NodeId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| !members.contains(id) && self.config.node(*id).is_none())
+            .collect();
+        for id in gone {
+            info!("{}: {id} is no longer a member; dropping its link", self.id);
+            if let Some(token) = self.peers.remove(&id).and_then(|l| l.token) {
+                self.close(token, "no longer a member");
+            }
+        }
+    }
+
     pub(super) fn handle_frame(&mut self, token: Token, frame: Frame) -> Result<(), String> {
         let kind = self.conns.get(&token).map(|c| c.kind).ok_or("gone")?;
         match (kind, frame) {

@@ -34,10 +34,7 @@ impl Driver {
     /// NotLeader, with the leader's id and address when known.
     pub fn not_leader(&self) -> ResponseBody {
         let leader = self.raft.leader().filter(|&l| l != self.id);
-        let leader_addr = leader
-            .and_then(|l| self.config.addrs.iter().find(|(id, _)| *id == l))
-            .map(|(_, a)| a.clone())
-            .unwrap_or_default();
+        let leader_addr = leader.and_then(|l| self.member_addr(l)).unwrap_or_default();
         ResponseBody::NotLeader {
             leader,
             leader_addr,
@@ -180,7 +177,7 @@ impl Driver {
     /// Applies one committed entry and answers every copy of its request.
     pub(super) fn apply(&mut self, e: Entry) {
         self.event(|| DriverEvent::Applied(e.clone()));
-        if e.kind == EntryKind::Noop {
+        if e.kind != EntryKind::Command {
             self.kv.note_applied(e.index);
             return;
         }
@@ -254,6 +251,7 @@ impl Driver {
     /// write's outcome is unknown (Unavailable: retry with the same client
     /// id and seq); a read can go to the new leader (NotLeader).
     pub(super) fn fail_waiting(&mut self) {
+        self.fail_conf_waiting();
         let (writes, reads) = self.take_waiting();
         for to in writes {
             let message =
@@ -270,8 +268,10 @@ impl Driver {
     /// (a write's outcome is unknown: retry elsewhere with the same client
     /// id and seq). Returns how many were waiting.
     pub fn shut_down(&mut self) -> usize {
+        let n_conf = self.conf_waiting.len();
+        self.fail_conf_waiting();
         let (writes, reads) = self.take_waiting();
-        let n = writes.len() + reads.len();
+        let n = writes.len() + reads.len() + n_conf;
         for to in writes.into_iter().chain(reads) {
             let message = "node shutting down; a write's outcome is unknown, retry".into();
             self.refuse(to, ErrorCode::Unavailable, message);

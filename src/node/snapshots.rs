@@ -55,6 +55,7 @@ impl Driver {
         let snap = Snapshot {
             index: applied,
             term,
+            membership: self.raft.membership_at(applied),
             data: self.kv.snapshot().into(),
         };
         let encoded = started.elapsed();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use log::{debug, info};
 
 use super::log::RaftLog;
+use super::membership::{ConfChange, Membership, VoteResult};
 use super::message::{Message, MessageBody, RejectHint};
 use super::progress::Progress;
 use super::types::{
@@ -21,8 +22,16 @@ use crate::rng::Rng;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, this node included.
+    /// The voters that form the cluster on its first start (cluster.toml's
+    /// `initial_members`): the membership until the log or a snapshot
+    /// holds one. A node need not be among them (it then waits to be
+    /// added).
     pub voters: Vec<NodeId>,
+    /// Addresses of the initial voters, recorded in the membership.
+    pub initial_addrs: BTreeMap<NodeId, String>,
+    /// A learner this many entries or more behind the leader's log is
+    /// not promoted.
+    pub promote_lag_entries_max: u64,
     /// Election timeouts are drawn from `[min, max)` after every reset.
     pub election_timeout_ticks_min: u32,
     pub election_timeout_ticks_max: u32,
@@ -48,6 +57,8 @@ impl Config {
         Config {
             id,
             voters,
+            initial_addrs: BTreeMap::new(),
+            promote_lag_entries_max: 1000,
             election_timeout_ticks_min: 10,
             election_timeout_ticks_max: 20,
             heartbeat_interval_ticks: 2,
@@ -61,11 +72,6 @@ impl Config {
     }
 
     fn validate(&self) {
-        assert!(
-            self.voters.contains(&self.id),
-            "{} is not among the voters",
-            self.id
-        );
         assert!(
             self.election_timeout_ticks_min < self.election_timeout_ticks_max,
             "election timeout range [{}, {}) is empty",
@@ -133,6 +139,9 @@ pub struct Ready {
     pub messages_after_persist: Vec<Message>,
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+    /// The membership in force, when it changed (an entry appended or
+    /// cut, a snapshot installed): who to keep links to.
+    pub membership: Option<Membership>,
 }
 
 impl Ready {
@@ -148,14 +157,38 @@ impl Ready {
             && self.messages_after_persist.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
+            && self.membership.is_none()
     }
 }
 
 /// Why a proposal or read was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotLeader {
-    /// Not the leader; the leader this node knows of, if any.
+    /// Not the leader (or handing leadership over); the leader this node
+    /// knows of, if any.
     Redirect(Option<NodeId>),
+}
+
+/// Why a membership change or a leadership transfer was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfChangeError {
+    NotLeader(NotLeader),
+    /// It cannot be made now or at all; the text says why.
+    Refused(String),
+}
+
+impl std::fmt::Display for ConfChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfChangeError::NotLeader(NotLeader::Redirect(Some(l))) => {
+                write!(f, "not the leader (the leader is {l})")
+            }
+            ConfChangeError::NotLeader(NotLeader::Redirect(None)) => {
+                f.write_str("not the leader (no leader known)")
+            }
+            ConfChangeError::Refused(why) => f.write_str(why),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -209,6 +242,17 @@ pub struct Raft {
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before this leader committed an entry of its term.
     reads_waiting_commit: Vec<u64>,
+    /// The memberships in the log, oldest first, each with the index of
+    /// its entry: the first is the one in force at the log's start (the
+    /// snapshot's, or the bootstrap one at index 0); the last is in force.
+    confs: Vec<(LogIndex, Membership)>,
+    /// The membership changed since the last `ready`.
+    membership_dirty: bool,
+    /// While leader and handing leadership over: the target, ticks since
+    /// the transfer began, and whether TimeoutNow went out.
+    lead_transferee: Option<NodeId>,
+    transfer_elapsed: u32,
+    transfer_sent: bool,
     rng: Rng,
     // Outbox, drained by `ready`.
     /// The lowest log index changed since the last `ready`.
@@ -245,6 +289,10 @@ impl Raft {
         let log = RaftLog::with_offset(offset, offset_term, entries);
         let stable_index = log.last_index();
         let rng = Rng::new(config.seed ^ 0x5DEE_CE66_D1CE_4E5B);
+        let base = match &snapshot {
+            Some(s) if !s.membership.voters.is_empty() => (s.index, s.membership.clone()),
+            _ => (offset, Self::bootstrap_membership(&config)),
+        };
         let soft = SoftState {
             role: Role::Follower,
             leader: None,
@@ -271,6 +319,11 @@ impl Raft {
             read_round_needed: false,
             pending_reads: VecDeque::new(),
             reads_waiting_commit: Vec::new(),
+            confs: vec![base],
+            membership_dirty: true,
+            lead_transferee: None,
+            transfer_elapsed: 0,
+            transfer_sent: false,
             rng,
             unpersisted_from: None,
             hard_state_dirty: false,
@@ -279,8 +332,29 @@ impl Raft {
             out_after_persist: Vec::new(),
             out_read_states: Vec::new(),
         };
+        let confs: Vec<Entry> = raft
+            .log
+            .entries()
+            .iter()
+            .filter(|e| e.kind == EntryKind::ConfChange)
+            .cloned()
+            .collect();
+        for e in &confs {
+            raft.note_conf_entry(e);
+        }
         raft.reset_election_timer();
         raft
+    }
+
+    fn bootstrap_membership(config: &Config) -> Membership {
+        let mut m = Membership::new(config.voters.iter().copied());
+        m.addrs = config
+            .initial_addrs
+            .iter()
+            .filter(|(id, _)| m.voters.contains(id))
+            .map(|(&id, a)| (id, a.clone()))
+            .collect();
+        m
     }
 
     // ---- accessors -------------------------------------------------------
@@ -338,6 +412,10 @@ impl Raft {
             last_applied: self.last_applied,
             first_index: self.log.first_index(),
             last_index: self.log.last_index(),
+            membership: self.membership().clone(),
+            membership_index: self.membership_index(),
+            membership_changing: self.membership_changing(),
+            transferring_to: self.lead_transferee,
             peers: self
                 .progress
                 .iter()
@@ -352,13 +430,66 @@ impl Raft {
         }
     }
 
-    fn quorum(&self) -> usize {
-        self.config.voters.len() / 2 + 1
+    /// The membership in force: the newest in the log, committed or not.
+    pub fn membership(&self) -> &Membership {
+        &self.confs.last().expect("there is always a membership").1
     }
 
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+    /// The index of the entry that made the membership in force.
+    pub fn membership_index(&self) -> LogIndex {
+        self.confs.last().expect("there is always a membership").0
+    }
+
+    /// Whether a membership change is under way: joint, or not committed.
+    pub fn membership_changing(&self) -> bool {
+        self.membership().is_joint() || self.membership_index() > self.commit_index
+    }
+
+    /// The membership in force at `index` (at least the log's offset).
+    pub fn membership_at(&self, index: LogIndex) -> Membership {
+        self.confs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .unwrap_or(&self.confs[0])
+            .1
+            .clone()
+    }
+
+    /// The node leadership is being handed to, while a transfer runs.
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.lead_transferee
+    }
+
+    fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.config.id)
+    }
+
+    /// The voters to ask in an election: every voter but this node.
+    fn voter_peers(&self) -> Vec<NodeId> {
         let me = self.config.id;
-        self.config.voters.iter().copied().filter(move |&v| v != me)
+        let m = self.membership();
+        m.voters
+            .iter()
+            .chain(&m.outgoing)
+            .copied()
+            .filter(|&v| v != me)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// The leader's followers: every member but itself (learners too).
+    fn peers(&self) -> Vec<NodeId> {
+        self.progress.keys().copied().collect()
+    }
+
+    /// Whether this node and the followers for which `acked` holds make a
+    /// quorum of the membership in force.
+    fn quorum_with(&self, acked: impl Fn(&Progress) -> bool) -> bool {
+        let me = self.config.id;
+        self.membership()
+            .has_quorum(|id| id == me || self.progress.get(&id).is_some_and(&acked))
     }
 
     // ---- events ----------------------------------------------------------
@@ -369,9 +500,26 @@ impl Raft {
         self.election_elapsed += 1;
         if self.role != Role::Leader {
             if self.election_elapsed >= self.randomized_election_timeout {
-                self.campaign(self.config.pre_vote);
+                if self.is_voter() {
+                    self.campaign(self.config.pre_vote, false);
+                } else {
+                    // A learner, or a node not (or no longer) a member:
+                    // it waits quietly to hear from a leader.
+                    self.reset_election_timer();
+                }
             }
             return;
+        }
+        if let Some(target) = self.lead_transferee {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_timeout_ticks_max {
+                info!(
+                    "{} t{}: {target} did not take over within an election timeout; leading on",
+                    self.id(),
+                    self.current_term
+                );
+                self.lead_transferee = None;
+            }
         }
         if self.election_elapsed >= self.config.election_timeout_ticks_min {
             self.election_elapsed = 0;
@@ -398,7 +546,110 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(NotLeader::Redirect(self.leader));
         }
+        if self.lead_transferee.is_some() {
+            // Handing over: new writes wait for the next leader.
+            return Err(NotLeader::Redirect(None));
+        }
         Ok(self.append_entry(EntryKind::Command, data.into()))
+    }
+
+    /// Proposes a membership change (joint consensus for voters). Refused
+    /// unless this is the leader, no change is under way, the leader has
+    /// committed an entry of its term, and a learner to promote has
+    /// caught up. Returns the index of the change's entry; the change is
+    /// complete once the settled membership after it commits.
+    pub fn propose_conf_change(
+        &mut self,
+        change: &ConfChange,
+    ) -> Result<LogIndex, ConfChangeError> {
+        if self.role != Role::Leader {
+            return Err(ConfChangeError::NotLeader(NotLeader::Redirect(self.leader)));
+        }
+        let refused = |why: String| Err(ConfChangeError::Refused(why));
+        if let Some(target) = self.lead_transferee {
+            return refused(format!("leadership is being handed to {target}"));
+        }
+        if self.membership_changing() {
+            return refused(format!(
+                "a membership change is in progress (entry {}: {}; committed up to {})",
+                self.membership_index(),
+                self.membership(),
+                self.commit_index
+            ));
+        }
+        if self.log.term_at(self.commit_index) != Some(self.current_term) {
+            return refused(
+                "this leader has not yet committed an entry of its term; retry shortly".into(),
+            );
+        }
+        if let ConfChange::Promote { id } = change {
+            let last = self.log.last_index();
+            let matched = self.progress.get(id).map_or(LogIndex(0), |p| p.match_index);
+            let behind = last.0.saturating_sub(matched.0);
+            if self.membership().is_learner(*id) && behind >= self.config.promote_lag_entries_max {
+                return refused(format!(
+                    "{id} is {behind} entries behind (it has {matched} of {last}); promote it once it is within {}",
+                    self.config.promote_lag_entries_max
+                ));
+            }
+        }
+        let next = self
+            .membership()
+            .apply_change(change)
+            .map_err(ConfChangeError::Refused)?;
+        info!(
+            "{} t{}: proposing {change}: {next}",
+            self.id(),
+            self.current_term
+        );
+        Ok(self.append_entry(EntryKind::ConfChange, next.to_bytes().into()))
+    }
+
+    /// Hands leadership to `target` (Raft thesis section 3.10): proposals
+    /// are refused meanwhile; once the target's log matches ours it is told
+    /// to campaign at once. If it does not lead within an election
+    /// timeout, this leader carries on.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ConfChangeError> {
+        if self.role != Role::Leader {
+            return Err(ConfChangeError::NotLeader(NotLeader::Redirect(self.leader)));
+        }
+        if target == self.config.id {
+            return Ok(());
+        }
+        if !self.membership().is_voter(target) {
+            return Err(ConfChangeError::Refused(format!(
+                "{target} is not a voter ({})",
+                self.membership()
+            )));
+        }
+        info!(
+            "{} t{}: handing leadership to {target}",
+            self.id(),
+            self.current_term
+        );
+        self.lead_transferee = Some(target);
+        self.transfer_elapsed = 0;
+        self.transfer_sent = false;
+        self.maybe_send_timeout_now();
+        Ok(())
+    }
+
+    /// Sends TimeoutNow to the transfer's target once its log matches ours.
+    fn maybe_send_timeout_now(&mut self) {
+        let Some(target) = self.lead_transferee else {
+            return;
+        };
+        let last = self.log.last_index();
+        if self.transfer_sent || self.progress.get(&target).map(|p| p.match_index) != Some(last) {
+            return;
+        }
+        self.transfer_sent = true;
+        info!(
+            "{} t{}: {target} has the whole log ({last}); telling it to campaign",
+            self.id(),
+            self.current_term
+        );
+        self.reply(target, MessageBody::TimeoutNow, false);
     }
 
     /// A linearizable read (ReadIndex, Raft thesis section 6.4): confirmed
@@ -448,6 +699,7 @@ impl Raft {
         );
         let to = keep_from.prev().min(snapshot.index);
         let dropped = self.log.compact_to(to);
+        self.compact_confs(to);
         debug!(
             "{} t{}: snapshot at {}/{}, log from {}",
             self.id(),
@@ -463,8 +715,8 @@ impl Raft {
     /// Starts an election now (as if the election timer had fired), with a
     /// PreVote round first when configured. For tests and operators.
     pub fn campaign_now(&mut self) {
-        if self.role != Role::Leader {
-            self.campaign(self.config.pre_vote);
+        if self.role != Role::Leader && self.is_voter() {
+            self.campaign(self.config.pre_vote, false);
         }
     }
 
@@ -487,7 +739,10 @@ impl Raft {
     /// A message from a peer. Term rules first (Figure 2, "Rules for
     /// Servers"), then one handler per message type.
     pub fn step(&mut self, m: Message) {
-        if m.to != self.config.id || !self.config.voters.contains(&m.from) {
+        // Messages from any node are heard (a member being added does not
+        // know it yet); votes count only from voters, and PreVote and the
+        // leader lease keep a removed node from disturbing the cluster.
+        if m.to != self.config.id || m.from == self.config.id {
             debug!(
                 "{} t{}: dropping misaddressed {m}",
                 self.id(),
@@ -497,7 +752,9 @@ impl Raft {
         }
         if m.term > self.current_term {
             match &m.body {
-                MessageBody::RequestVote { .. } if self.in_leader_lease() => {
+                MessageBody::RequestVote {
+                    transfer: false, ..
+                } if self.in_leader_lease() => {
                     // CheckQuorum: while we hear from a leader, a higher
                     // term from a disruptive node changes nothing.
                     info!(
@@ -533,7 +790,9 @@ impl Raft {
                 pre_vote,
                 last_log_index,
                 last_log_term,
+                ..
             } => self.handle_request_vote(m.from, m.term, pre_vote, last_log_index, last_log_term),
+            MessageBody::TimeoutNow => self.handle_timeout_now(m.from),
             MessageBody::RequestVoteResponse {
                 pre_vote,
                 vote_granted,
@@ -578,11 +837,11 @@ impl Raft {
             if self.read_round_needed {
                 self.read_round_needed = false;
                 self.read_round += 1;
-                for peer in self.peers().collect::<Vec<_>>() {
+                for peer in self.peers() {
                     self.send_heartbeat(peer);
                 }
             }
-            for peer in self.peers().collect::<Vec<_>>() {
+            for peer in self.peers() {
                 self.send_appends(peer);
             }
             self.maybe_commit();
@@ -622,6 +881,10 @@ impl Raft {
             self.last_applied = to;
         }
         rd.read_states = std::mem::take(&mut self.out_read_states);
+        if self.membership_dirty {
+            self.membership_dirty = false;
+            rd.membership = Some(self.membership().clone());
+        }
         rd
     }
 
@@ -629,6 +892,7 @@ impl Raft {
     /// state to persist).
     pub fn has_ready(&self) -> bool {
         self.hard_state_dirty
+            || self.membership_dirty
             || self.snapshot_to_install.is_some()
             || self.unpersisted_from.is_some()
             || !self.out_messages.is_empty()
@@ -656,6 +920,7 @@ impl Raft {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.lead_transferee = None;
         self.progress.clear();
         self.pending_reads.clear();
         self.reads_waiting_commit.clear();
@@ -664,8 +929,9 @@ impl Raft {
         self.reset_election_timer();
     }
 
-    /// Starts a PreVote round (term unchanged) or a real election.
-    fn campaign(&mut self, pre_vote: bool) {
+    /// Starts a PreVote round (term unchanged) or a real election;
+    /// `transfer`: one the leader asked for with TimeoutNow.
+    fn campaign(&mut self, pre_vote: bool, transfer: bool) {
         self.leader = None;
         self.votes.clear();
         self.reset_election_timer();
@@ -690,7 +956,7 @@ impl Raft {
             return;
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers().collect::<Vec<_>>() {
+        for peer in self.voter_peers() {
             let m = Message {
                 from: self.config.id,
                 to: peer,
@@ -699,6 +965,7 @@ impl Raft {
                     pre_vote,
                     last_log_index,
                     last_log_term,
+                    transfer,
                 },
             };
             // A real RequestVote carries the new term and our own vote: both
@@ -718,8 +985,8 @@ impl Raft {
         self.leader = Some(self.config.id);
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
-        let next = self.log.last_index().next();
-        self.progress = self.peers().map(|p| (p, Progress::new(next))).collect();
+        self.progress.clear();
+        self.sync_progress();
         // Entries of earlier terms commit only once an entry of this term
         // does (Figure 8): the no-op makes that happen without waiting for a
         // client.
@@ -729,22 +996,22 @@ impl Raft {
     /// Counts votes; acts on a majority either way. Returns whether the
     /// campaign is over.
     fn tally_votes(&mut self) -> bool {
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let rejected = self.votes.len() - granted;
-        if granted >= self.quorum() {
-            if self.role == Role::PreCandidate {
-                self.campaign(false);
-            } else {
-                self.become_leader();
+        match self.membership().vote_result(&self.votes) {
+            VoteResult::Won => {
+                if self.role == Role::PreCandidate {
+                    self.campaign(false, false);
+                } else {
+                    self.become_leader();
+                }
+                true
             }
-            return true;
+            VoteResult::Lost => {
+                debug!("{} t{}: lost the election", self.id(), self.current_term);
+                self.become_follower(self.current_term, None);
+                true
+            }
+            VoteResult::Pending => false,
         }
-        if rejected >= self.quorum() {
-            debug!("{} t{}: lost the election", self.id(), self.current_term);
-            self.become_follower(self.current_term, None);
-            return true;
-        }
-        false
     }
 
     /// Says why a leader or candidate is about to step down: a message of
@@ -780,14 +1047,11 @@ impl Raft {
     }
 
     fn quorum_recently_active(&mut self) -> bool {
-        let mut active = 1;
+        let active = self.quorum_with(|pr| pr.recent_active);
         for pr in self.progress.values_mut() {
-            if pr.recent_active {
-                active += 1;
-            }
             pr.recent_active = false;
         }
-        active >= self.quorum()
+        active
     }
 
     // ---- handlers --------------------------------------------------------
@@ -1008,6 +1272,7 @@ impl Raft {
             if self.log.term_at(index) == Some(term) {
                 // Our log agrees up to the snapshot: keep what follows.
                 drop(self.log.compact_to(index));
+                self.compact_confs(index);
             } else {
                 info!(
                     "{} t{}: installing snapshot {index}/{term} from {leader}; dropping the log {}..{}",
@@ -1017,6 +1282,13 @@ impl Raft {
                     self.log.last_index()
                 );
                 self.log.reset(index, term);
+                let membership = if snapshot.membership.voters.is_empty() {
+                    Self::bootstrap_membership(&self.config)
+                } else {
+                    snapshot.membership.clone()
+                };
+                self.confs = vec![(index, membership)];
+                self.on_membership_changed();
                 // Nothing past the commit index is known to agree any more;
                 // the snapshot's own write reports `persisted` for it.
                 self.stable_index = self.stable_index.min(self.commit_index);
@@ -1067,22 +1339,23 @@ impl Raft {
                         e.term
                     );
                     self.log.truncate_from(e.index);
+                    self.truncate_confs(e.index);
                     if self.stable_index >= e.index {
                         self.stable_index = e.index.prev();
                     }
                     self.note_unpersisted(e.index);
-                    self.log.append(e);
+                    self.append_to_log(e);
                     break;
                 }
                 None => {
                     self.note_unpersisted(e.index);
-                    self.log.append(e);
+                    self.append_to_log(e);
                     break;
                 }
             }
         }
         for e in iter {
-            self.log.append(e);
+            self.append_to_log(e);
         }
     }
 
@@ -1116,6 +1389,9 @@ impl Raft {
             }
             self.maybe_commit();
             self.confirm_reads();
+            if self.lead_transferee == Some(from) {
+                self.maybe_send_timeout_now();
+            }
             return;
         }
         let Some(hint) = reject else {
@@ -1191,7 +1467,7 @@ impl Raft {
     /// followers hear from the leader, with its commit index and a read
     /// round.
     fn handle_leader_heartbeat(&mut self) {
-        for peer in self.peers().collect::<Vec<_>>() {
+        for peer in self.peers() {
             let last_index = self.log.last_index();
             let pr = self
                 .progress
@@ -1329,10 +1605,16 @@ impl Raft {
     /// whose entry is of the current term (Figure 8: never by counting
     /// replicas of an older term's entry).
     fn maybe_commit(&mut self) {
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
-        matched.push(self.stable_index);
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum() - 1];
+        let me = self.config.id;
+        let candidate = self.membership().committed_index(|id| {
+            if id == me {
+                self.stable_index
+            } else {
+                self.progress
+                    .get(&id)
+                    .map_or(LogIndex(0), |p| p.match_index)
+            }
+        });
         if candidate <= self.commit_index {
             return;
         }
@@ -1352,6 +1634,55 @@ impl Raft {
                 self.register_read(id);
             }
         }
+        self.membership_committed();
+    }
+
+    /// The leader's next step once the membership in force is committed:
+    /// a joint one is left with the settled one after it; a settled one
+    /// without this node ends its leadership, after handing it over.
+    fn membership_committed(&mut self) {
+        if self.role != Role::Leader || self.membership_index() > self.commit_index {
+            return;
+        }
+        if self.membership().is_joint() {
+            let next = self.membership().leave_joint();
+            info!(
+                "{} t{}: joint membership committed at {}; leaving it: {next}",
+                self.id(),
+                self.current_term,
+                self.membership_index()
+            );
+            self.append_entry(EntryKind::ConfChange, next.to_bytes().into());
+            return;
+        }
+        if self.is_voter() {
+            return;
+        }
+        // Removed: hand over to the voter furthest along, if it has all.
+        let last = self.log.last_index();
+        let heir = self
+            .membership()
+            .voters
+            .iter()
+            .filter_map(|id| self.progress.get(id).map(|p| (p.match_index, *id)))
+            .max();
+        info!(
+            "{} t{}: removed from the cluster ({}); stepping down",
+            self.id(),
+            self.current_term,
+            self.membership()
+        );
+        if let Some((matched, heir)) = heir {
+            if matched == last {
+                info!(
+                    "{} t{}: handing leadership to {heir}",
+                    self.id(),
+                    self.current_term
+                );
+                self.reply(heir, MessageBody::TimeoutNow, false);
+            }
+        }
+        self.become_follower(self.current_term, None);
     }
 
     fn register_read(&mut self, id: u64) {
@@ -1360,7 +1691,7 @@ impl Raft {
             index: self.commit_index,
             round: self.read_round + 1,
         };
-        if self.quorum() == 1 {
+        if self.quorum_with(|_| false) {
             self.out_read_states.push(ReadState {
                 id,
                 index: read.index,
@@ -1373,13 +1704,8 @@ impl Raft {
 
     /// Releases the reads whose round a quorum has echoed.
     fn confirm_reads(&mut self) {
-        while let Some(front) = self.pending_reads.front() {
-            let acks = 1 + self
-                .progress
-                .values()
-                .filter(|p| p.acked_read_round >= front.round)
-                .count();
-            if acks < self.quorum() {
+        while let Some(&front) = self.pending_reads.front() {
+            if !self.quorum_with(|p| p.acked_read_round >= front.round) {
                 return;
             }
             self.out_read_states.push(ReadState {
@@ -1394,7 +1720,7 @@ impl Raft {
 
     fn append_entry(&mut self, kind: EntryKind, data: Arc<[u8]>) -> LogIndex {
         let index = self.log.last_index().next();
-        self.log.append(Entry {
+        self.append_to_log(Entry {
             index,
             term: self.current_term,
             kind,
@@ -1402,6 +1728,110 @@ impl Raft {
         });
         self.note_unpersisted(index);
         index
+    }
+
+    /// Appends to the log; a membership takes effect at once.
+    fn append_to_log(&mut self, e: Entry) {
+        if e.kind == EntryKind::ConfChange {
+            self.note_conf_entry(&e);
+        }
+        self.log.append(e);
+    }
+
+    /// A ConfChange entry came into the log: its membership is in force.
+    /// One that does not decode (never written by a leader of this
+    /// version) changes nothing, on every server alike.
+    fn note_conf_entry(&mut self, e: &Entry) {
+        match Membership::from_bytes(&e.data) {
+            Ok(m) => {
+                info!(
+                    "{} t{}: membership at {}: {m}",
+                    self.id(),
+                    self.current_term,
+                    e.index
+                );
+                self.confs.push((e.index, m));
+                self.on_membership_changed();
+            }
+            Err(why) => log::error!(
+                "{} t{}: membership entry {e} does not decode ({why}); ignored",
+                self.id(),
+                self.current_term
+            ),
+        }
+    }
+
+    /// Entries from `index` were cut: memberships they made are undone.
+    fn truncate_confs(&mut self, index: LogIndex) {
+        let before = self.confs.len();
+        while self.confs.len() > 1 && self.confs.last().is_some_and(|(i, _)| *i >= index) {
+            self.confs.pop();
+        }
+        if self.confs.len() != before {
+            info!(
+                "{} t{}: membership back to {} (entries from {index} cut)",
+                self.id(),
+                self.current_term,
+                self.membership()
+            );
+            self.on_membership_changed();
+        }
+    }
+
+    /// The log now starts after `to`: the membership in force there
+    /// becomes the first one kept.
+    fn compact_confs(&mut self, to: LogIndex) {
+        let keep_from = self.confs.iter().rposition(|(i, _)| *i <= to).unwrap_or(0);
+        self.confs.drain(..keep_from);
+    }
+
+    fn on_membership_changed(&mut self) {
+        self.membership_dirty = true;
+        match self.role {
+            Role::Leader => {
+                self.sync_progress();
+                if self
+                    .lead_transferee
+                    .is_some_and(|t| !self.membership().is_voter(t))
+                {
+                    self.lead_transferee = None;
+                }
+            }
+            Role::Candidate | Role::PreCandidate if !self.is_voter() => {
+                self.become_follower(self.current_term, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// A leader replicates to every member: progress for those added,
+    /// none for those gone.
+    fn sync_progress(&mut self) {
+        let me = self.config.id;
+        let members = self.membership().members();
+        self.progress.retain(|id, _| members.contains(id));
+        let next = self.log.last_index().next();
+        for id in members {
+            if id != me {
+                self.progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(next));
+            }
+        }
+    }
+
+    /// The leader asks us to campaign now (leadership transfer): a real
+    /// election, skipping PreVote, that voters in a lease take part in.
+    fn handle_timeout_now(&mut self, from: NodeId) {
+        if self.role == Role::Leader || !self.is_voter() {
+            return;
+        }
+        info!(
+            "{} t{}: {from} hands leadership over; campaigning now",
+            self.id(),
+            self.current_term
+        );
+        self.campaign(false, true);
     }
 
     fn note_unpersisted(&mut self, index: LogIndex) {

@@ -42,6 +42,9 @@ pub enum MessageBody {
         pre_vote: bool,
         last_log_index: LogIndex,
         last_log_term: Term,
+        /// Sent in an election the leader asked for (TimeoutNow): a voter
+        /// that still hears from that leader votes all the same.
+        transfer: bool,
     },
     RequestVoteResponse {
         pre_vote: bool,
@@ -67,6 +70,9 @@ pub enum MessageBody {
         /// As in AppendEntries.
         read_round: u64,
     },
+    /// The leader hands over leadership (Raft thesis section 3.10): the
+    /// receiver, whose log is as long as the leader's, campaigns at once.
+    TimeoutNow,
     AppendEntriesResponse {
         success: bool,
         /// On success, the last index this message proves the follower has
@@ -95,6 +101,7 @@ impl MessageBody {
             MessageBody::AppendEntries { .. } => "AppendEntries",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
 }
@@ -115,8 +122,16 @@ impl fmt::Display for Message {
             MessageBody::RequestVote {
                 last_log_index,
                 last_log_term,
+                transfer,
                 ..
-            } => write!(f, " last={last_log_index}/{last_log_term}"),
+            } => {
+                write!(f, " last={last_log_index}/{last_log_term}")?;
+                if *transfer {
+                    f.write_str(" transfer")?;
+                }
+                Ok(())
+            }
+            MessageBody::TimeoutNow => Ok(()),
             MessageBody::RequestVoteResponse { vote_granted, .. } => {
                 write!(f, " granted={vote_granted}")
             }
@@ -214,6 +229,7 @@ mod tests {
             pre_vote: true,
             last_log_index: LogIndex(9),
             last_log_term: Term(2),
+            transfer: false,
         });
         assert_eq!(prevote.to_string(), "n1->n2 PreVote t3 last=9/2");
         let reject = message(MessageBody::AppendEntriesResponse {

@@ -3,9 +3,11 @@
 //! See `docs/ARCHITECTURE.md` for the inputs, the outputs and the persistence
 //! contract.
 
+pub mod membership;
 pub mod message;
 pub mod types;
 
+pub use membership::{ConfChange, Membership, VoteResult};
 pub use message::{Message, MessageBody, RejectHint};
 pub use types::{
     Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Snapshot,
@@ -16,4 +18,4 @@ pub mod core;
 pub mod log;
 pub mod progress;
 
-pub use self::core::{Config, NotLeader, Raft, ReadState, Ready, SoftState};
+pub use self::core::{ConfChangeError, Config, NotLeader, Raft, ReadState, Ready, SoftState};

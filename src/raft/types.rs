@@ -7,6 +7,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::membership::Membership;
+
 /// A server's id, as written in `cluster.toml` (`id = 1`) and shown as `n1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);
@@ -71,6 +73,9 @@ pub enum EntryKind {
     /// An application command; `data` is opaque to the core (the KV state
     /// machine's encoded command, see `kv::Command`).
     Command = 1,
+    /// A new membership (`Membership::encode`): takes effect on every
+    /// server as soon as it is in its log (Raft paper, section 6).
+    ConfChange = 2,
 }
 
 impl EntryKind {
@@ -79,6 +84,7 @@ impl EntryKind {
         match byte {
             0 => Some(EntryKind::Noop),
             1 => Some(EntryKind::Command),
+            2 => Some(EntryKind::ConfChange),
             _ => None,
         }
     }
@@ -113,6 +119,9 @@ impl fmt::Display for Entry {
 pub struct Snapshot {
     pub index: LogIndex,
     pub term: Term,
+    /// The membership in force at `index` (empty in a snapshot written
+    /// before memberships were recorded: the bootstrap one then applies).
+    pub membership: Membership,
     pub data: Arc<[u8]>,
 }
 
@@ -205,8 +214,17 @@ pub struct Status {
     pub first_index: LogIndex,
     /// Last index in the log, 0 when empty.
     pub last_index: LogIndex,
-    /// Per-follower progress; empty unless leader.
+    /// Per-follower progress (learners included); empty unless leader.
     pub peers: Vec<PeerStatus>,
+    /// The membership in force: the newest in the log.
+    pub membership: Membership,
+    /// The index of the entry that made it (0: the bootstrap membership,
+    /// or the snapshot's).
+    pub membership_index: LogIndex,
+    /// A change is under way: the membership is joint or not committed.
+    pub membership_changing: bool,
+    /// The node leadership is being handed to, while a transfer runs.
+    pub transferring_to: Option<NodeId>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use std::path::Path;
 use byteorder::{ByteOrder, LittleEndian};
 
 use super::StorageError;
-use crate::raft::{HardState, LogIndex, NodeId, Snapshot, Term};
+use crate::raft::membership::MEMBERSHIP_BYTES_MAX;
+use crate::raft::{HardState, LogIndex, Membership, NodeId, Snapshot, Term};
 
 pub const META_FILE: &str = "meta";
 pub const HARDSTATE_FILE: &str = "hardstate";
@@ -20,7 +21,9 @@ pub const META_MAGIC: &[u8; 8] = b"RAFTKMET";
 pub const HARDSTATE_MAGIC: &[u8; 8] = b"RAFTKHST";
 pub const SNAPSHOT_FILE: &str = "snapshot";
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"RAFTKSNP";
-/// magic(8) version(4) reserved(4) index(8) term(8) data_len(8)
+/// magic(8) version(4) membership_len(4) index(8) term(8) data_len(8); then
+/// the membership (`membership_len` bytes; none in a file written before
+/// memberships were recorded) and the data.
 pub const SNAPSHOT_HEADER_BYTES: usize = 40;
 /// The CRC-32C after the data.
 pub const SNAPSHOT_TRAILER_BYTES: usize = 4;
@@ -198,28 +201,45 @@ pub fn encode_snapshot_header(snap: &Snapshot) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut out = [0u8; SNAPSHOT_HEADER_BYTES];
     out[..8].copy_from_slice(SNAPSHOT_MAGIC);
     LittleEndian::write_u32(&mut out[8..12], FORMAT_VERSION);
+    LittleEndian::write_u32(&mut out[12..16], membership_bytes(snap).len() as u32);
     LittleEndian::write_u64(&mut out[16..24], snap.index.0);
     LittleEndian::write_u64(&mut out[24..32], snap.term.0);
     LittleEndian::write_u64(&mut out[32..40], snap.data.len() as u64);
     out
 }
 
-/// The CRC-32C of the header and the data, which ends a snapshot file.
+/// A snapshot's membership as stored: nothing when it has none (a
+/// snapshot from before memberships were recorded).
+fn membership_bytes(snap: &Snapshot) -> Vec<u8> {
+    if snap.membership == Membership::default() {
+        Vec::new()
+    } else {
+        snap.membership.to_bytes()
+    }
+}
+
+/// The CRC-32C of the header, the membership and the data, which ends a
+/// snapshot file.
 pub fn snapshot_trailer(
     header: &[u8; SNAPSHOT_HEADER_BYTES],
+    membership: &[u8],
     data: &[u8],
 ) -> [u8; SNAPSHOT_TRAILER_BYTES] {
-    crc32c::crc32c_append(crc32c::crc32c(header), data).to_le_bytes()
+    let crc = crc32c::crc32c_append(crc32c::crc32c(header), membership);
+    crc32c::crc32c_append(crc, data).to_le_bytes()
 }
 
 /// The whole snapshot file, in one buffer (for tests and tools; the store
 /// writes the parts without joining them).
 pub fn encode_snapshot(snap: &Snapshot) -> Vec<u8> {
     let header = encode_snapshot_header(snap);
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + snap.data.len() + 4);
+    let membership = membership_bytes(snap);
+    let mut out =
+        Vec::with_capacity(SNAPSHOT_HEADER_BYTES + membership.len() + snap.data.len() + 4);
     out.extend_from_slice(&header);
+    out.extend_from_slice(&membership);
     out.extend_from_slice(&snap.data);
-    out.extend_from_slice(&snapshot_trailer(&header, &snap.data));
+    out.extend_from_slice(&snapshot_trailer(&header, &membership, &snap.data));
     out
 }
 
@@ -242,10 +262,19 @@ pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> 
             ),
         ));
     }
+    let membership_len = LittleEndian::read_u32(&b[12..16]) as usize;
+    if membership_len > MEMBERSHIP_BYTES_MAX || membership_len > b.len() - fixed {
+        return Err(bad(
+            12,
+            format!(
+                "membership length {membership_len}, past what the file or a membership can hold"
+            ),
+        ));
+    }
     let data_len = LittleEndian::read_u64(&b[32..40]);
     // The length comes from disk: compare without converting it to an
     // offset, which could overflow.
-    let have = (b.len() - fixed) as u64;
+    let have = (b.len() - fixed - membership_len) as u64;
     if data_len != have {
         let why = if data_len > have {
             "the file is truncated"
@@ -257,7 +286,8 @@ pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> 
             format!("data length {data_len}, but the file holds {have} bytes of data: {why}"),
         ));
     }
-    let end = SNAPSHOT_HEADER_BYTES + have as usize;
+    let data_at = SNAPSHOT_HEADER_BYTES + membership_len;
+    let end = data_at + have as usize;
     let stored = LittleEndian::read_u32(&b[end..]);
     let computed = crc32c::crc32c(&b[..end]);
     if computed != stored {
@@ -266,10 +296,17 @@ pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> 
             format!("CRC mismatch (stored {stored:08x}, computed {computed:08x})"),
         ));
     }
+    let membership = if membership_len == 0 {
+        Membership::default()
+    } else {
+        Membership::from_bytes(&b[SNAPSHOT_HEADER_BYTES..data_at])
+            .map_err(|e| bad(SNAPSHOT_HEADER_BYTES as u64, format!("membership: {e}")))?
+    };
     Ok(Snapshot {
         index: LogIndex(LittleEndian::read_u64(&b[16..24])),
         term: Term(LittleEndian::read_u64(&b[24..32])),
-        data: b[SNAPSHOT_HEADER_BYTES..end].into(),
+        membership,
+        data: b[data_at..end].into(),
     })
 }
 
@@ -285,9 +322,15 @@ pub fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
 /// durably.
 pub fn write_snapshot(dir: &Path, snap: &Snapshot, fsync: bool) -> Result<(), StorageError> {
     let header = encode_snapshot_header(snap);
-    let trailer = snapshot_trailer(&header, &snap.data);
-    atomic_write_parts(dir, SNAPSHOT_FILE, &[&header, &snap.data, &trailer], fsync)
-        .map_err(|e| StorageError::io(&dir.join(SNAPSHOT_FILE), e))
+    let membership = membership_bytes(snap);
+    let trailer = snapshot_trailer(&header, &membership, &snap.data);
+    atomic_write_parts(
+        dir,
+        SNAPSHOT_FILE,
+        &[&header, &membership, &snap.data, &trailer],
+        fsync,
+    )
+    .map_err(|e| StorageError::io(&dir.join(SNAPSHOT_FILE), e))
 }
 
 #[cfg(test)]
@@ -296,6 +339,7 @@ mod tests {
 
     fn snap(index: u64, term: u64, data: &[u8]) -> Snapshot {
         Snapshot {
+            membership: Default::default(),
             index: LogIndex(index),
             term: Term(term),
             data: data.into(),
@@ -317,6 +361,30 @@ mod tests {
             assert_eq!(b.len(), SNAPSHOT_HEADER_BYTES + s.data.len() + 4);
             assert_eq!(decode_snapshot(p, &b).ok(), Some(s));
         }
+    }
+
+    #[test]
+    fn snapshot_membership_round_trips_and_damage_to_it_is_reported() {
+        let p = Path::new("snapshot");
+        let mut s = snap(42, 7, b"state machine");
+        s.membership = Membership::new([NodeId(1), NodeId(2), NodeId(4)]);
+        s.membership.learners.insert(NodeId(5));
+        s.membership
+            .addrs
+            .insert(NodeId(4), "127.0.0.1:7004".into());
+        let b = encode_snapshot(&s);
+        let m_len = s.membership.to_bytes().len();
+        assert_eq!(b.len(), SNAPSHOT_HEADER_BYTES + m_len + s.data.len() + 4);
+        assert_eq!(decode_snapshot(p, &b).ok(), Some(s.clone()));
+        // A membership length past the file.
+        let mut d = b.clone();
+        LittleEndian::write_u32(&mut d[12..16], 1 << 20);
+        assert_eq!(corrupt_at(decode_snapshot(p, &d)).0, 12);
+        // A flipped bit in the membership: the CRC catches it.
+        let mut d = b.clone();
+        d[SNAPSHOT_HEADER_BYTES + 3] ^= 1;
+        let crc_at = (b.len() - 4) as u64;
+        assert_eq!(corrupt_at(decode_snapshot(p, &d)).0, crc_at);
     }
 
     #[test]

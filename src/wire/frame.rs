@@ -8,9 +8,10 @@ use crate::codec::{
     put_bool, put_bytes, put_opt_u64, put_u16, put_u32, put_u64, put_u8, DecodeError, Reader,
 };
 use crate::kv::{Command, CommandRef, OpResult};
+use crate::raft::membership::MEMBERSHIP_BYTES_MAX;
 use crate::raft::{
-    Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, PeerStatus, ProgressState,
-    RejectHint, Role, Snapshot, Status, Term,
+    ConfChange, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId, PeerStatus,
+    ProgressState, RejectHint, Role, Snapshot, Status, Term,
 };
 
 /// First two bytes of every frame: "RK".
@@ -69,6 +70,10 @@ pub enum ErrorCode {
     /// opened with seq 1) and a seq past 1: not applied, and whether an
     /// earlier copy was is unknown. Start a new session.
     SessionExpired,
+    /// A valid request that cannot be carried out now or at all: a
+    /// membership change while another is under way, promoting a learner
+    /// far behind, removing the last voter. The message says why.
+    Refused,
     /// A code this version does not know.
     Other(u16),
 }
@@ -84,6 +89,7 @@ impl ErrorCode {
             ErrorCode::TooBusy => 6,
             ErrorCode::Internal => 7,
             ErrorCode::SessionExpired => 8,
+            ErrorCode::Refused => 9,
             ErrorCode::Other(c) => c,
         }
     }
@@ -98,6 +104,7 @@ impl ErrorCode {
             6 => ErrorCode::TooBusy,
             7 => ErrorCode::Internal,
             8 => ErrorCode::SessionExpired,
+            9 => ErrorCode::Refused,
             c => ErrorCode::Other(c),
         }
     }
@@ -183,6 +190,37 @@ pub enum RequestBody {
         entries_max: u32,
     },
     Fault(FaultSpec),
+    /// List the members, or change them (at the leader; answered once the
+    /// change is committed, the settled membership after it included).
+    Member(MemberRequest),
+    /// Hand leadership to this voter (at the leader; answered once the
+    /// transfer has begun).
+    TransferLeader(NodeId),
+}
+
+/// What a Member request asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberRequest {
+    List,
+    Change(ConfChange),
+}
+
+/// The members as one node sees them: the membership in force, whether a
+/// change is under way, and (at the leader) how far each member has the
+/// log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembersInfo {
+    /// The node that answers, and the leader it knows of.
+    pub node: NodeId,
+    pub leader: Option<NodeId>,
+    pub membership: Membership,
+    pub membership_index: LogIndex,
+    pub changing: bool,
+    pub commit_index: LogIndex,
+    pub last_index: LogIndex,
+    /// Each member's match index as the leader knows it (the leader's own
+    /// is its last index); empty at a follower.
+    pub matched: Vec<(NodeId, LogIndex)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,7 +237,7 @@ pub enum ResponseBody {
         code: ErrorCode,
         message: String,
     },
-    Status(NodeStatus),
+    Status(Box<NodeStatus>),
     Log {
         commit_index: LogIndex,
         first_index: LogIndex,
@@ -207,6 +245,9 @@ pub enum ResponseBody {
         entries: Vec<Entry>,
     },
     FaultOk,
+    Members(Box<MembersInfo>),
+    /// The leader began handing leadership to this voter.
+    TransferStarted(NodeId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -567,8 +608,9 @@ fn decode_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
 
 /// Bytes of a Raft frame's body carrying an InstallSnapshot besides the
 /// snapshot's data: from, to, term, message type, index, term, read_round,
-/// data length.
-const INSTALL_SNAPSHOT_FIXED_BYTES: usize = 8 + 8 + 8 + 1 + 8 + 8 + 8 + 4;
+/// the membership (length and bytes, at most), data length.
+const INSTALL_SNAPSHOT_FIXED_BYTES: usize =
+    8 + 8 + 8 + 1 + 8 + 8 + 8 + 4 + MEMBERSHIP_BYTES_MAX + 4;
 
 /// Largest snapshot (its data) one InstallSnapshot can carry, in fragments:
 /// a larger one cannot be sent (a receiver refuses the message).
@@ -611,12 +653,15 @@ fn encode_message(m: &Message, out: &mut Vec<u8>) {
             pre_vote,
             last_log_index,
             last_log_term,
+            transfer,
         } => {
             put_u8(out, 1);
             put_bool(out, *pre_vote);
             put_u64(out, last_log_index.0);
             put_u64(out, last_log_term.0);
+            put_bool(out, *transfer);
         }
+        MessageBody::TimeoutNow => put_u8(out, 6),
         MessageBody::RequestVoteResponse {
             pre_vote,
             vote_granted,
@@ -667,6 +712,7 @@ fn encode_message(m: &Message, out: &mut Vec<u8>) {
             put_u64(out, snapshot.index.0);
             put_u64(out, snapshot.term.0);
             put_u64(out, *read_round);
+            put_bytes(out, &snapshot.membership.to_bytes());
             put_bytes(out, &snapshot.data);
         }
     }
@@ -681,6 +727,7 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
             pre_vote: r.bool("pre_vote")?,
             last_log_index: LogIndex(r.u64("last_log_index")?),
             last_log_term: Term(r.u64("last_log_term")?),
+            transfer: r.bool("transfer")?,
         },
         2 => MessageBody::RequestVoteResponse {
             pre_vote: r.bool("pre_vote")?,
@@ -717,12 +764,19 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
             let index = LogIndex(r.u64("snapshot.index")?);
             let term = Term(r.u64("snapshot.term")?);
             let read_round = r.u64("read_round")?;
+            let membership = Membership::from_bytes(r.bytes("snapshot.membership")?)?;
             let data = r.bytes("snapshot.data")?.into();
             MessageBody::InstallSnapshot {
-                snapshot: Snapshot { index, term, data },
+                snapshot: Snapshot {
+                    index,
+                    term,
+                    membership,
+                    data,
+                },
                 read_round,
             }
         }
+        6 => MessageBody::TimeoutNow,
         tag => {
             return Err(DecodeError::BadTag {
                 field: "message",
@@ -791,6 +845,30 @@ fn encode_request(body: &RequestBody, out: &mut Vec<u8>) {
             put_u8(out, 4);
             encode_fault(f, out);
         }
+        RequestBody::Member(m) => {
+            put_u8(out, 5);
+            match m {
+                MemberRequest::List => put_u8(out, 1),
+                MemberRequest::Change(ConfChange::Add { id, addr, learner }) => {
+                    put_u8(out, 2);
+                    put_u64(out, id.0);
+                    put_bytes(out, addr.as_bytes());
+                    put_bool(out, *learner);
+                }
+                MemberRequest::Change(ConfChange::Promote { id }) => {
+                    put_u8(out, 3);
+                    put_u64(out, id.0);
+                }
+                MemberRequest::Change(ConfChange::Remove { id }) => {
+                    put_u8(out, 4);
+                    put_u64(out, id.0);
+                }
+            }
+        }
+        RequestBody::TransferLeader(id) => {
+            put_u8(out, 6);
+            put_u64(out, id.0);
+        }
     }
 }
 
@@ -810,6 +888,27 @@ fn decode_request(r: &mut Reader<'_>) -> Result<RequestBody, DecodeError> {
             entries_max: r.u32("entries_max")?,
         },
         4 => RequestBody::Fault(decode_fault(r)?),
+        5 => RequestBody::Member(match r.u8("member")? {
+            1 => MemberRequest::List,
+            2 => MemberRequest::Change(ConfChange::Add {
+                id: NodeId(r.u64("id")?),
+                addr: r.string("addr")?,
+                learner: r.bool("learner")?,
+            }),
+            3 => MemberRequest::Change(ConfChange::Promote {
+                id: NodeId(r.u64("id")?),
+            }),
+            4 => MemberRequest::Change(ConfChange::Remove {
+                id: NodeId(r.u64("id")?),
+            }),
+            tag => {
+                return Err(DecodeError::BadTag {
+                    field: "member",
+                    tag: tag as u64,
+                })
+            }
+        }),
+        6 => RequestBody::TransferLeader(NodeId(r.u64("id")?)),
         tag => {
             return Err(DecodeError::BadTag {
                 field: "request",
@@ -878,6 +977,10 @@ fn encode_response(body: &ResponseBody, out: &mut Vec<u8>) {
             put_bytes(out, ns.addr.as_bytes());
             encode_fault(&ns.fault, out);
             put_u64(out, ns.uptime_ms);
+            put_bytes(out, &s.membership.to_bytes());
+            put_u64(out, s.membership_index.0);
+            put_bool(out, s.membership_changing);
+            put_opt_u64(out, s.transferring_to.map(|t| t.0));
         }
         ResponseBody::Log {
             commit_index,
@@ -892,6 +995,25 @@ fn encode_response(body: &ResponseBody, out: &mut Vec<u8>) {
             encode_entries(entries, out);
         }
         ResponseBody::FaultOk => put_u8(out, 6),
+        ResponseBody::Members(m) => {
+            put_u8(out, 7);
+            put_u64(out, m.node.0);
+            put_opt_u64(out, m.leader.map(|l| l.0));
+            put_bytes(out, &m.membership.to_bytes());
+            put_u64(out, m.membership_index.0);
+            put_bool(out, m.changing);
+            put_u64(out, m.commit_index.0);
+            put_u64(out, m.last_index.0);
+            put_u32(out, m.matched.len() as u32);
+            for (id, index) in &m.matched {
+                put_u64(out, id.0);
+                put_u64(out, index.0);
+            }
+        }
+        ResponseBody::TransferStarted(id) => {
+            put_u8(out, 8);
+            put_u64(out, id.0);
+        }
     }
 }
 
@@ -959,7 +1081,11 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
             let addr = r.string("addr")?;
             let fault = decode_fault(r)?;
             let uptime_ms = r.u64("uptime_ms")?;
-            ResponseBody::Status(NodeStatus {
+            let membership = Membership::from_bytes(r.bytes("membership")?)?;
+            let membership_index = LogIndex(r.u64("membership_index")?);
+            let membership_changing = r.bool("membership_changing")?;
+            let transferring_to = r.opt_u64("transferring_to")?.map(NodeId);
+            ResponseBody::Status(Box::new(NodeStatus {
                 status: Status {
                     id,
                     role,
@@ -971,11 +1097,15 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
                     first_index,
                     last_index,
                     peers,
+                    membership,
+                    membership_index,
+                    membership_changing,
+                    transferring_to,
                 },
                 addr,
                 fault,
                 uptime_ms,
-            })
+            }))
         }
         5 => ResponseBody::Log {
             commit_index: LogIndex(r.u64("commit_index")?),
@@ -984,6 +1114,34 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
             entries: decode_entries(r)?,
         },
         6 => ResponseBody::FaultOk,
+        7 => {
+            let node = NodeId(r.u64("node")?);
+            let leader = r.opt_u64("leader")?.map(NodeId);
+            let membership = Membership::from_bytes(r.bytes("membership")?)?;
+            let membership_index = LogIndex(r.u64("membership_index")?);
+            let changing = r.bool("changing")?;
+            let commit_index = LogIndex(r.u64("commit_index")?);
+            let last_index = LogIndex(r.u64("last_index")?);
+            let n = r.count("matched", 16)?;
+            let mut matched = Vec::with_capacity(n);
+            for _ in 0..n {
+                matched.push((
+                    NodeId(r.u64("matched.id")?),
+                    LogIndex(r.u64("matched.index")?),
+                ));
+            }
+            ResponseBody::Members(Box::new(MembersInfo {
+                node,
+                leader,
+                membership,
+                membership_index,
+                changing,
+                commit_index,
+                last_index,
+                matched,
+            }))
+        }
+        8 => ResponseBody::TransferStarted(NodeId(r.u64("id")?)),
         tag => {
             return Err(DecodeError::BadTag {
                 field: "response",

@@ -15,6 +15,7 @@ mod bench;
 mod check;
 mod config;
 mod fault;
+mod member;
 mod query;
 mod settle;
 mod wal;
@@ -23,7 +24,7 @@ mod watch;
 /// Exit codes (also listed in the README).
 pub(crate) const EXIT_ERROR: u8 = 1;
 pub(crate) const EXIT_BAD_ARGS: u8 = 2;
-const EXIT_NO_LEADER: u8 = 3;
+pub(crate) const EXIT_NO_LEADER: u8 = 3;
 pub(crate) const EXIT_UNREACHABLE: u8 = 4;
 const EXIT_CAS_MISMATCH: u8 = 5;
 const EXIT_NOT_FOUND: u8 = 6;
@@ -161,6 +162,17 @@ enum Cmd {
         #[command(subcommand)]
         action: fault::FaultCmd,
     },
+    /// List the members, add or remove one, promote a learner; changes go
+    /// to the leader and are answered once committed.
+    Member {
+        #[command(subcommand)]
+        action: member::MemberCmd,
+    },
+    /// Hand leadership to a voter; exit 0 once it leads.
+    TransferLeader {
+        #[arg(value_parser = parse_node_id)]
+        id: NodeId,
+    },
     /// Print a stopped node's data dir: hard state, segments, entries (offline).
     WalDump {
         dir: PathBuf,
@@ -183,7 +195,7 @@ pub(crate) fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn client_fail(e: ClientError) -> ExitCode {
+pub(crate) fn client_fail(e: ClientError) -> ExitCode {
     let code = match e {
         ClientError::NoLeader { .. } => EXIT_NO_LEADER,
         ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
@@ -306,6 +318,8 @@ fn main() -> ExitCode {
         Cmd::Now | Cmd::Check { .. } | Cmd::Floor { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Bench(b) => bench::run(&config, b, args.json),
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
+        Cmd::Member { action } => member::run(&mut client, action, args.json),
+        Cmd::TransferLeader { id } => member::transfer(&mut client, &config, *id, args.json),
         Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Config { .. } | Cmd::Json { .. } | Cmd::BinDir => ExitCode::SUCCESS, // handled above
     }
@@ -377,15 +391,65 @@ fn get(client: &mut Client, args: &Args, key: &str, stale: bool) -> ExitCode {
 
 pub(crate) fn fetch_status(client: &mut Client, node: NodeId) -> Option<NodeStatus> {
     match client.call(node, RequestBody::Status) {
-        Ok(ResponseBody::Status(s)) => Some(s),
+        Ok(ResponseBody::Status(s)) => Some(*s),
         _ => None,
     }
 }
 
+/// The role a status row shows: a follower that is a learner, or not a
+/// member at all, says so.
+fn role_label(s: &raftkit::raft::Status) -> &'static str {
+    if s.role != Role::Follower {
+        s.role.name()
+    } else if s.membership.is_learner(s.id) {
+        "learner"
+    } else if !s.membership.is_voter(s.id) {
+        "non-member"
+    } else {
+        "follower"
+    }
+}
+
+fn membership_json(s: &raftkit::raft::Status) -> Value {
+    let ids =
+        |set: &std::collections::BTreeSet<NodeId>| set.iter().map(|i| i.0).collect::<Vec<_>>();
+    json!({
+        "voters": ids(&s.membership.voters), "outgoing": ids(&s.membership.outgoing),
+        "learners": ids(&s.membership.learners), "index": s.membership_index.0,
+        "changing": s.membership_changing, "transferring_to": s.transferring_to.map(|t| t.0),
+    })
+}
+
 fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
-    let mut rows = Vec::new();
+    struct Row {
+        id: NodeId,
+        addr: String,
+    }
+    let mut rows: Vec<(Row, Option<NodeStatus>)> = Vec::new();
     for n in &config.nodes {
-        rows.push((n, fetch_status(client, n.id)));
+        let row = Row {
+            id: n.id,
+            addr: n.addr_text.clone(),
+        };
+        rows.push((row, fetch_status(client, n.id)));
+    }
+    // Members cluster.toml does not list, found in the membership.
+    let memberships: Vec<raftkit::raft::Membership> = rows
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| s.status.membership.clone()))
+        .collect();
+    for m in &memberships {
+        client.learn_membership(m);
+    }
+    for id in client.known_ids() {
+        if rows.iter().any(|(r, _)| r.id == id) {
+            continue;
+        }
+        let addr = client
+            .addr_of(id)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        rows.push((Row { id, addr }, fetch_status(client, id)));
     }
     if json_out {
         let arr: Vec<Value> = rows
@@ -394,7 +458,8 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
                 Some(ns) => {
                     let s = &ns.status;
                     json!({
-                        "id": n.id.0, "addr": n.addr_text, "reachable": true, "role": s.role.name(),
+                        "id": n.id.0, "addr": n.addr, "reachable": true, "role": s.role.name(),
+                        "member": role_label(s), "membership": membership_json(s),
                         "term": s.current_term.0, "leader": s.leader.map(|l| l.0),
                         "commit_index": s.commit_index.0, "last_applied": s.last_applied.0,
                         "first_index": s.first_index.0, "last_index": s.last_index.0,
@@ -403,7 +468,7 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
                         "peers": s.peers.iter().map(|p| json!({"id": p.id.0, "match_index": p.match_index.0, "next_index": p.next_index.0, "state": format!("{:?}", p.state).to_lowercase(), "inflight": p.inflight})).collect::<Vec<_>>(),
                     })
                 }
-                None => json!({"id": n.id.0, "addr": n.addr_text, "reachable": false, "role": null, "term": null, "leader": null, "commit_index": null, "last_applied": null, "first_index": null, "last_index": null}),
+                None => json!({"id": n.id.0, "addr": n.addr, "reachable": false, "role": null, "term": null, "leader": null, "commit_index": null, "last_applied": null, "first_index": null, "last_index": null}),
             })
             .collect();
         println!("{}", Value::Array(arr));
@@ -429,8 +494,8 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
                 println!(
                     "{:<4} {:<21} {:<12} {:>5} {:>6} {:>8} {:>8} {:>6} {:>6}  {}",
                     n.id.to_string(),
-                    n.addr_text,
-                    s.role.name(),
+                    n.addr,
+                    role_label(s),
                     s.current_term.0,
                     s.leader.map_or("-".into(), |l| l.to_string()),
                     s.commit_index.0,
@@ -440,8 +505,26 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
                     extra
                 );
             }
-            None => println!("{:<4} {:<21} {:<12}", n.id.to_string(), n.addr_text, "down"),
+            None => println!("{:<4} {:<21} {:<12}", n.id.to_string(), n.addr, "down"),
         }
+    }
+    // The membership as the node in the highest term sees it.
+    if let Some(s) = rows
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| &s.status))
+        .max_by_key(|s| (s.current_term, s.role == Role::Leader, s.membership_index))
+    {
+        let mut line = format!(
+            "membership: {} (entry {})",
+            s.membership, s.membership_index
+        );
+        if s.membership_changing {
+            line.push_str("; a change is in progress");
+        }
+        if let Some(t) = s.transferring_to {
+            line.push_str(&format!("; handing leadership to {t}"));
+        }
+        println!("{line}");
     }
     ExitCode::SUCCESS
 }
@@ -543,6 +626,13 @@ fn fault_json(f: &raftkit::wire::FaultSpec) -> Value {
 pub(crate) fn payload(e: &Entry) -> String {
     match e.kind {
         EntryKind::Noop => "(no-op)".into(),
+        EntryKind::ConfChange => match raftkit::raft::Membership::from_bytes(&e.data) {
+            Ok(m) => format!("membership: {m}"),
+            Err(_) => format!(
+                "(membership entry, {} bytes that do not decode)",
+                e.data.len()
+            ),
+        },
         EntryKind::Command => match raftkit::kv::Command::decode(&e.data) {
             Ok(c) => match c.op {
                 Op::Put { key, value } => format!("put {} {}", text(&key), text(&value)),

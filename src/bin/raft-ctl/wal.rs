@@ -49,7 +49,7 @@ pub fn dump(dir: &Path, json_out: bool, entries_too: bool) -> ExitCode {
             "entries": if entries_too {
                 ins.scan.entries.iter().map(|e| json!({
                     "index": e.index.0, "term": e.term.0,
-                    "kind": match e.kind { EntryKind::Noop => "noop", EntryKind::Command => "command" },
+                    "kind": match e.kind { EntryKind::Noop => "noop", EntryKind::Command => "command", EntryKind::ConfChange => "membership" },
                     "bytes": e.data.len(),
                     "payload": payload(e),
                 })).collect::<Vec<_>>()
