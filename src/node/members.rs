@@ -57,6 +57,13 @@ impl Driver {
     pub fn handle_member(&mut self, to: ClientRef, req: MemberRequest) {
         let change = match req {
             MemberRequest::List => {
+                // The leader knows how far each member is; a follower
+                // that knows the leader sends the client there.
+                if self.raft.role() != crate::raft::Role::Leader && self.raft.leader().is_some() {
+                    let body = self.not_leader();
+                    self.answer(to, body);
+                    return;
+                }
                 let info = self.members_info();
                 self.answer(to, ResponseBody::Members(Box::new(info)));
                 return;
