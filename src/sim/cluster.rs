@@ -89,6 +89,42 @@ impl TestCluster {
         }
     }
 
+    /// A new, empty node `id` whose config names the same initial voters
+    /// as the others: it is not a member until a change adds it.
+    pub fn add_node(&mut self, id: u64, tweak: impl Fn(&mut Config)) {
+        let voters = self
+            .nodes
+            .values()
+            .next()
+            .map(|n| n.raft.config().voters.clone())
+            .unwrap_or_default();
+        let mut config = Config::new(NodeId(id), voters);
+        tweak(&mut config);
+        let raft = Raft::new(config, HardState::default(), Vec::new());
+        self.nodes.insert(
+            NodeId(id),
+            TestNode {
+                raft,
+                hard_state: HardState::default(),
+                snapshot: None,
+                disk: Vec::new(),
+                applied: Vec::new(),
+            },
+        );
+    }
+
+    /// Restarts `id` from what it persisted (hard state, snapshot, log).
+    pub fn restart(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&NodeId(id)).expect("node exists");
+        let config = node.raft.config().clone();
+        node.raft = Raft::restore(
+            config,
+            node.hard_state,
+            node.snapshot.clone(),
+            node.disk.clone(),
+        );
+    }
+
     pub fn node(&self, id: u64) -> &TestNode {
         &self.nodes[&NodeId(id)]
     }
