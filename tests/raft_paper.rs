@@ -312,7 +312,39 @@ fn election_candidate_persists_term_before_request_vote() {
         })
     );
     assert!(rd.messages.is_empty());
-    assert_eq!(rd.messages_after_persist.len(), 2);
+    // RequestVote to n2 and n3, and the candidate's own vote, which counts
+    // only once it is durable too.
+    let mut to: Vec<u64> = rd.messages_after_persist.iter().map(|m| m.to.0).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![1, 2, 3]);
+    assert!(rd.messages_after_persist.iter().any(|m| m.to == NodeId(1)
+        && m.from == NodeId(1)
+        && matches!(
+            m.body,
+            MessageBody::RequestVoteResponse {
+                vote_granted: true,
+                ..
+            }
+        )));
+}
+
+/// A single voter elects itself only once its vote is durable: leading on
+/// an unpersisted vote, it could crash, forget it, and vote for another
+/// node in the same term.
+#[test]
+fn election_single_voter_leads_only_once_its_vote_is_durable() {
+    let mut cfg = Config::new(NodeId(1), ids(1));
+    cfg.pre_vote = false;
+    let mut r = Raft::new(cfg, HardState::default(), vec![]);
+    r.campaign_now();
+    assert_eq!(r.role(), Role::Candidate);
+    let rd = r.ready();
+    assert!(rd.hard_state.is_some());
+    assert_eq!(r.role(), Role::Candidate, "not before the persist");
+    for m in rd.messages_after_persist {
+        r.step(m);
+    }
+    assert_eq!(r.role(), Role::Leader);
 }
 
 #[test]

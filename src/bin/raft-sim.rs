@@ -25,6 +25,14 @@ struct Args {
     /// Nodes in the cluster (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    /// Spare nodes (not initial members) the operator may add; default:
+    /// drawn per seed (0 to 2).
+    #[arg(long)]
+    spares: Option<u64>,
+    /// Per step: chance that the operator changes the membership or hands
+    /// leadership over; default: drawn per seed (0 to 0.03).
+    #[arg(long)]
+    membership_change: Option<f64>,
     /// Steps of faults per seed before the liveness check.
     #[arg(long, default_value_t = 1500)]
     steps: u64,
@@ -63,6 +71,12 @@ fn main() -> ExitCode {
         let mut opts = SimOptions::new(seed);
         opts.nodes = args.nodes;
         opts.steps = args.steps;
+        if let Some(s) = args.spares {
+            opts.spares = s;
+        }
+        if let Some(p) = args.membership_change {
+            opts.membership_change = p;
+        }
         opts.trace = args.trace;
         opts.diagram = args.html.is_some();
         // A panic (an assertion in the driver or the store) is a violation
@@ -105,8 +119,15 @@ fn main() -> ExitCode {
         undecided += report.keys_undecided;
         if let Some(v) = report.violation {
             println!("seed {seed}: VIOLATION: {v}");
+            let mut extra = String::new();
+            if let Some(s) = args.spares {
+                extra.push_str(&format!(" --spares {s}"));
+            }
+            if let Some(p) = args.membership_change {
+                extra.push_str(&format!(" --membership-change {p}"));
+            }
             println!(
-                "  replay: raft-sim --seed {seed} --nodes {} --steps {} --trace",
+                "  replay: raft-sim --seed {seed} --nodes {} --steps {}{extra} --trace",
                 args.nodes, args.steps
             );
             violations.push(seed);

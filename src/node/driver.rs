@@ -312,7 +312,7 @@ impl Driver {
                         rd.messages_after_persist,
                     ));
                 } else {
-                    self.messages.extend(rd.messages_after_persist);
+                    self.send_or_loop_back(rd.messages_after_persist);
                 }
             }
             for e in rd.committed_entries {
@@ -384,7 +384,19 @@ impl Driver {
             if let Some((index, term)) = last {
                 self.raft.persisted(index, term);
             }
-            self.messages.extend(msgs);
+            self.send_or_loop_back(msgs);
+        }
+    }
+
+    /// Messages go to the outbox, except a candidate's vote for itself,
+    /// which the core receives back now that it is durable.
+    fn send_or_loop_back(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if m.to == self.id {
+                self.raft.step(m);
+            } else {
+                self.messages.push(m);
+            }
         }
     }
 

@@ -465,6 +465,23 @@ impl Raft {
         self.membership().is_voter(self.config.id)
     }
 
+    /// Whether this node may start an election: it is a voter of the
+    /// membership in force, or that membership is not committed yet and
+    /// it was a voter of the one before. (A leader that appended the
+    /// membership removing it, then lost leadership before that entry
+    /// spread, may hold the only log the others would vote for; the votes
+    /// are counted in the new membership all the same, so it can finish
+    /// the change, then step down.)
+    pub fn may_campaign(&self) -> bool {
+        if self.is_voter() {
+            return true;
+        }
+        let n = self.confs.len();
+        n >= 2
+            && self.membership_index() > self.commit_index
+            && self.confs[n - 2].1.is_voter(self.config.id)
+    }
+
     /// The voters to ask in an election: every voter but this node.
     fn voter_peers(&self) -> Vec<NodeId> {
         let me = self.config.id;
@@ -500,12 +517,16 @@ impl Raft {
         self.election_elapsed += 1;
         if self.role != Role::Leader {
             if self.election_elapsed >= self.randomized_election_timeout {
-                if self.is_voter() {
+                if self.may_campaign() {
                     self.campaign(self.config.pre_vote, false);
                 } else {
                     // A learner, or a node not (or no longer) a member:
-                    // it waits quietly to hear from a leader.
-                    self.reset_election_timer();
+                    // it waits quietly to hear from a leader; its lease on
+                    // the last one it heard from has run out all the same
+                    // (it may be asked to vote once it is a voter again),
+                    // and it no longer names that leader to clients.
+                    self.election_elapsed = self.randomized_election_timeout;
+                    self.leader = None;
                 }
             }
             return;
@@ -715,7 +736,7 @@ impl Raft {
     /// Starts an election now (as if the election timer had fired), with a
     /// PreVote round first when configured. For tests and operators.
     pub fn campaign_now(&mut self) {
-        if self.role != Role::Leader && self.is_voter() {
+        if self.role != Role::Leader && self.may_campaign() {
             self.campaign(self.config.pre_vote, false);
         }
     }
@@ -742,7 +763,15 @@ impl Raft {
         // Messages from any node are heard (a member being added does not
         // know it yet); votes count only from voters, and PreVote and the
         // leader lease keep a removed node from disturbing the cluster.
-        if m.to != self.config.id || m.from == self.config.id {
+        let own_vote = m.from == self.config.id
+            && matches!(
+                m.body,
+                MessageBody::RequestVoteResponse {
+                    pre_vote: false,
+                    ..
+                }
+            );
+        if m.to != self.config.id || (m.from == self.config.id && !own_vote) {
             debug!(
                 "{} t{}: dropping misaddressed {m}",
                 self.id(),
@@ -951,9 +980,28 @@ impl Raft {
             self.current_term,
             if pre_vote { "pre-vote" } else { "election" }
         );
-        self.votes.insert(self.config.id, true);
-        if self.tally_votes() {
-            return;
+        if pre_vote {
+            self.votes.insert(self.config.id, true);
+            if self.tally_votes() {
+                return;
+            }
+        } else {
+            // Our own vote counts once it is durable, like anyone's: it
+            // comes back to us as a message that waits for the persist. (A
+            // single voter that led at once on an unpersisted vote could,
+            // after a crash, vote for another in the same term: two
+            // leaders of one term.)
+            let me = self.config.id;
+            let own = Message {
+                from: me,
+                to: me,
+                term: self.current_term,
+                body: MessageBody::RequestVoteResponse {
+                    pre_vote: false,
+                    vote_granted: true,
+                },
+            };
+            self.send(own, true);
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         for peer in self.voter_peers() {
@@ -1797,7 +1845,7 @@ impl Raft {
                     self.lead_transferee = None;
                 }
             }
-            Role::Candidate | Role::PreCandidate if !self.is_voter() => {
+            Role::Candidate | Role::PreCandidate if !self.may_campaign() => {
                 self.become_follower(self.current_term, None);
             }
             _ => {}
@@ -1823,7 +1871,7 @@ impl Raft {
     /// The leader asks us to campaign now (leadership transfer): a real
     /// election, skipping PreVote, that voters in a lease take part in.
     fn handle_timeout_now(&mut self, from: NodeId) {
-        if self.role == Role::Leader || !self.is_voter() {
+        if self.role == Role::Leader || !self.may_campaign() {
             return;
         }
         info!(

@@ -13,6 +13,12 @@
 //! and sequence number after a timeout, redirects on NotLeader, ReadIndex
 //! reads, and stale reads. Their history is checked for linearizability at
 //! the end of every seed, and Raft's safety properties after every step.
+//!
+//! An operator changes the membership at random at the leader: spare nodes
+//! (not initial members) are added as learners or voters, learners
+//! promoted, members removed, leadership transferred, all under the same
+//! fault mix; every committed membership must follow from the one before
+//! through joint consensus, so that no two disjoint majorities can decide.
 //! Everything follows from the seed, so a failing seed replays exactly.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -22,16 +28,30 @@ use super::html::{self, DiagramEvent, Fate, FinalLog};
 use crate::check::{self, CheckOptions, OpKind, Operation};
 use crate::kv::{Command, Op, OpResult};
 use crate::node::{ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
-use crate::raft::{Config, Entry, LogIndex, Message, MessageBody, NodeId, Role, Snapshot, Term};
+use crate::raft::{
+    ConfChange, Config, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId, Role,
+    Snapshot, Term,
+};
 use crate::rng::Rng;
 use crate::storage::{write_jobs, Job, MemStore};
-use crate::wire::{ErrorCode, ResponseBody};
+use crate::wire::{ErrorCode, MemberRequest, ResponseBody};
+
+/// The connection number of the operator's membership requests (clients
+/// are numbered from 1).
+const OPERATOR: u64 = u64::MAX;
 
 /// What a run does; every field has a default in `SimOptions::new`.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     pub seed: u64,
+    /// The initial voters, n1..n`nodes`.
     pub nodes: u64,
+    /// Further nodes, started empty and not members: the operator may add
+    /// them.
+    pub spares: u64,
+    /// Per step: chance that the operator changes the membership or moves
+    /// leadership (at the leader of the highest term, if any).
+    pub membership_change: f64,
     /// Steps (ticks) with faults; then the network heals for the liveness
     /// check.
     pub steps: u64,
@@ -124,6 +144,8 @@ impl SimOptions {
             crash_leader_busy: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
             slow_disk_nodes: r.range(0, 1 << 9),
             slow_disk_steps_max: pick(&mut r, &[0.0, 0.0, 30.0, 80.0]) as u64,
+            spares: r.range(0, 3),
+            membership_change: pick(&mut r, &[0.0, 0.003, 0.01, 0.03]),
             liveness_steps_max: 400,
             trace: false,
             diagram: false,
@@ -151,6 +173,10 @@ pub struct SimReport {
     /// checker could not decide within its budget (no violation found).
     pub ops_checked: u64,
     pub keys_undecided: u64,
+    /// Membership changes and leadership transfers the operator asked
+    /// for, and memberships committed.
+    pub member_requests: u64,
+    pub memberships_committed: u64,
     /// The first safety, linearizability or liveness violation, if any.
     pub violation: Option<String>,
     /// The transcript, when tracing.
@@ -323,11 +349,16 @@ pub struct Sim {
     marker_index: Option<LogIndex>,
     /// What the HTML diagram shows, when `opts.diagram`.
     diagram: Vec<DiagramEvent>,
+    /// Draws of the operator's membership changes, apart from `rng`.
+    member_rng: Rng,
+    /// The newest membership known committed, and the index of its entry.
+    committed_membership: (LogIndex, Membership),
 }
 
 impl Sim {
     pub fn new(opts: SimOptions) -> Sim {
-        let ids: Vec<NodeId> = (1..=opts.nodes).map(NodeId).collect();
+        let ids: Vec<NodeId> = (1..=opts.nodes + opts.spares).map(NodeId).collect();
+        let initial = Membership::new((1..=opts.nodes).map(NodeId));
         let mut sim = Sim {
             rng: Rng::new(opts.seed),
             fault_rng: Rng::new(opts.seed ^ 0x00C1_0C5E_ED0F_F5E7),
@@ -351,6 +382,8 @@ impl Sim {
             pending_violation: None,
             marker_index: None,
             diagram: Vec::new(),
+            member_rng: Rng::new(opts.seed ^ 0x3E3B_E125_C4A2_6E00),
+            committed_membership: (LogIndex(0), initial),
             opts,
         };
         for &id in &ids {
@@ -401,9 +434,12 @@ impl Sim {
 
     /// Starts node `i`'s driver from what its disk holds.
     fn boot(&mut self, i: usize) {
-        let ids: Vec<NodeId> = (1..=self.opts.nodes).map(NodeId).collect();
+        let ids: Vec<NodeId> = (1..=self.nodes.len() as u64).map(NodeId).collect();
+        let voters: Vec<NodeId> = (1..=self.opts.nodes).map(NodeId).collect();
         let node = &mut self.nodes[i];
-        let mut config = Config::new(node.id, ids.clone());
+        let mut config = Config::new(node.id, voters);
+        // Learners are promoted only once close behind, as in a node.
+        config.promote_lag_entries_max = 50;
         config.seed = self
             .opts
             .seed
@@ -540,7 +576,7 @@ impl Sim {
                 .collect();
             self.report.diagram = Some(html::render(
                 self.opts.seed,
-                self.opts.nodes,
+                self.nodes.len() as u64,
                 self.opts.steps,
                 self.now,
                 &self.diagram,
@@ -655,6 +691,15 @@ impl Sim {
             }
             DriverEvent::Elected { term } => {
                 self.report.elections += 1;
+                if let Some(r) = self.nodes[i].driver.as_ref().map(Driver::raft) {
+                    if !r.may_campaign() {
+                        let v = format!(
+                            "step {now}: {id} became leader of t{term} but may not campaign ({})",
+                            r.membership()
+                        );
+                        self.violation(v);
+                    }
+                }
                 if self.opts.diagram {
                     self.diagram.push(DiagramEvent::Leader {
                         node: id,
@@ -732,6 +777,9 @@ impl Sim {
                 self.restart(i);
             }
         }
+        if self.member_rng.chance(self.opts.membership_change) {
+            self.operate();
+        }
         if self.opts.crash_leader_busy > 0.0 {
             for i in 0..self.nodes.len() {
                 let node = &self.nodes[i];
@@ -747,8 +795,110 @@ impl Sim {
         }
     }
 
+    /// The operator, at the leader of the highest term: adds a spare node
+    /// (as learner or voter), promotes a learner, removes a member, or
+    /// hands leadership to another voter. Refusals (a change in progress,
+    /// a learner far behind) are expected; the answer is not waited for.
+    fn operate(&mut self) {
+        let leader = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.driver.as_ref().map(|d| (i, d.raft())))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.current_term())
+            .map(|(i, r)| (i, r.id(), r.membership().clone()));
+        let Some((li, lid, m)) = leader else {
+            return;
+        };
+        let all: Vec<NodeId> = (1..=self.nodes.len() as u64).map(NodeId).collect();
+        let outsiders: Vec<NodeId> = all.iter().copied().filter(|&id| !m.contains(id)).collect();
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let members: Vec<NodeId> = m.members().into_iter().collect();
+        let others: Vec<NodeId> = m.voters.iter().copied().filter(|&v| v != lid).collect();
+        let rng = &mut self.member_rng;
+        let pick = |rng: &mut Rng, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
+        let roll = rng.range(0, 100);
+        let action = if roll < 30 && !outsiders.is_empty() {
+            let id = pick(rng, &outsiders);
+            let learner = rng.chance(0.6);
+            Some(ConfChange::Add {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id.0),
+                learner,
+            })
+        } else if roll < 50 && !learners.is_empty() {
+            Some(ConfChange::Promote {
+                id: pick(rng, &learners),
+            })
+        } else if roll < 75 && members.len() > 1 {
+            Some(ConfChange::Remove {
+                id: pick(rng, &members),
+            })
+        } else {
+            None
+        };
+        self.report.member_requests += 1;
+        self.next_request_id += 1;
+        let to = ClientRef {
+            conn: OPERATOR,
+            request_id: self.next_request_id,
+        };
+        let what = match &action {
+            Some(c) => c.to_string(),
+            None if others.is_empty() => return,
+            None => String::new(),
+        };
+        let Some(d) = self.nodes[li].driver.as_mut() else {
+            return;
+        };
+        let what = match action {
+            Some(c) => {
+                d.handle_member(to, MemberRequest::Change(c));
+                what
+            }
+            None => {
+                let target = pick(&mut self.member_rng, &others);
+                d.handle_transfer(to, target);
+                format!("transfer leadership to {target}")
+            }
+        };
+        self.trace(|| format!("operator at {lid}: {what}"));
+        let at = self.now;
+        self.draw(|| DiagramEvent::Partition {
+            at,
+            text: format!("operator: {what}"),
+        });
+        self.drain(li);
+    }
+
+    /// A membership entry became committed: it must follow from the last
+    /// committed one by a step of joint consensus (enter joint from a
+    /// settled membership, leave joint to its new voters) or change only
+    /// learners, so that a majority of any membership in force on any node
+    /// meets a majority of the next.
+    fn check_membership_step(&mut self, index: LogIndex, m: Membership) -> Result<(), String> {
+        let (pi, prev) = &self.committed_membership;
+        let ok = if m.is_joint() {
+            !prev.is_joint() && m.outgoing == prev.voters
+        } else if prev.is_joint() {
+            m.voters == prev.voters
+        } else {
+            m.voters == prev.voters
+        };
+        if !ok {
+            return Err(format!(
+                "step {}: membership safety: {m} committed at {index} does not follow from {prev} committed at {pi} by joint consensus",
+                self.now
+            ));
+        }
+        self.report.memberships_committed += 1;
+        self.committed_membership = (index, m);
+        Ok(())
+    }
+
     fn change_partition(&mut self) {
-        let n = self.opts.nodes;
+        let n = self.nodes.len() as u64;
         let kind = self.rng.range(0, 3);
         for g in self.group_of.values_mut() {
             *g = 0;
@@ -1152,6 +1302,10 @@ impl Sim {
     }
 
     fn client_answer(&mut self, to: ClientRef, from: NodeId, body: ResponseBody) {
+        if to.conn == OPERATOR {
+            self.trace(|| format!("operator <- {from} {body:?}"));
+            return;
+        }
         let Some(c) = self.clients.iter().position(|c| c.number == to.conn) else {
             return;
         };
@@ -1362,6 +1516,7 @@ impl Sim {
             return Err(v);
         }
         let now = self.now;
+        let mut newly_committed = Vec::new();
         for i in 0..self.nodes.len() {
             let Some(r) = self.nodes[i].driver.as_ref().map(Driver::raft) else {
                 continue;
@@ -1452,9 +1607,19 @@ impl Sim {
                             *seen = term;
                         }
                     }
-                    None => self.committed.push((e.term, e.data.clone(), term)),
+                    None => {
+                        self.committed.push((e.term, e.data.clone(), term));
+                        if e.kind == EntryKind::ConfChange {
+                            if let Ok(m) = Membership::from_bytes(&e.data) {
+                                newly_committed.push((e.index, m));
+                            }
+                        }
+                    }
                 }
             }
+        }
+        for (index, m) in newly_committed {
+            self.check_membership_step(index, m)?;
         }
         for node in &mut self.nodes {
             if let Some(r) = node.driver.as_ref().map(Driver::raft) {
@@ -1542,10 +1707,20 @@ impl Sim {
                 self.start_op(0, true);
             }
             if let Some(index) = self.marker_index {
+                // Every member of the newest membership any node holds
+                // (nodes removed for good are not caught up).
+                let members = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.driver.as_ref().map(Driver::raft))
+                    .max_by_key(|r| (r.commit_index(), r.membership_index()))
+                    .map(|r| r.membership().members())
+                    .unwrap_or_default();
                 let everywhere = self.nodes.iter().all(|n| {
-                    n.driver
-                        .as_ref()
-                        .is_some_and(|d| d.kv().last_applied() >= index)
+                    !members.contains(&n.id)
+                        || n.driver
+                            .as_ref()
+                            .is_some_and(|d| d.kv().last_applied() >= index)
                 });
                 if everywhere {
                     self.opts.loss = saved.0;
