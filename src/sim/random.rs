@@ -879,10 +879,10 @@ impl Sim {
     /// meets a majority of the next.
     fn check_membership_step(&mut self, index: LogIndex, m: Membership) -> Result<(), String> {
         let (pi, prev) = &self.committed_membership;
+        // Entering joint: the old voters are the settled ones before.
+        // Leaving joint, or changing learners only: the voters stay.
         let ok = if m.is_joint() {
             !prev.is_joint() && m.outgoing == prev.voters
-        } else if prev.is_joint() {
-            m.voters == prev.voters
         } else {
             m.voters == prev.voters
         };
