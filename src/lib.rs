@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod kv;
 pub mod node;
+pub mod plot;
 pub mod raft;
 pub mod rng;
 pub mod sim;

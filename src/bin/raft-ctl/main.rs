@@ -15,6 +15,7 @@ mod bench;
 mod check;
 mod config;
 mod fault;
+mod plot;
 mod query;
 mod settle;
 mod wal;
@@ -106,6 +107,21 @@ enum Cmd {
     /// Closed-loop load: throughput, latency percentiles, errors; --record
     /// writes the history for `check`.
     Bench(bench::BenchArgs),
+    /// Draw a recorded run as an SVG timeline: throughput and p50/p99
+    /// latency from a history, the leader, elections and nodes not
+    /// answering from a timeline, named fault windows from an events file.
+    Plot(plot::PlotArgs),
+    /// Ask every node for its status every --interval-ms and write one
+    /// JSON line per answer (or its absence) to FILE, for `plot`; stops
+    /// after --seconds (or when signalled).
+    Timeline {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 3600.0)]
+        seconds: f64,
+    },
     /// Wait until the cluster has converged, compare every node's log and
     /// the keys of a history on every node; append final reads to it.
     Settle {
@@ -221,6 +237,7 @@ fn main() -> ExitCode {
         Cmd::Config { query } => return config::run(&args.config, query.as_ref(), args.json),
         Cmd::Json { path, file } => return query::run(path, file.as_deref()),
         Cmd::BinDir => return bin_dir(),
+        Cmd::Plot(p) => return plot::plot(p),
         _ => {}
     }
     let config = match Config::load(&args.config) {
@@ -305,6 +322,12 @@ fn main() -> ExitCode {
         Cmd::Settle { history, wait } => settle::run(&config, history.as_deref(), *wait, args.json),
         Cmd::Now | Cmd::Check { .. } | Cmd::Floor { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Bench(b) => bench::run(&config, b, args.json),
+        Cmd::Timeline {
+            out,
+            interval_ms,
+            seconds,
+        } => plot::timeline(&config, out, *interval_ms, *seconds),
+        Cmd::Plot(_) => ExitCode::SUCCESS, // handled above
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::WalDump { .. } | Cmd::WalRepair { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Config { .. } | Cmd::Json { .. } | Cmd::BinDir => ExitCode::SUCCESS, // handled above
