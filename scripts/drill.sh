@@ -13,14 +13,16 @@
 #               (default 5000, far below the node's default, so that faults
 #               also hit snapshot writes and InstallSnapshot; 0 = never)
 #
-# Ends with one verdict line per drill; exits 0 only if every drill passed.
-# Nodes are started and stopped by PID only.
+# Ends with one verdict line per drill, which names the drill's picture: an
+# SVG timeline next to its history (throughput, p50/p99 latency, the fault
+# windows, the leader over time, elections); exits 0 only if every drill
+# passed. Nodes are started and stopped by PID only.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_drills=(leader-kill rolling-restart minority-partition leader-isolated flaky-network pause crash-all majority-down)
 usage() { echo "usage: $0 NAME|all [--seconds S] [--release] [--keep] [--snapshot-entries N]   (NAME: ${all_drills[*]})" >&2; exit 2; }
 name="${1:-}"; [ -n "$name" ] || usage
-case "$name" in -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "$name" in -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 shift
 seconds=60; profile=debug; keep=0; snapshot_entries=5000
 while [ $# -gt 0 ]; do
@@ -46,13 +48,18 @@ build_bins "$profile"
 
 # ---- one cluster per drill ---------------------------------------------------
 
-work=""; cfg=""; bench_pid=""
+work=""; cfg=""; bench_pid=""; timeline_pid=""
 now_ns() { "$bin/raft-ctl" now; }
 log() { echo "  $(date +%H:%M:%S) $*" >>"$work/drill.log"; [ -n "${DRILL_VERBOSE:-}" ] && echo "  $*" >&2; return 0; }
 
 stop_all() {
   stop_nodes
   if [ -n "$bench_pid" ]; then kill "$bench_pid" 2>/dev/null || true; wait "$bench_pid" 2>/dev/null || true; bench_pid=""; fi
+  stop_timeline
+}
+# The status sampler behind the picture's leader band (by PID).
+stop_timeline() {
+  if [ -n "$timeline_pid" ]; then kill "$timeline_pid" 2>/dev/null || true; wait "$timeline_pid" 2>/dev/null || true; timeline_pid=""; fi
 }
 trap 'stop_all' EXIT INT TERM
 
@@ -89,15 +96,15 @@ drill_rolling_restart() {
 drill_minority_partition() {
   local l f; l=$(wait_leader) || return
   f=$(followers_of "$l" | head -1)
-  ctl fault partition "$f" >/dev/null; log "partition: n$f cut off"
+  ctl fault partition "$f" >/dev/null; log "partition: n$f cut off"; event + "n$f cut off"
   sleep "$S"
-  ctl fault heal >/dev/null; log "healed"
+  ctl fault heal >/dev/null; log "healed"; event - "n$f cut off"
 }
 
 drill_leader_isolated() {
   local l; l=$(wait_leader) || return
   local cut; cut=$(date +%s%N)
-  ctl fault partition "$l" >/dev/null; log "partition: leader n$l cut off"
+  ctl fault partition "$l" >/dev/null; log "partition: leader n$l cut off"; event + "leader n$l cut off"
   local stepped=0
   local r
   for _ in $(seq 100); do
@@ -111,15 +118,15 @@ drill_leader_isolated() {
   must test -n "$nl"
   [ -n "$nl" ] && note "n$nl leads the majority"
   sleep "$(( S > 3 ? S - 3 : 1 ))"
-  ctl fault heal >/dev/null; log "healed"
+  ctl fault heal >/dev/null; log "healed"; event - "leader n$l cut off"
 }
 
 drill_flaky_network() {
   ctl fault drop --rate 0.2 >/dev/null
   ctl fault delay --ms 20 --jitter-ms 30 >/dev/null
-  log "every node: drop 20%, delay 20±30 ms"
+  log "every node: drop 20%, delay 20±30 ms"; event + "drop 20%, delay 20±30 ms"
   sleep "$S"
-  ctl fault heal >/dev/null; log "healed"
+  ctl fault heal >/dev/null; log "healed"; event - "drop 20%, delay 20±30 ms"
 }
 
 drill_pause() {
@@ -173,8 +180,9 @@ json_field() { "$bin/raft-ctl" json "$2" "$1" 2>/dev/null || true; }
 
 run_drill() {
   local d=$1
-  S=$seconds; notes=""; extra_check_args=(); drill_failed=0
+  S=$seconds; notes=""; extra_check_args=(); drill_failed=0; events_file=""
   setup "drill-$d"
+  events_file="$work/events.txt"
   log "drill $d, $S s of faults, in $work"
   wait_leader >/dev/null || { echo "$d: no leader at start" >&2; stop_all; return 1; }
   local up=0
@@ -183,7 +191,11 @@ run_drill() {
     sleep 0.1
   done
   [ "$up" = 1 ] || { echo "$d: not every node came up (see $work/data/n*/node.log)" >&2; stop_all; return 1; }
-  local hist="$work/history.jsonl"
+  local hist="$work/history.jsonl" picture="$work/history.svg"
+  # Bounded: it stops by itself long after the drill, if nothing stops it.
+  "$bin/raft-ctl" --config "$cfg" timeline --out "$work/timeline.jsonl" --seconds "$((S + 600))" \
+    >/dev/null 2>"$work/timeline.err" &
+  timeline_pid=$!
   "$bin/raft-ctl" --config "$cfg" bench --op kv --keys 10 --clients 6 --read-pct 40 \
     --duration "$((S + 4))" --warmup 0 --op-timeout 3 --record "$hist" --json --quiet \
     >"$work/bench.json" 2>"$work/bench.err" &
@@ -193,10 +205,12 @@ run_drill() {
   # Heal whatever is left: faults, stopped and dead nodes.
   ctl fault heal >/dev/null 2>&1 || true
   for id in 1 2 3; do
-    [ -f "$(pidfile "$id")" ] && kill -s CONT "$(cat "$(pidfile "$id")")" 2>/dev/null
+    [ -f "$(pidfile "$id")" ] && kill -s CONT "$(cat "$(pidfile "$id")")" 2>/dev/null && event - "n$id paused"
     start_node "$id"
   done
   local brc=0; wait "$bench_pid" || brc=$?; bench_pid=""
+  local load_end; load_end=$(now_ns)
+  stop_timeline
   [ "$brc" = 0 ] || { drill_failed=1; note "bench failed: $(tail -1 "$work/bench.err")"; }
   local settle_out; settle_out=$(ctl settle --history "$hist" --wait 90 2>&1) || { drill_failed=1; note "settle: $settle_out"; }
   log "$settle_out"
@@ -210,14 +224,22 @@ run_drill() {
   leaders=$(json_field "$b" leaders_seen | sed 's/^/n/' | paste -sd, -); gap=$(json_field "$b" max_write_gap_ms)
   verdict=PASS; [ "$drill_failed" = 0 ] || verdict=FAIL
   local check_line; check_line=$(echo "$check_out" | tail -1)
-  printf '%-19s %s  ops ok %s failed %s unknown %s  leaders %s  longest without a write %s ms  check: %s\n' \
-    "$d" "$verdict" "${ok:-?}" "${failed:-?}" "${unknown:-?}" "${leaders:-?}" "${gap:-?}" "$check_line"
+  local line; line=$(printf '%-19s %s  ops ok %s failed %s unknown %s  leaders %s  longest without a write %s ms  check: %s' \
+    "$d" "$verdict" "${ok:-?}" "${failed:-?}" "${unknown:-?}" "${leaders:-?}" "${gap:-?}" "$check_line")
+  if ! "$bin/raft-ctl" plot --history "$hist" --timeline "$work/timeline.jsonl" --events "$events_file" \
+      --until "$load_end" --title "drill $d: $verdict ($S s of faults)" \
+      --subtitle "$(echo "$line" | cut -c27-)" --out "$picture" >/dev/null 2>"$work/plot.err"; then
+    picture="none ($(tail -1 "$work/plot.err"))"
+  fi
+  echo "$line  picture: $picture"
   [ -n "$notes" ] && echo "                    ($notes)"
+  events_file=""
   stop_all
   if [ "$verdict" = FAIL ] || [ "$keep" = 1 ]; then
-    echo "                    kept: $work (history.jsonl, bench.json, check.out, drill.log, data/n*/node.log)"
+    echo "                    kept: $work (history.jsonl, history.svg, timeline.jsonl, events.txt, bench.json, check.out, drill.log, data/n*/node.log)"
   else
-    rm -rf "$work"
+    # Everything but the picture.
+    find "$work" -mindepth 1 -maxdepth 1 ! -name history.svg -exec rm -rf {} +
   fi
   [ "$verdict" = PASS ]
 }

@@ -91,6 +91,15 @@ EOF
   for id in 1 2 3; do start_node "$id"; done
 }
 
+# A fault schedule for pictures of a run (`raft-ctl plot --events`): when
+# $events_file is set, each line is `NS + LABEL` (a window opens), `NS -
+# LABEL` (it closes) or `NS ! LABEL` (an instant), NS on the clock of
+# `raft-ctl now`, the clock of histories.
+event() {  # + | - | !, LABEL
+  [ -n "${events_file:-}" ] || return 0
+  echo "$("$bin/raft-ctl" now) $1 $2" >>"$events_file"
+}
+
 pidfile() { echo "$work/data/n$1/node.pid"; }
 running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 start_node() {
@@ -100,6 +109,7 @@ start_node() {
   ( nohup "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
     echo $! >"$(pidfile "$id")" )
   log "started n$id (pid $(cat "$(pidfile "$id")"))"
+  event - "n$id down"
 }
 # Alive: exists and is not a zombie waiting to be reaped (without /proc,
 # existing is enough).
@@ -129,9 +139,11 @@ signal_node() {  # ID SIGNAL [nowait]
   pid=$(cat "$f")
   log "SIG$2 n$1"
   case "$2" in
-    TERM) rm -f "$f"; stop_pid "$pid" 100 ;;
-    KILL) kill -s KILL "$pid" 2>/dev/null || true
+    TERM) event + "n$1 down"; rm -f "$f"; stop_pid "$pid" 100 ;;
+    KILL) event + "n$1 down"; kill -s KILL "$pid" 2>/dev/null || true
           rm -f "$f"; [ "${3:-}" = nowait ] || wait_dead "$pid" ;;
+    STOP) event + "n$1 paused"; kill -s STOP "$pid" 2>/dev/null || true ;;
+    CONT) kill -s CONT "$pid" 2>/dev/null || true; event - "n$1 paused" ;;
     *) kill -s "$2" "$pid" 2>/dev/null || true ;;
   esac
   return 0

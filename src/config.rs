@@ -82,6 +82,7 @@ struct RawNode {
     id: Spanned<u64>,
     addr: Spanned<String>,
     data_dir: Option<String>,
+    metrics_addr: Option<Spanned<String>>,
 }
 
 /// Cluster-wide settings, resolved.
@@ -123,6 +124,9 @@ pub struct NodeConfig {
     /// As written in the file (for display).
     pub addr_text: String,
     pub data_dir: PathBuf,
+    /// Where the node serves Prometheus metrics over HTTP (`/metrics`), if
+    /// anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A whole, checked `cluster.toml`.
@@ -259,6 +263,12 @@ impl Config {
                     )
                 })?;
             let addr_line = line_of(text, rn.addr.span());
+            if let Some(n) = nodes.iter().find(|x| x.metrics_addr == Some(addr)) {
+                return Err(err(
+                    Some(rn.addr.span()),
+                    format!("address {addr_text} is node {}'s metrics_addr", n.id),
+                ));
+            }
             if let Some(i) = nodes.iter().position(|x| x.addr == addr) {
                 return Err(err(
                     Some(rn.addr.span()),
@@ -272,11 +282,18 @@ impl Config {
                 Some(d) => resolve(d),
                 None => cluster.data_dir.join(format!("n{id}")),
             };
+            let metrics_addr = match &rn.metrics_addr {
+                Some(m) => Some(
+                    check_metrics_addr(m, &nodes, addr).map_err(|why| err(Some(m.span()), why))?,
+                ),
+                None => None,
+            };
             nodes.push(NodeConfig {
                 id: NodeId(id),
                 addr,
                 addr_text,
                 data_dir,
+                metrics_addr,
             });
             lines.push((id_line, addr_line));
         }
@@ -351,6 +368,36 @@ impl Config {
     pub fn heartbeat_interval_ticks(&self) -> u32 {
         (self.cluster.heartbeat_interval_ms / self.cluster.tick_ms).max(1) as u32
     }
+}
+
+/// A node's `metrics_addr`: a host:port that no node's `addr` or other
+/// `metrics_addr` already takes (`nodes`: those before it; `addr`: its own).
+fn check_metrics_addr(
+    m: &Spanned<String>,
+    nodes: &[NodeConfig],
+    addr: SocketAddr,
+) -> Result<SocketAddr, String> {
+    let text = m.get_ref();
+    let metrics = text
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot resolve metrics_addr {text:?} (want host:port)"))?;
+    if metrics == addr {
+        return Err(format!(
+            "metrics_addr {text} is the node's own addr: give metrics a port of their own"
+        ));
+    }
+    if let Some(n) = nodes
+        .iter()
+        .find(|n| n.addr == metrics || n.metrics_addr == Some(metrics))
+    {
+        return Err(format!(
+            "metrics_addr {text} is already taken by node {}",
+            n.id
+        ));
+    }
+    Ok(metrics)
 }
 
 /// A node id on the command line that is not one.

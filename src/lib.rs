@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! node -> { conn, storage, wire, kv, raft, config }    bench -> conn
+//! plot -> bench (pictures of runs: series and status samples)
 //! conn -> wire
 //! wire -> { kv, raft, codec }      storage -> raft
 //! kv   -> { codec, raft types }    raft    -> rng
@@ -20,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod kv;
 pub mod node;
+pub mod plot;
 pub mod raft;
 pub mod rng;
 pub mod sim;

@@ -120,3 +120,60 @@ fn config_node_id_accepts_n_prefix() {
         "invalid node id \"n0x\": expected a number like 1 or n1"
     );
 }
+
+#[test]
+fn config_metrics_addr_is_optional_and_resolved() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.nodes[0].metrics_addr, None);
+    let with = GOOD.replace(
+        "addr = \"127.0.0.1:7002\"",
+        "addr = \"127.0.0.1:7002\"\nmetrics_addr = \"127.0.0.1:9102\"",
+    );
+    let c = parse(&with).unwrap();
+    assert_eq!(
+        c.nodes[1].metrics_addr,
+        Some("127.0.0.1:9102".parse().unwrap())
+    );
+}
+
+#[test]
+fn config_bad_metrics_addr_names_the_line_and_why() {
+    let cases = [
+        (
+            "metrics_addr = \"nowhere\"",
+            "cannot resolve metrics_addr \"nowhere\" (want host:port)",
+        ),
+        (
+            "metrics_addr = \"127.0.0.1:7002\"",
+            "metrics_addr 127.0.0.1:7002 is the node's own addr: give metrics a port of their own",
+        ),
+        (
+            "metrics_addr = \"127.0.0.1:7001\"",
+            "metrics_addr 127.0.0.1:7001 is already taken by node n1",
+        ),
+        (
+            "metrics_addr = 9102",
+            "invalid type: integer `9102`, expected a string",
+        ),
+    ];
+    for (line, why) in cases {
+        let bad = GOOD.replace(
+            "addr = \"127.0.0.1:7002\"",
+            &format!("addr = \"127.0.0.1:7002\"\n{line}"),
+        );
+        assert_eq!(
+            parse(&bad).unwrap_err(),
+            format!("/etc/rk/cluster.toml:14: {why}"),
+            "{line}"
+        );
+    }
+    // A later node may not listen on an earlier node's metrics port.
+    let bad = GOOD.replace(
+        "addr = \"127.0.0.1:7001\"",
+        "addr = \"127.0.0.1:7001\"\nmetrics_addr = \"127.0.0.1:7002\"",
+    );
+    assert_eq!(
+        parse(&bad).unwrap_err(),
+        "/etc/rk/cluster.toml:14: address 127.0.0.1:7002 is node n1's metrics_addr"
+    );
+}

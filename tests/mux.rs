@@ -38,6 +38,7 @@ fn mux_many_clients_few_conns_survive_leader_kill() {
         target: Target::Leader,
         op_timeout: Duration::from_secs(4),
         record: true,
+        series: false,
         seed: 7,
     };
     let load = {

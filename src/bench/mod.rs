@@ -10,6 +10,8 @@
 //! `raft-ctl check` (docs/HISTORY.md), each logical client a history client.
 
 pub mod hist;
+pub mod series;
+pub mod timeline;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
@@ -25,6 +27,7 @@ use crate::kv::{Command, Op, OpResult};
 use crate::rng::Rng;
 use crate::wire::{RequestBody, ResponseBody};
 pub use hist::Histogram;
+pub use series::Series;
 
 /// Nanoseconds on the system's monotonic clock (`CLOCK_MONOTONIC`), shared
 /// by every process on the machine: histories recorded by different
@@ -119,6 +122,8 @@ pub struct BenchOptions {
     pub op_timeout: Duration,
     /// Record every operation for the linearizability check.
     pub record: bool,
+    /// Keep operations over time (`BenchResult::series`), for a picture.
+    pub series: bool,
     pub seed: u64,
 }
 
@@ -138,6 +143,7 @@ impl Default for BenchOptions {
             target: Target::Leader,
             op_timeout: Duration::from_secs(5),
             record: false,
+            series: false,
             seed: 1,
         }
     }
@@ -173,6 +179,8 @@ pub struct BenchResult {
     pub max_write_gap: Duration,
     /// History lines (when recording).
     pub history: Vec<u8>,
+    /// Operations over time (with `BenchOptions::series`).
+    pub series: Option<Series>,
     pub wall_secs: f64,
 }
 
@@ -200,6 +208,11 @@ impl BenchResult {
         self.reconnects += o.reconnects;
         self.leaders_seen.extend(o.leaders_seen);
         self.history.extend(o.history);
+        match (&mut self.series, o.series) {
+            (Some(s), Some(o)) => s.merge(&o),
+            (s @ None, o) => *s = o,
+            (Some(_), None) => {}
+        }
         self.wall_secs = self.wall_secs.max(o.wall_secs);
     }
 }
@@ -241,6 +254,9 @@ pub fn run(config: &Config, opts: &BenchOptions, live: Arc<Live>) -> io::Result<
                     )?;
                     e.total = total;
                     e.clock_base = clock_base;
+                    if opts.series {
+                        e.result.series = Some(Series::new(clock_base, series::SLOT_NS_DEFAULT));
+                    }
                     e.run()?;
                     let times = std::mem::take(&mut e.write_done);
                     Ok((e.result, times))
@@ -614,6 +630,12 @@ impl<'a> Engine<'a> {
             Outcome::Ok(_) => self.result.ok += 1,
             Outcome::Failed(_) => self.result.failed += 1,
             Outcome::Unknown => self.result.unknown += 1,
+        }
+        if !matches!(outcome, Outcome::Unknown) {
+            let (done_ns, us) = (self.ns(now), (now - p.invoke).as_micros() as u64);
+            if let Some(s) = &mut self.result.series {
+                s.record(done_ns, us, matches!(outcome, Outcome::Ok(_)));
+            }
         }
         if measured && !matches!(outcome, Outcome::Unknown) {
             self.result.measured_ops += 1;

@@ -69,7 +69,7 @@ impl Node {
                 break;
             };
             if let Some(m) = self.faults.delayed_msgs.remove(&seq) {
-                self.transmit(m);
+                self.transmit_counted(m);
             }
         }
     }
@@ -99,6 +99,6 @@ impl Node {
                 .push(Reverse((Instant::now() + Duration::from_millis(ms), seq)));
             return;
         }
-        self.transmit(m);
+        self.transmit_counted(m);
     }
 }

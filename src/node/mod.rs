@@ -15,6 +15,7 @@
 //! | `clients.rs` | client frames to the driver, answers back to connections |
 //! | `faults.rs` | injected partitions, drops and delays on outgoing peer messages |
 //! | `signals.rs` | SIGINT/SIGTERM/SIGHUP to a stop flag |
+//! | `metrics.rs` | optional Prometheus metrics, served by a small thread from values the loop publishes |
 //!
 //! Each loop iteration: poll sockets (bounded by the next tick), feed frames
 //! to the driver, tick the core when a tick is due, let the driver carry out
@@ -24,6 +25,7 @@ mod clients;
 pub mod driver;
 mod faults;
 mod members;
+mod metrics;
 mod net;
 mod peers;
 mod requests;
@@ -151,6 +153,8 @@ pub struct Node {
     /// Reused for every socket read.
     read_chunk: Vec<u8>,
     faults: Faults,
+    /// With `metrics_addr` in cluster.toml: the values scrapes show.
+    metrics: Option<Box<metrics::Metrics>>,
     started: Instant,
     stop: Arc<AtomicBool>,
 }
@@ -210,7 +214,7 @@ impl Node {
                 .map(|n| (n.id, n.addr.to_string()))
                 .collect(),
         };
-        let driver = Driver::restore(rc, recovered, dc).map_err(|e| match e {
+        let mut driver = Driver::restore(rc, recovered, dc).map_err(|e| match e {
             DriverError::Snapshot(why) => NodeError::Driver(DriverError::Snapshot(format!(
                 "{}: {why}",
                 me.data_dir.join("snapshot").display()
@@ -224,6 +228,17 @@ impl Node {
         })?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics = match me.metrics_addr {
+            Some(addr) => {
+                let peers: Vec<NodeId> = config.ids().into_iter().filter(|&p| p != id).collect();
+                let m = metrics::Metrics::start(addr, id, &config.cluster.name, &peers)
+                    .map_err(|source| NodeError::Bind { addr, source })?;
+                // Snapshots reach the metrics as the driver's events.
+                driver.record_events = true;
+                Some(Box::new(m))
+            }
+            None => None,
+        };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let storage = StorageThread::spawn(
             store,
@@ -252,6 +267,7 @@ impl Node {
             reread: Vec::new(),
             read_chunk: vec![0; net::READ_CHUNK_BYTES],
             faults: Faults::new(seed),
+            metrics,
             started: now,
             stop,
             config,
@@ -306,7 +322,7 @@ impl Node {
             }
             self.release_delayed(now);
             self.maintain_peer_links(now);
-            self.driver.process_ready(&mut self.storage)?;
+            self.process_ready_metered()?;
             self.sync_peer_links(now);
             self.drain_outboxes();
             self.flush_dirty();
@@ -330,7 +346,12 @@ impl Node {
     fn storage_done(&mut self) -> Result<(), NodeError> {
         while let Ok(d) = self.storage.done().try_recv() {
             match d {
-                Durable::Upto(seq) => self.driver.durable(seq),
+                Durable::Upto(seq) => {
+                    if let Some(m) = self.metrics.as_deref_mut() {
+                        m.durable(seq, Instant::now());
+                    }
+                    self.driver.durable(seq)
+                }
                 Durable::Failed(e) => return Err(NodeError::Driver(DriverError::Storage(e))),
             }
         }

@@ -259,6 +259,7 @@ impl Node {
 
     pub(super) fn flush(&mut self, token: Token) {
         let mut close: Option<String> = None;
+        let mut sent_to_peer = None;
         {
             let Some(c) = self.conns.get_mut(&token) else {
                 return;
@@ -267,11 +268,18 @@ impl Node {
             if c.connecting {
                 return;
             }
+            let queued = c.io.queued_bytes();
             match c.io.flush(WRITE_BUF_KEEP_BYTES) {
                 Ok(true) if c.close_after_flush => close = Some("done".into()),
                 Ok(_) => c.io.update_interest(self.poll.registry(), token),
                 Err(why) => close = Some(why),
             }
+            if let ConnKind::OutPeer(peer) = c.kind {
+                sent_to_peer = Some((peer, queued.saturating_sub(c.io.queued_bytes())));
+            }
+        }
+        if let Some((peer, bytes)) = sent_to_peer {
+            self.count_sent_bytes(peer, bytes);
         }
         if let Some(why) = close {
             self.close(token, &why);

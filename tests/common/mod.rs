@@ -64,6 +64,16 @@ impl TestCluster {
 
     /// As `start`, with `extra` lines added to the `[cluster]` table.
     pub fn start_with(n: u64, extra: &str) -> TestCluster {
+        TestCluster::start_with_nodes(n, extra, |_| String::new())
+    }
+
+    /// As `start_with`, with `node_extra(id)` lines added to each node's
+    /// `[[node]]` table.
+    pub fn start_with_nodes(
+        n: u64,
+        extra: &str,
+        node_extra: impl Fn(u64) -> String,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut text = String::from(
             "[cluster]\nname = \"test\"\ndata_dir = \"data\"\nelection_timeout_ms = [300, 600]\nheartbeat_interval_ms = 50\n",
@@ -71,8 +81,9 @@ impl TestCluster {
         text.push_str(extra);
         for id in 1..=n {
             text.push_str(&format!(
-                "\n[[node]]\nid = {id}\naddr = \"127.0.0.1:{}\"\n",
-                free_port()
+                "\n[[node]]\nid = {id}\naddr = \"127.0.0.1:{}\"\n{}",
+                free_port(),
+                node_extra(id)
             ));
         }
         let config_path = dir.path().join("cluster.toml");

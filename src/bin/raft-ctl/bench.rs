@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args as ClapArgs, ValueEnum};
+use raftkit::bench::timeline::Sampler;
 use raftkit::bench::{self, BenchOptions, BenchResult, Live, OpMix, Target};
 use raftkit::config::Config;
+use raftkit::plot::{fault_windows_of_samples, Picture};
 use serde_json::json;
 
 use crate::{fail, EXIT_ERROR};
@@ -78,6 +80,10 @@ pub struct BenchArgs {
     /// Write every operation as a JSON line to FILE (see docs/HISTORY.md).
     #[arg(long)]
     record: Option<PathBuf>,
+    /// Draw the run as an SVG timeline to FILE: throughput, p50/p99
+    /// latency, the leader over time, elections, injected network faults.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
@@ -181,6 +187,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         },
         op_timeout: Duration::from_secs_f64(a.op_timeout.max(0.01)),
         record: a.record.is_some(),
+        series: a.plot.is_some(),
         seed: a.seed,
     };
     // Connections in use: --conns, at most one per client.
@@ -192,6 +199,13 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
     let pids = node_pids(config);
     let nodes_cpu0: Vec<Option<f64>> = pids.iter().map(|(_, p)| proc_cpu(*p)).collect();
     let cpu0 = self_cpu();
+    let sampler = match &a.plot {
+        Some(_) => match Sampler::start(config, crate::plot::SAMPLE_EVERY) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(EXIT_ERROR, format!("cannot start the status sampler: {e}")),
+        },
+        None => None,
+    };
     let live = Arc::new(Live::default());
     let started = Instant::now();
     let worker = {
@@ -223,6 +237,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         Err(_) => return fail(EXIT_ERROR, "bench: the load generator panicked"),
     };
     let cpu = self_cpu() - cpu0;
+    let samples = sampler.map(Sampler::stop).unwrap_or_default();
     let nodes_cpu: Vec<(String, f64)> = pids
         .iter()
         .zip(nodes_cpu0)
@@ -241,6 +256,35 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         }
     }
     let h = &r.hist;
+    if let (Some(path), Some(series)) = (&a.plot, &r.series) {
+        let picture = Picture {
+            title: format!(
+                "raft-ctl bench: {}, {} clients, {}-byte values, {} keys",
+                op_name(op),
+                a.clients,
+                a.value_size,
+                a.keys
+            ),
+            subtitle: format!(
+                "{:.0} ops/s over {:.1} s after {:.1} s warmup; latency p50 {} µs, p99 {} µs; {} ok, {} failed, {} unknown",
+                r.ops_per_s(),
+                r.measured_secs,
+                a.warmup,
+                h.quantile(0.5),
+                h.quantile(0.99),
+                r.ok,
+                r.failed,
+                r.unknown
+            ),
+            series: series.clone(),
+            faults: fault_windows_of_samples(&samples),
+            samples,
+            marks: Vec::new(),
+        };
+        if let Err(e) = std::fs::write(path, picture.svg()) {
+            return fail(EXIT_ERROR, format!("{}: {e}", path.display()));
+        }
+    }
     let errors_total: u64 = r.errors.values().sum();
     if json_out {
         let out = json!({
@@ -261,6 +305,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
             "node_cpu_s": nodes_cpu.iter().map(|(n, c)| (n.clone(), (c * 1000.0).round() / 1000.0)).collect::<std::collections::BTreeMap<_, _>>(),
             "node_rss_mib": nodes_rss.iter().map(|(n, (now, _))| (n.clone(), now.round())).collect::<std::collections::BTreeMap<_, _>>(),
             "node_peak_rss_mib": nodes_rss.iter().map(|(n, (_, peak))| (n.clone(), peak.round())).collect::<std::collections::BTreeMap<_, _>>(),
+            "picture": a.plot.as_ref().map(|p| p.display().to_string()),
         });
         println!("{out}");
     } else {
@@ -329,6 +374,9 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
                 p.display(),
                 r.ok + r.failed + r.unknown
             );
+        }
+        if let Some(p) = &a.plot {
+            println!("  picture: {}", p.display());
         }
     }
     ExitCode::SUCCESS

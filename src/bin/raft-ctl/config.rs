@@ -111,6 +111,7 @@ fn whole(config: &Config) -> Value {
             "id": n.id.0,
             "addr": n.addr_text,
             "data_dir": n.data_dir.display().to_string(),
+            "metrics_addr": n.metrics_addr.map(|a| a.to_string()),
         })).collect::<Vec<_>>(),
     })
 }
@@ -139,9 +140,13 @@ fn print_whole(config: &Config) -> std::io::Result<()> {
         c.fsync, c.direct_io, c.pre_vote, c.check_quorum
     )?;
     for n in &config.nodes {
+        let metrics = n
+            .metrics_addr
+            .map(|a| format!("  metrics http://{a}/metrics"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "{:<4} {:<21} {}",
+            "{:<4} {:<21} {}{metrics}",
             n.id.to_string(),
             n.addr_text,
             n.data_dir.display()

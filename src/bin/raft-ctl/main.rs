@@ -16,6 +16,7 @@ mod check;
 mod config;
 mod fault;
 mod member;
+mod plot;
 mod query;
 mod settle;
 mod wal;
@@ -107,6 +108,21 @@ enum Cmd {
     /// Closed-loop load: throughput, latency percentiles, errors; --record
     /// writes the history for `check`.
     Bench(bench::BenchArgs),
+    /// Draw a recorded run as an SVG timeline: throughput and p50/p99
+    /// latency from a history, the leader, elections and nodes not
+    /// answering from a timeline, named fault windows from an events file.
+    Plot(plot::PlotArgs),
+    /// Ask every node for its status every --interval-ms and write one
+    /// JSON line per answer (or its absence) to FILE, for `plot`; stops
+    /// after --seconds (or when signalled).
+    Timeline {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 3600.0)]
+        seconds: f64,
+    },
     /// Wait until the cluster has converged, compare every node's log and
     /// the keys of a history on every node; append final reads to it.
     Settle {
@@ -233,6 +249,7 @@ fn main() -> ExitCode {
         Cmd::Config { query } => return config::run(&args.config, query.as_ref(), args.json),
         Cmd::Json { path, file } => return query::run(path, file.as_deref()),
         Cmd::BinDir => return bin_dir(),
+        Cmd::Plot(p) => return plot::plot(p),
         _ => {}
     }
     let config = match Config::load(&args.config) {
@@ -317,6 +334,12 @@ fn main() -> ExitCode {
         Cmd::Settle { history, wait } => settle::run(&config, history.as_deref(), *wait, args.json),
         Cmd::Now | Cmd::Check { .. } | Cmd::Floor { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Bench(b) => bench::run(&config, b, args.json),
+        Cmd::Timeline {
+            out,
+            interval_ms,
+            seconds,
+        } => plot::timeline(&config, out, *interval_ms, *seconds),
+        Cmd::Plot(_) => ExitCode::SUCCESS, // handled above
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::Member { action } => member::run(&mut client, action, args.json),
         Cmd::TransferLeader { id } => member::transfer(&mut client, &config, *id, args.json),
