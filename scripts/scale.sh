@@ -76,7 +76,11 @@ trap cleanup EXIT INT TERM
 results="$(mktemp "${TMPDIR:-/tmp}/raftkit-scale.XXXXXX")"
 works+=("$results")
 # One figure: NAME VALUE (a number, or a JSON value).
-record() { echo "{\"mode\": \"$mode\", \"what\": \"$1\", \"value\": $2}" >>"$results"; }
+record() {
+  local line="{\"mode\": \"$mode\", \"what\": \"$1\", \"value\": $2}"
+  echo "$line" >>"$results"
+  [ -z "$out" ] || echo "$line" >>"$out"
+}
 now() { echo "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 # A node's field of `raft-ctl status` (empty when it does not answer).
@@ -87,6 +91,7 @@ status_of() {  # ID FIELD
 wait_applied() {  # ID INDEX SECS
   local deadline=$((SECONDS + $3)) a
   while [ "$SECONDS" -lt "$deadline" ]; do
+    revive "$1"
     a=$(status_of "$1" last_applied)
     if [ -n "$a" ] && [ "$a" -ge "$2" ]; then return 0; fi
     sleep 0.05
@@ -96,12 +101,31 @@ wait_applied() {  # ID INDEX SECS
 wait_answers() {  # ID SECS
   local deadline=$((SECONDS + $2))
   while [ "$SECONDS" -lt "$deadline" ]; do
+    revive "$1"
     [ -n "$(status_of "$1" role)" ] && return 0
     sleep 0.02
   done
   echo "n$1 did not answer within $2 s" >&2; return 1
 }
 dir_bytes() { du -sb "$1" 2>/dev/null | cut -f1; }
+# Starts node ID once its port is free. The wait loops call `revive`,
+# which starts it again if it exited (its port taken in between by another
+# process of this machine: the log says so).
+restart() {  # ID
+  local port
+  port=$(ctl config addr --id "$1"); port=${port##*:}
+  for _ in $(seq 100); do port_free "$port" && break; sleep 0.1; done
+  start_node "$1"
+}
+revive() {  # ID...
+  local id
+  for id in "$@"; do
+    running "$id" && continue
+    log "n$id exited: $(tail -n 1 "$work/data/n$id/node.log"); starting it again"
+    rm -f "$(pidfile "$id")"
+    restart "$id"
+  done
+}
 follower_of() {  # LEADER: a follower's id
   local id; for id in 1 2 3; do [ "$id" != "$1" ] && { echo "$id"; return; }; done
 }
@@ -136,14 +160,14 @@ run_mode() {  # on|off
   log "wiping follower n$follower and catching it up"
   signal_node "$follower" KILL
   rm -rf "$work/data/n$follower"
-  t0=$(now); start_node "$follower"
+  t0=$(now); restart "$follower"
   wait_applied "$follower" "$commit" 600
   record catch_up_s "$(since "$t0")"
   record caught_up_dir_bytes "$(dir_bytes "$work/data/n$follower")"
 
   log "restarting follower n$follower"
   signal_node "$follower" TERM
-  t0=$(now); start_node "$follower"
+  t0=$(now); restart "$follower"
   wait_answers "$follower" 120
   record follower_answers_s "$(since "$t0")"
   wait_applied "$follower" "$commit" 120
@@ -151,10 +175,11 @@ run_mode() {  # on|off
 
   log "restarting the whole cluster"
   for id in 1 2 3; do signal_node "$id" TERM; done
-  t0=$(now); for id in 1 2 3; do start_node "$id"; done
+  t0=$(now); for id in 1 2 3; do restart "$id"; done
   local deadline=$((SECONDS + 300))
   until ctl put scale-restart ok >/dev/null 2>&1; do
     [ "$SECONDS" -lt "$deadline" ] || { echo "no write acknowledged within 300 s of the restart" >&2; exit 1; }
+    revive 1 2 3
     sleep 0.05
   done
   record cluster_write_s "$(since "$t0")"
@@ -163,7 +188,6 @@ run_mode() {  # on|off
 
 [ "$only" = off ] || run_mode on
 [ "$only" = on ] || run_mode off
-[ -z "$out" ] || cat "$results" >>"$out"
 
 python3 - "$results" "$keys" "$value_size" "$snapshot_entries" <<'EOF'
 import json, sys
@@ -180,7 +204,7 @@ for mode in ("on", "off"):
     if not load:
         continue
     lat = load["lat"]
-    rss = ", ".join(f"n{n} {load['node_rss_mib'][n]:.0f} ({load['node_peak_rss_mib'][n]:.0f})"
+    rss = ", ".join(f"{n} {load['node_rss_mib'][n]:.0f} ({load['node_peak_rss_mib'][n]:.0f})"
                     for n in sorted(load.get("node_rss_mib", {})))
     ratio = f"{load['ops_per_s'] / small['ops_per_s']:.2f}" if small and small["ops_per_s"] else "-"
     print(f"| {mode} | {small['ops_per_s'] if small else 0:,.0f} | {load['ops_per_s']:,.0f} | {ratio} | "
