@@ -110,6 +110,10 @@ pub struct BenchOptions {
     pub threads: usize,
     pub op: OpMix,
     pub keys: u64,
+    /// Every operation on a key of its own (`key-0`, `key-1`, … in the
+    /// order they are issued, over all threads), instead of one of `keys`
+    /// at random: loads that many distinct keys.
+    pub distinct_keys: bool,
     pub value_size: usize,
     /// Stop after this long past the warmup…
     pub duration: Option<Duration>,
@@ -136,6 +140,7 @@ impl Default for BenchOptions {
             threads: 1,
             op: OpMix::Put,
             keys: 1000,
+            distinct_keys: false,
             value_size: 100,
             duration: Some(Duration::from_secs(10)),
             total: None,
@@ -152,6 +157,8 @@ impl Default for BenchOptions {
 /// Counters the threads update as they go, for live progress.
 #[derive(Debug, Default)]
 pub struct Live {
+    /// The next key of `distinct_keys`, shared by the threads.
+    pub next_key: AtomicU64,
     pub completed: AtomicU64,
     pub errors: AtomicU64,
 }
@@ -526,7 +533,11 @@ impl<'a> Engine<'a> {
         }
         self.issued += 1;
         let kind = self.choose();
-        let key = self.rng.range(0, self.opts.keys.max(1));
+        let key = if self.opts.distinct_keys {
+            self.live.next_key.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.rng.range(0, self.opts.keys.max(1))
+        };
         let cl = &mut self.clients[c];
         // A session's seq counts writes only: reads ignore it, and a write
         // of a client id without a session must come with seq 1.

@@ -5,4 +5,4 @@ pub mod store;
 
 pub use command::{ClientId, Command, CommandRef, Op, OpRef, OpResult};
 pub use command::{OverLimit, COMMAND_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
-pub use store::{Applied, KvStore, Refused, SnapshotError, SESSIONS_MAX};
+pub use store::{Applied, FrozenKv, KvStore, Refused, SnapshotError, SESSIONS_MAX};

@@ -23,6 +23,8 @@ use crate::raft::{self, Entry, LogIndex, Message, MessageBody, NodeId, Raft, Rol
 use crate::storage::{Job, Recovered, StorageError};
 use crate::wire::ResponseBody;
 
+use super::snapshots::{SnapshotDone, SnapshotJob};
+
 /// `Ready`s carried out per call of [`Driver::process_ready`] at most: each
 /// can make another ready (a persisted write releases acknowledgements), so
 /// the loop is bounded; what is left waits for the next loop iteration.
@@ -37,6 +39,13 @@ pub trait Disk {
     /// Writes `job` durably now, on the caller's thread. Called only while
     /// every job submitted before it is durable.
     fn write_inline(&mut self, job: &Job) -> Result<(), DriverError>;
+    /// Encodes a snapshot of the frozen state machine: here and now
+    /// (`Some`, the default: the simulator, tests), or elsewhere (`None`:
+    /// the node's encoder thread), the caller then handing the result to
+    /// [`Driver::snapshot_encoded`].
+    fn encode_snapshot(&mut self, job: SnapshotJob) -> Result<Option<SnapshotDone>, DriverError> {
+        Ok(Some(job.run()))
+    }
 }
 
 /// Why the driver cannot go on: storage failed. The node stops (a write
@@ -132,6 +141,9 @@ pub struct Driver {
     pub(super) next_read_id: u64,
     /// Where the last snapshot was taken, or skipped as too large to send.
     pub(super) snapshot_tried: LogIndex,
+    /// The index of the snapshot handed out to be encoded and not back yet
+    /// (at most one at a time).
+    pub(super) snapshot_encoding: Option<LogIndex>,
     /// The state of the last snapshot a peer sent, decoded when it arrived.
     pub(super) decoded_snapshot: Option<(LogIndex, raft::Term, KvStore)>,
     /// Reused to encode a proposed command.
@@ -182,6 +194,7 @@ impl Driver {
             confirmed_reads: Vec::new(),
             next_read_id: 1,
             snapshot_tried: LogIndex(0),
+            snapshot_encoding: None,
             decoded_snapshot: None,
             entry_buf: Vec::new(),
             messages: Vec::new(),

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::raft::{EntryKind, LogIndex, Message, NodeId, Role, Term};
-use crate::storage::{Job, StorageThread};
+use crate::storage::Job;
 
 use super::driver::{Disk, Driver, DriverError, DriverEvent};
 use super::Node;
@@ -406,7 +406,7 @@ impl Metrics {
 /// The storage thread, timed: every job handed over (and every write done
 /// on the loop) passes here on its way to the disk.
 pub(super) struct MeteredDisk<'a> {
-    pub(super) inner: &'a mut StorageThread,
+    pub(super) inner: &'a mut dyn Disk,
     pub(super) metrics: &'a mut Metrics,
     /// The term this node leads, if it leads: its entries of that term
     /// are its proposals.
@@ -452,19 +452,30 @@ impl Disk for MeteredDisk<'_> {
         self.metrics.values.fsync_latency.observe(now.elapsed());
         r
     }
+
+    fn encode_snapshot(
+        &mut self,
+        job: super::snapshots::SnapshotJob,
+    ) -> Result<Option<super::snapshots::SnapshotDone>, DriverError> {
+        self.inner.encode_snapshot(job)
+    }
 }
 
 impl Node {
     /// Lets the driver carry out its `Ready`s, timed when metrics are on.
     pub(super) fn process_ready_metered(&mut self) -> Result<(), DriverError> {
+        let mut node_disk = super::NodeDisk {
+            storage: &mut self.storage,
+            encoder: &self.encoder,
+        };
         let Some(metrics) = self.metrics.as_deref_mut() else {
-            return self.driver.process_ready(&mut self.storage);
+            return self.driver.process_ready(&mut node_disk);
         };
         let raft = self.driver.raft();
         let leading = (raft.role() == Role::Leader).then(|| raft.current_term());
         let started = Instant::now();
         let mut disk = MeteredDisk {
-            inner: &mut self.storage,
+            inner: &mut node_disk,
             metrics,
             leading,
         };

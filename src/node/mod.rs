@@ -9,7 +9,7 @@
 //! | `mod.rs` | the event loop: poll, tick, drive, empty the outboxes |
 //! | `driver.rs` | the pure driver: `Ready` → sends, storage jobs, held-back messages, `persisted`, apply (no mio, no sockets, no clock; the simulator runs it too) |
 //! | `requests.rs` | client requests and their waiters, inside the driver |
-//! | `snapshots.rs` | the node's own snapshots and a leader's, inside the driver |
+//! | `snapshots.rs` | the node's own snapshots (frozen on the loop, encoded on a thread of their own) and a leader's, inside the driver |
 //! | `net.rs` | connections: accept, read, frame decode, buffered writes |
 //! | `peers.rs` | peer links (reconnect with backoff), the handshake, frames by connection kind |
 //! | `clients.rs` | client frames to the driver, answers back to connections |
@@ -56,11 +56,13 @@ pub use requests::{
     COPIES_WAITING_MAX, LOG_ENTRIES_MAX, LOG_RESPONSE_BYTES_MAX, PENDING_REQUESTS_MAX,
 };
 pub use signals::stop_on_signals;
+pub use snapshots::{SnapshotDone, SnapshotJob};
 
 use driver::IdMap;
 use faults::Faults;
 use net::Conn;
 use peers::PeerLink;
+use snapshots::SnapshotEncoder;
 
 /// Readiness events taken from one `poll` at most; more wait for the next.
 const EVENTS_MAX: usize = 1024;
@@ -72,7 +74,8 @@ const TICKS_CATCH_UP_MAX: u32 = 5;
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
 
 const LISTENER: Token = Token(0);
-/// Wakes the event loop when the storage thread has made a batch durable.
+/// Wakes the event loop when the storage thread has made a batch durable,
+/// or the snapshot encoder has finished a snapshot.
 const WAKER: Token = Token(usize::MAX - 1);
 
 /// Why a node could not start or had to stop.
@@ -132,6 +135,30 @@ impl Disk for StorageThread {
     }
 }
 
+/// The node's disk as the driver sees it: the storage thread for the log,
+/// and the encoder thread for snapshots.
+struct NodeDisk<'a> {
+    pub(super) storage: &'a mut StorageThread,
+    pub(super) encoder: &'a SnapshotEncoder,
+}
+
+impl Disk for NodeDisk<'_> {
+    fn submit(&mut self, job: Job) -> Result<(), DriverError> {
+        Disk::submit(self.storage, job)
+    }
+
+    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
+        Disk::write_inline(self.storage, job)
+    }
+
+    /// Off the event loop: the result comes back through the waker to
+    /// [`Node::storage_done`].
+    fn encode_snapshot(&mut self, job: SnapshotJob) -> Result<Option<SnapshotDone>, DriverError> {
+        self.encoder.encode(job)?;
+        Ok(None)
+    }
+}
+
 /// The running node.
 pub struct Node {
     config: Config,
@@ -139,6 +166,8 @@ pub struct Node {
     addr: SocketAddr,
     driver: Driver,
     storage: StorageThread,
+    /// Encodes the node's snapshots while the loop serves.
+    encoder: SnapshotEncoder,
     poll: Poll,
     listener: TcpListener,
     conns: IdMap<Token, Conn>,
@@ -240,6 +269,10 @@ impl Node {
             None => None,
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let encoder_waker = Arc::clone(&waker);
+        let encoder = SnapshotEncoder::spawn(Box::new(move || {
+            let _ = encoder_waker.wake();
+        }))?;
         let storage = StorageThread::spawn(
             store,
             Some(Box::new(move || {
@@ -258,6 +291,7 @@ impl Node {
             addr: me.addr,
             driver,
             storage,
+            encoder,
             poll,
             listener,
             conns: IdMap::default(),
@@ -342,7 +376,8 @@ impl Node {
     }
 
     /// The storage thread reported: the driver sends what waited and tells
-    /// the core.
+    /// the core. The encoder finished a snapshot: the core compacts behind
+    /// it and the storage thread writes it.
     fn storage_done(&mut self) -> Result<(), NodeError> {
         while let Ok(d) = self.storage.done().try_recv() {
             match d {
@@ -354,6 +389,13 @@ impl Node {
                 }
                 Durable::Failed(e) => return Err(NodeError::Driver(DriverError::Storage(e))),
             }
+        }
+        while let Some(done) = self.encoder.finished() {
+            let mut disk = NodeDisk {
+                storage: &mut self.storage,
+                encoder: &self.encoder,
+            };
+            self.driver.snapshot_encoded(done, &mut disk)?;
         }
         Ok(())
     }

@@ -1,21 +1,72 @@
 //! Snapshots in the driver: the node's own (every `snapshot_entries`
-//! applied entries, the state machine is encoded, the core compacts its
-//! log, and the disk writes the snapshot) and a leader's (decoded when it
-//! arrives, installed when the core hands it out in a `Ready`).
+//! applied entries, the state machine is frozen and handed out to be
+//! encoded; when the bytes come back the core compacts its log and the
+//! disk writes the snapshot) and a leader's (decoded when it arrives,
+//! installed when the core hands it out in a `Ready`). The node encodes on
+//! a thread of its own ([`SnapshotEncoder`]), so the event loop never
+//! stalls for it; the simulator encodes at once, deterministically.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::raft::{LogIndex, NodeId, Snapshot};
+use crate::kv::FrozenKv;
+use crate::raft::{LogIndex, NodeId, Snapshot, Term};
 use crate::storage::Job;
 use crate::wire::SNAPSHOT_DATA_BYTES_MAX;
 
 use super::driver::{kv_of_snapshot, Disk, Driver, DriverError, DriverEvent};
 
+/// A snapshot to encode: the state machine frozen at `index` (O(1), see
+/// [`FrozenKv`]), handed by the driver to whoever encodes it (a thread of
+/// the node's, or the simulator's disk at once) through
+/// [`Disk::encode_snapshot`].
+pub struct SnapshotJob {
+    pub index: LogIndex,
+    pub term: Term,
+    /// Entries the log keeps behind the snapshot once it is taken.
+    pub keep: u64,
+    pub state: FrozenKv,
+}
+
+/// An encoded [`SnapshotJob`], for [`Driver::snapshot_encoded`].
+pub struct SnapshotDone {
+    pub index: LogIndex,
+    pub term: Term,
+    pub keep: u64,
+    pub keys: usize,
+    /// The bytes, or their size when it is past what InstallSnapshot can
+    /// carry (then nothing was encoded).
+    pub data: Result<Arc<[u8]>, usize>,
+    pub encode_time: Duration,
+}
+
+impl SnapshotJob {
+    /// Encodes the frozen state: one pass to size it, one to write it
+    /// into a buffer of exactly that size. On any thread.
+    pub fn run(self) -> SnapshotDone {
+        let started = Instant::now();
+        let len = self.state.encoded_len();
+        let data = if len > SNAPSHOT_DATA_BYTES_MAX {
+            Err(len)
+        } else {
+            Ok(self.state.encode())
+        };
+        SnapshotDone {
+            index: self.index,
+            term: self.term,
+            keep: self.keep,
+            keys: self.state.len(),
+            data,
+            encode_time: started.elapsed(),
+        }
+    }
+}
+
 impl Driver {
     /// Every `snapshot_entries` applied entries: snapshot the state
-    /// machine (see [`Driver::snapshot_now`]).
+    /// machine (see [`Driver::snapshot_now`]), unless one is being encoded.
     pub(super) fn maybe_snapshot(&mut self, disk: &mut dyn Disk) -> Result<(), DriverError> {
         let every = self.config.snapshot_entries;
         let applied = self.raft.last_applied();
@@ -24,20 +75,26 @@ impl Driver {
             .snapshot()
             .map_or(LogIndex(0), |s| s.index)
             .max(self.snapshot_tried);
-        if every == 0 || applied.0 < last.0 + every {
+        if every == 0 || applied.0 < last.0 + every || self.snapshot_encoding.is_some() {
             return Ok(());
         }
         let keep = self.config.snapshot_keep_entries;
         self.snapshot_now(keep, disk)
     }
 
-    /// Snapshots the state machine at the applied index, lets the core drop
-    /// the log behind it (keeping `keep` entries), and has the disk write
-    /// it. The log already holds those entries durably, so nothing waits
-    /// for the snapshot's own write.
+    /// Freezes the state machine at the applied index and hands it to the
+    /// disk to encode ([`Disk::encode_snapshot`]); once encoded,
+    /// [`Driver::snapshot_encoded`] lets the core drop the log behind it
+    /// (keeping `keep` entries) and has the disk write it. The event loop
+    /// only freezes (O(1)) and, later, compacts: it never encodes. One
+    /// snapshot is encoded at a time; a call while one is encoded does
+    /// nothing.
     pub fn snapshot_now(&mut self, keep: u64, disk: &mut dyn Disk) -> Result<(), DriverError> {
         let applied = self.raft.last_applied();
-        if applied.0 == 0 || self.raft.snapshot().is_some_and(|s| s.index >= applied) {
+        if applied.0 == 0
+            || self.snapshot_encoding.is_some()
+            || self.raft.snapshot().is_some_and(|s| s.index >= applied)
+        {
             return Ok(());
         }
         self.snapshot_tried = applied;
@@ -51,34 +108,83 @@ impl Driver {
             self.id,
             self.kv.last_applied()
         );
-        let started = Instant::now();
-        let snap = Snapshot {
+        let job = SnapshotJob {
             index: applied,
             term,
-            membership: self.raft.membership_at(applied),
-            data: self.kv.snapshot().into(),
+            keep,
+            state: self.kv.freeze(),
         };
-        let encoded = started.elapsed();
-        if snap.data.len() > SNAPSHOT_DATA_BYTES_MAX {
-            // A follower that fell behind could never be sent it: keep
-            // the log rather than compact it away.
-            warn!(
-                "{}: not compacting: the state is {} bytes, past the {} a snapshot can carry to a follower",
-                self.id,
-                snap.data.len(),
-                SNAPSHOT_DATA_BYTES_MAX
+        self.snapshot_encoding = Some(applied);
+        match disk.encode_snapshot(job)? {
+            Some(done) => self.snapshot_encoded(done, disk),
+            None => Ok(()),
+        }
+    }
+
+    /// A snapshot handed out by [`Driver::snapshot_now`] is encoded: the
+    /// core keeps it (for followers that fall behind) and drops the log
+    /// behind it, and the disk writes it. The log already holds those
+    /// entries durably, so nothing waits for the snapshot's own write.
+    /// A snapshot overtaken while it was encoded (a leader's installed
+    /// since, at a later index) is dropped.
+    pub fn snapshot_encoded(
+        &mut self,
+        done: SnapshotDone,
+        disk: &mut dyn Disk,
+    ) -> Result<(), DriverError> {
+        let SnapshotDone {
+            index,
+            term,
+            keep,
+            keys,
+            data,
+            encode_time,
+        } = done;
+        assert_eq!(
+            self.snapshot_encoding,
+            Some(index),
+            "{}: snapshot at {index} encoded, but the one handed out is {:?}",
+            self.id,
+            self.snapshot_encoding
+        );
+        self.snapshot_encoding = None;
+        let data = match data {
+            Ok(data) => data,
+            Err(len) => {
+                // A follower that fell behind could never be sent it: keep
+                // the log rather than compact it away.
+                warn!(
+                    "{}: not compacting: the state at {index} is {len} bytes, past the {} a snapshot can carry to a follower",
+                    self.id, SNAPSHOT_DATA_BYTES_MAX
+                );
+                return Ok(());
+            }
+        };
+        if self.raft.snapshot().is_some_and(|s| s.index >= index)
+            || self.raft.log().term_at(index) != Some(term)
+        {
+            info!(
+                "{}: dropping the snapshot at {index}/{term}: the node installed a later one while it was encoded",
+                self.id
             );
             return Ok(());
         }
+        // The membership at `index`: the log up to it is what it was when
+        // the state was frozen (its term is checked above).
+        let snap = Snapshot {
+            index,
+            term,
+            membership: self.raft.membership_at(index),
+            data,
+        };
         let release = self
             .raft
-            .compact(snap.clone(), LogIndex((applied.0 + 1).saturating_sub(keep)));
+            .compact(snap.clone(), LogIndex((index.0 + 1).saturating_sub(keep)));
         info!(
-            "{}: snapshot at {applied}/{term} ({} bytes, {} keys, encoded in {} µs); log now from {}, {} entries to free",
+            "{}: snapshot at {index}/{term} ({} bytes, {keys} keys, encoded off the event loop in {} ms); log now from {}, {} entries to free",
             self.id,
             snap.data.len(),
-            self.kv.len(),
-            encoded.as_micros(),
+            encode_time.as_millis(),
             self.raft.log().first_index(),
             release.len()
         );
@@ -126,5 +232,59 @@ impl Driver {
         self.kv = kv;
         self.event(|| DriverEvent::SnapshotInstalled(snap.clone()));
         Ok(())
+    }
+}
+
+/// Snapshot jobs queued for the encoder at most. The driver hands out one
+/// at a time, so one is never exceeded; the bound makes a second a bug
+/// that shows (`encode` fails) rather than a queue that grows.
+const ENCODER_QUEUE_MAX: usize = 1;
+
+/// The node's snapshot encoder: a thread that turns each [`SnapshotJob`]
+/// into bytes while the event loop goes on serving, and reports through
+/// a channel and the event loop's waker, like the storage thread.
+pub(super) struct SnapshotEncoder {
+    tx: crossbeam_channel::Sender<SnapshotJob>,
+    done: crossbeam_channel::Receiver<SnapshotDone>,
+}
+
+impl SnapshotEncoder {
+    /// Starts the thread; `wake` is called after each job is encoded.
+    pub(super) fn spawn(wake: Box<dyn Fn() + Send>) -> std::io::Result<SnapshotEncoder> {
+        let (tx, rx) = crossbeam_channel::bounded::<SnapshotJob>(ENCODER_QUEUE_MAX);
+        let (done_tx, done) = crossbeam_channel::bounded(ENCODER_QUEUE_MAX);
+        // Not joined: a node that stops drops the job it is encoding, and
+        // the thread ends with the process (or when the channel closes).
+        std::thread::Builder::new()
+            .name("snapshot-encode".into())
+            .spawn(move || {
+                for job in rx {
+                    let done = job.run();
+                    if done_tx.send(done).is_err() {
+                        return;
+                    }
+                    wake();
+                }
+            })?;
+        Ok(SnapshotEncoder { tx, done })
+    }
+
+    /// Queues `job`; it comes back through [`SnapshotEncoder::finished`].
+    pub(super) fn encode(&self, job: SnapshotJob) -> Result<(), DriverError> {
+        self.tx.try_send(job).map_err(|e| {
+            DriverError::Snapshot(match e {
+                crossbeam_channel::TrySendError::Full(_) => {
+                    "a second snapshot handed to the encoder while one is encoded".into()
+                }
+                crossbeam_channel::TrySendError::Disconnected(_) => {
+                    "the snapshot encoder thread has stopped".into()
+                }
+            })
+        })
+    }
+
+    /// The next encoded snapshot, if one is ready.
+    pub(super) fn finished(&self) -> Option<SnapshotDone> {
+        self.done.try_recv().ok()
     }
 }

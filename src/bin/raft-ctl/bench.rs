@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// Keys are key-0 .. key-(K-1), chosen uniformly.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// Every operation on a new key (key-0, key-1, … in the order issued)
+    /// instead of --keys at random: `--op put --total N --distinct-keys`
+    /// loads N distinct keys.
+    #[arg(long)]
+    distinct_keys: bool,
     /// Bytes per written value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -177,6 +182,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         threads: a.threads.max(1),
         op,
         keys: a.keys.max(1),
+        distinct_keys: a.distinct_keys,
         value_size: a.value_size,
         duration,
         total: a.total,
@@ -293,7 +299,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
                 "p50": h.quantile(0.50), "p90": h.quantile(0.90), "p99": h.quantile(0.99),
                 "p999": h.quantile(0.999), "max": h.max(), "mean": (h.mean() * 10.0).round() / 10.0,
             },
-            "clients": a.clients, "conns": conns, "op": op_name(op), "value_size": a.value_size, "keys": a.keys,
+            "clients": a.clients, "conns": conns, "op": op_name(op), "value_size": a.value_size, "keys": a.keys, "distinct_keys": a.distinct_keys,
             "read_pct": a.read_pct, "threads": opts.threads,
             "duration_s": r.measured_secs, "measured_ops": r.measured_ops,
             "ok": r.ok, "failed": r.failed, "unknown": r.unknown,
