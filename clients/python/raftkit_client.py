@@ -248,6 +248,44 @@ class FaultSpec:
 
 
 @dataclass
+class Membership:
+    """Voters (the new ones while joint), the old voters while joint,
+    learners, and each member's address."""
+    voters: List[int]
+    outgoing: List[int]
+    learners: List[int]
+    addrs: dict
+
+
+def decode_membership(data: bytes) -> Membership:
+    """A membership entry's data (format 1), as in docs/PROTOCOL.md."""
+    r = Reader(data)
+    if r.u8() != 1:
+        raise ProtocolError("unknown membership format")
+    sets = [[r.u64() for _ in range(r.u32())] for _ in range(3)]
+    addrs = {}
+    for _ in range(r.u32()):
+        node = r.u64()
+        addrs[node] = r.string()
+    if r.bool():
+        raise ProtocolError("membership extension this client does not know")
+    r.finish()
+    return Membership(sets[0], sets[1], sets[2], addrs)
+
+
+@dataclass
+class Members:
+    node: int
+    leader: Optional[int]
+    membership: Membership
+    membership_index: int
+    changing: bool
+    commit_index: int
+    last_index: int
+    matched: dict
+
+
+@dataclass
 class Status:
     id: int
     role: str
@@ -262,6 +300,10 @@ class Status:
     addr: str
     fault: FaultSpec
     uptime_ms: int
+    membership: Membership
+    membership_index: int
+    membership_changing: bool
+    transferring_to: Optional[int]
 
 
 @dataclass
@@ -350,13 +392,28 @@ def decode_response(r: Reader):
         head = [r.u64(), ROLES.get(r.u8(), "unknown"), r.u64(), r.opt_u64(), r.opt_u64(),
                 r.u64(), r.u64(), r.u64(), r.u64()]
         peers = [Peer(r.u64(), r.u64(), r.u64(), r.u8(), r.u32()) for _ in range(r.u32())]
-        return Status(*head, peers, r.string(), _read_fault(r), r.u64())
+        addr, fault, uptime = r.string(), _read_fault(r), r.u64()
+        membership = decode_membership(r.bytes())
+        return Status(*head, peers, addr, fault, uptime, membership, r.u64(), r.bool(),
+                      r.opt_u64())
     if kind == 5:
         commit_index, first_index, last_index = r.u64(), r.u64(), r.u64()
         entries = [Entry(r.u64(), r.u64(), r.u8(), r.bytes()) for _ in range(r.u32())]
         return LogPage(commit_index, first_index, last_index, entries)
     if kind == 6:
         return None  # FaultOk
+    if kind == 7:
+        node, leader = r.u64(), r.opt_u64()
+        membership = decode_membership(r.bytes())
+        index, changing, commit_index, last_index = r.u64(), r.bool(), r.u64(), r.u64()
+        matched = {}
+        for _ in range(r.u32()):
+            member = r.u64()
+            matched[member] = r.u64()
+        return Members(node, leader, membership, index, changing, commit_index, last_index,
+                       matched)
+    if kind == 8:
+        return ("transfer_started", r.u64())
     raise ProtocolError(f"unknown response type {kind}")
 
 
@@ -604,6 +661,11 @@ class Client:
         w = Writer().u8(4)
         _fault(w, spec)
         return self.call(addr, w.b, timeout)
+
+    def members(self, addr: str, timeout: Optional[float] = None) -> Members:
+        """The membership as `addr` sees it (raises NotLeader at a follower
+        that knows the leader)."""
+        return self.call(addr, Writer().u8(5).u8(1).b, timeout)
 
     def find_leader(self, timeout: Optional[float] = None) -> str:
         """The address of the node that says it leads, asking each in turn."""

@@ -188,6 +188,17 @@ class AgainstCluster(unittest.TestCase):
             self.assertLessEqual(s.last_applied, s.commit_index)
             self.assertLessEqual(s.commit_index, s.last_index)
             self.assertGreater(s.uptime_ms, 0)
+            self.assertEqual(sorted(s.membership.voters), sorted(ids))
+            self.assertEqual(s.membership.outgoing, [])
+            self.assertFalse(s.membership_changing)
+
+    def test_members_at_the_leader(self):
+        leader = self.c.find_leader()
+        m = self.c.members(leader)
+        self.assertEqual(m.leader, m.node)
+        self.assertEqual(len(m.membership.voters), len(ADDRS))
+        self.assertEqual(set(m.matched), set(m.membership.voters))
+        self.assertFalse(m.changing)
 
     def test_log_pages(self):
         for i in range(7):
