@@ -333,6 +333,25 @@ impl Config {
         })
     }
 
+    /// Adds a member cluster.toml does not list, at an address learned
+    /// from the membership (a NotLeader hint, a Members answer), for a
+    /// client to reach it. Returns its position in `nodes`, or `None` if
+    /// the address is not an IP address and port.
+    pub fn learn_member(&mut self, id: NodeId, addr: &str) -> Option<usize> {
+        if let Some(i) = self.nodes.iter().position(|n| n.id == id) {
+            return Some(i);
+        }
+        let parsed: SocketAddr = addr.parse().ok()?;
+        self.nodes.push(NodeConfig {
+            id,
+            addr: parsed,
+            addr_text: addr.to_string(),
+            data_dir: PathBuf::new(),
+            metrics_addr: None,
+        });
+        Some(self.nodes.len() - 1)
+    }
+
     pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.id == id)
     }

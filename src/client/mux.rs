@@ -571,9 +571,14 @@ impl Mux {
                     done,
                 );
             }
-            ResponseBody::NotLeader { leader, .. } => {
+            ResponseBody::NotLeader {
+                leader,
+                leader_addr,
+            } => {
                 self.stats.redirects += 1;
-                let to = leader.and_then(|l| self.config.nodes.iter().position(|n| n.id == l));
+                // A leader cluster.toml does not list is reached at the
+                // address its membership records.
+                let to = leader.and_then(|l| self.config.learn_member(l, &leader_addr));
                 match to {
                     Some(to) if to != node => {
                         if let Some(slot) = self.slots.get_mut(&id) {
