@@ -107,8 +107,9 @@ enum Cmd {
     /// Closed-loop load: throughput, latency percentiles, errors; --record
     /// writes the history for `check`.
     Bench(bench::BenchArgs),
-    /// Wait until the cluster has converged, compare every node's log and
-    /// the keys of a history on every node; append final reads to it.
+    /// Wait until the cluster has converged, compare every member's log
+    /// and the keys of a history on every member; append final reads to
+    /// it. Nodes that are not members (as the leader sees it) are skipped.
     Settle {
         /// A history written by `bench --record`.
         #[arg(long)]
