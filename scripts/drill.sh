@@ -171,9 +171,19 @@ drill_majority_down() {
 
 # ---- membership changes ---------------------------------------------------------
 
-# The member list as the leader gives it (JSON; empty when no leader
-# answered within ctl's timeout).
-member_list() { ctl --json member list 2>/dev/null || true; }
+# The member list as the leader gives it (JSON; empty when no node
+# answered within ctl's timeout). A follower that knows no leader answers
+# with its own view: asked again for up to 3 s, until a leader answers.
+member_list() {
+  local ml _i
+  for _i in 1 2 3 4 5 6 7 8 9 10; do
+    ml=$(ctl --json member list 2>/dev/null) || ml=""
+    [ -n "$ml" ] || return 0
+    [ -n "$(json_get leader <<<"$ml" 2>/dev/null)" ] && break
+    sleep 0.3
+  done
+  echo "$ml"
+}
 # From a member list: every member's id, one a word; the voters (of the
 # new half while joint); the learners; whether a change is under way.
 ml_ids() { json_get 'members.*.id' <<<"$1" 2>/dev/null | paste -sd' ' -; }
@@ -362,14 +372,14 @@ drill_membership_churn() {
     for id in $node_ids; do has_word "$members" "$id" || others="$others $id"; done
     local up_voters="" leader_id
     for id in $voters; do [ "$id" != "$down" ] && up_voters="$up_voters $id"; done
-    leader_id=$(json_get leader <<<"$ml" 2>/dev/null)
+    leader_id=$(json_get leader <<<"$ml" 2>/dev/null) || leader_id=""
     local acts=(transfer)
     [ -n "$others" ] && acts+=(add-learner add-learner add-voter)
     [ -n "$learners" ] && acts+=(promote promote remove-learner)
     [ "$(words "$voters")" -ge 4 ] && acts+=(remove-voter remove-voter)
     [ -z "$down" ] && acts+=(kill)
     local act=${acts[r1 % ${#acts[@]}]}
-    log "step $step: voters $voters; learners ${learners:-none}; leader n$leader_id; down ${down:-none}: $act"
+    log "step $step: voters $voters; learners ${learners:-none}; leader ${leader_id:+n}${leader_id:-none}; down ${down:-none}: $act"
     case "$act" in
       add-learner|add-voter)
         id=$(pick_word "$others" "$r2")
