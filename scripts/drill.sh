@@ -171,18 +171,22 @@ drill_majority_down() {
 
 # ---- membership changes ---------------------------------------------------------
 
-# The member list as the leader gives it (JSON; empty when no node
-# answered within ctl's timeout). A follower that knows no leader answers
-# with its own view: asked again for up to 3 s, until a leader answers.
+# The member list as the leader gives it (JSON), asked through each running
+# node in turn for up to 3 s: a node that knows no leader answers with its
+# own view (a removed node that keeps running does so for good). Without a
+# leader, the last such view; empty if no node answered.
 member_list() {
-  local ml _i
+  local ml view="" id _i
   for _i in 1 2 3 4 5 6 7 8 9 10; do
-    ml=$(ctl --json member list 2>/dev/null) || ml=""
-    [ -n "$ml" ] || return 0
-    [ -n "$(json_get leader <<<"$ml" 2>/dev/null)" ] && break
+    for id in $node_ids; do
+      running "$id" || continue
+      ml=$(ctl_t 2 --node "$id" --json member list 2>/dev/null) || continue
+      if [ -n "$(json_get leader <<<"$ml" 2>/dev/null)" ]; then echo "$ml"; return 0; fi
+      view=$ml
+    done
     sleep 0.3
   done
-  echo "$ml"
+  echo "$view"
 }
 # From a member list: every member's id, one a word; the voters (of the
 # new half while joint); the learners; whether a change is under way.
