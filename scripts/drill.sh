@@ -13,7 +13,7 @@
 # --snapshot-entries N  nodes snapshot and compact every N applied entries
 #               (default 5000, far below the node's default, so that faults
 #               also hit snapshot writes and InstallSnapshot; 0 = never)
-# DRILL_SEED=N  membership-churn makes the choices of an earlier run again
+# DRILL_SEED=N  membership-churn makes the random draws of an earlier run again
 #               (its seed is in the verdict's note and in drill.log)
 #
 # Ends with one verdict line per drill; exits 0 only if every drill passed.
@@ -324,11 +324,21 @@ ctl_t() { "$bin/raft-ctl" --config "$cfg" --timeout "$1" "${@:2}"; }
 # counts it as ok (then the leader must list ID as WANT), refused (with the
 # leader's reason), or unknown (its leader went away; the membership must
 # still settle, one way or the other). Anything else fails the drill.
-churn_ok=0; churn_refused=0; churn_unknown=0
+# With churn_kill_ms set (and churn_kill_leader), that leader is killed
+# that many ms after the change was sent: it is then down ($churn_down).
+churn_ok=0; churn_refused=0; churn_unknown=0; churn_kill_ms=""; churn_kill_leader=""; churn_down=""; churn_kills=0
 churn_change() {  # ID WANT ctl-args...
   local id=$1 want=$2; shift 2
-  local out rc=0
-  out=$(ctl_t 15 "$@" 2>&1 >/dev/null) || rc=$?
+  local out rc=0 err="$work/change.err"
+  ctl_t 15 "$@" >/dev/null 2>"$err" &
+  local cpid=$!
+  if [ -n "$churn_kill_ms" ] && [ -n "$churn_kill_leader" ]; then
+    sleep "$(printf '0.%03d' "$churn_kill_ms")"
+    signal_node "$churn_kill_leader" KILL; churn_down=$churn_kill_leader; churn_kills=$((churn_kills + 1))
+    log "killed the leader n$churn_kill_leader ${churn_kill_ms} ms into the change"
+  fi
+  wait "$cpid" || rc=$?
+  out=$(cat "$err")
   case "$rc:$out" in
     0:*)
       churn_ok=$((churn_ok + 1)); log "$*: ok"
@@ -348,22 +358,24 @@ churn_change() {  # ID WANT ctl-args...
 # Random membership changes, leadership transfers and kills for $S seconds
 # on five nodes (voters n1..n3 at first; n4 and n5 wait as non-members).
 # Every change completes (the leader then lists it) or is refused with a
-# reason; one whose answer was lost with its leader must still end, one way
-# or the other. At least three voters at every step. A removed node is
+# reason; one whose answer was lost with its leader (a quarter of the
+# changes of voters lose it: SIGKILL 0-150 ms after the change was sent)
+# must still end, one way or the other. At least three voters at every step. A removed node is
 # stopped or left running, at random; n4 and n5 restart empty when added
 # again (n1..n3 keep their data: an empty one would bootstrap as an initial
-# voter). DRILL_SEED=N replays the choices of a run (not its timing).
+# voter). DRILL_SEED=N makes the same random draws again (what they pick
+# still depends on timing: who leads, who caught up).
 drill_membership_churn() {
   local seed=${DRILL_SEED:-$(( $(date +%s%N) / 1000 % 1000000 ))}
   RANDOM=$seed
   note "seed $seed (DRILL_SEED=$seed replays the choices)"
-  churn_ok=0; churn_refused=0; churn_unknown=0
+  churn_ok=0; churn_refused=0; churn_unknown=0; churn_down=""; churn_kills=0
   local t0; t0=$(date +%s)
-  local down="" kills=0 step=0
+  local step=0
   while [ "$(elapsed_since "$t0")" -lt "$S" ]; do
     step=$((step + 1))
-    local r1=$RANDOM r2=$RANDOM r3=$RANDOM
-    if [ -n "$down" ] && [ $((r3 % 2)) = 0 ]; then start_node "$down"; down=""; fi
+    local r1=$RANDOM r2=$RANDOM r3=$RANDOM r4=$RANDOM
+    if [ -n "$churn_down" ] && [ $((r3 % 2)) = 0 ]; then start_node "$churn_down"; churn_down=""; fi
     local ml; ml=$(member_list)
     if [ -z "$ml" ]; then log "step $step: no leader answers"; sleep 0.5; continue; fi
     if ml_changing "$ml"; then
@@ -375,15 +387,22 @@ drill_membership_churn() {
     [ "$(words "$voters")" -ge 3 ] || must false "only $(words "$voters") voters: $voters"
     for id in $node_ids; do has_word "$members" "$id" || others="$others $id"; done
     local up_voters="" leader_id
-    for id in $voters; do [ "$id" != "$down" ] && up_voters="$up_voters $id"; done
+    for id in $voters; do [ "$id" != "$churn_down" ] && up_voters="$up_voters $id"; done
     leader_id=$(json_get leader <<<"$ml" 2>/dev/null) || leader_id=""
     local acts=(transfer)
     [ -n "$others" ] && acts+=(add-learner add-learner add-voter)
     [ -n "$learners" ] && acts+=(promote promote remove-learner)
     [ "$(words "$voters")" -ge 4 ] && acts+=(remove-voter remove-voter)
-    [ -z "$down" ] && acts+=(kill)
+    [ -z "$churn_down" ] && acts+=(kill)
     local act=${acts[r1 % ${#acts[@]}]}
-    log "step $step: voters $voters; learners ${learners:-none}; leader ${leader_id:+n}${leader_id:-none}; down ${down:-none}: $act"
+    # Now and then, a change of voters loses its leader on the way.
+    churn_kill_ms=""; churn_kill_leader=""
+    case "$act" in add-voter|promote|remove-voter)
+      if [ -z "$churn_down" ] && [ $((r4 % 4)) = 0 ] && [ -n "$leader_id" ]; then
+        churn_kill_ms=$((r4 / 4 % 150)); churn_kill_leader=$leader_id
+      fi ;;
+    esac
+    log "step $step: voters $voters; learners ${learners:-none}; leader ${leader_id:+n}${leader_id:-none}; down ${churn_down:-none}: $act"
     case "$act" in
       add-learner|add-voter)
         id=$(pick_word "$others" "$r2")
@@ -400,7 +419,7 @@ drill_membership_churn() {
         churn_change "$id" absent member remove "$id"
         if [ "$churn_ok" != "$before" ] && [ $((r3 / 2 % 2)) = 0 ]; then
           signal_node "$id" TERM
-          [ "$id" = "$down" ] && down=""
+          [ "$id" = "$churn_down" ] && churn_down=""
           if [ "$id" -gt 3 ]; then mv "$work/data/n$id" "$work/data/n$id.removed-$step"; log "n$id stopped, its data dir set aside"
           else log "n$id stopped"; fi
         fi ;;
@@ -412,15 +431,15 @@ drill_membership_churn() {
         local alive_members=""
         for id in $members; do running "$id" && alive_members="$alive_members $id"; done
         id=$(pick_word "$alive_members" "$r2")
-        signal_node "$id" KILL; down=$id; kills=$((kills + 1))
+        signal_node "$id" KILL; churn_down=$id; churn_kills=$((churn_kills + 1))
         [ "$id" = "$leader_id" ] && log "killed the leader n$id" ;;
     esac
     sleep "0.$((r3 % 5))"
   done
-  [ -n "$down" ] && start_node "$down"
+  [ -n "$churn_down" ] && start_node "$churn_down"
   wait_membership 0 absent 300 || must false "the membership did not settle at the end"
   local ml; ml=$(member_list)
-  note "$step steps: $churn_ok changes done, $churn_refused refused, $churn_unknown unknown, $kills kills; voters at the end: $(ml_voters "$ml"), learners: $(ml_role_ids "$ml" learner)"
+  note "$step steps: $churn_ok changes done, $churn_refused refused, $churn_unknown unknown, $churn_kills kills; voters at the end: $(ml_voters "$ml"), learners: $(ml_role_ids "$ml" learner)"
 }
 
 # The cluster a drill starts with: NODES [INITIAL_MEMBERS] for setup
