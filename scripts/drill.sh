@@ -368,7 +368,7 @@ churn_change() {  # ID WANT ctl-args...
 drill_membership_churn() {
   local seed=${DRILL_SEED:-$(( $(date +%s%N) / 1000 % 1000000 ))}
   RANDOM=$seed
-  note "seed $seed (DRILL_SEED=$seed replays the choices)"
+  note "seed $seed (DRILL_SEED=$seed draws the same again)"
   churn_ok=0; churn_refused=0; churn_unknown=0; churn_down=""; churn_kills=0
   local t0; t0=$(date +%s)
   local step=0
