@@ -291,10 +291,12 @@ drill_replace_node() {
   must test -n "$term0"
   must test "$term0" = "$term1"
   note "n4 waited 2 s as a $r4 (its term $(ctl --json status 2>/dev/null | json_get id=4.term 2>/dev/null)); the cluster's term stayed $term0->$term1"
+  local behind; behind=$(json_get last_index <<<"$(member_list)" 2>/dev/null) || behind="?"
   member_change 30 4 learner add 4 --learner || { must false "$change_err"; return; }
   log "n4 is a learner"
   member_change 60 4 voter promote 4 || { must false "$change_err"; return; }
   log "n4 is a voter"
+  note "n4 caught up on a log of $behind entries"
   member_change 30 1 absent remove 1 || { must false "$change_err"; return; }
   log "n1 is removed"
   signal_node 1 TERM
