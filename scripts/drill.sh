@@ -329,6 +329,7 @@ ctl_t() { "$bin/raft-ctl" --config "$cfg" --timeout "$1" "${@:2}"; }
 # With churn_kill_ms set (and churn_kill_leader), that leader is killed
 # that many ms after the change was sent: it is then down ($churn_down).
 churn_ok=0; churn_refused=0; churn_unknown=0; churn_kill_ms=""; churn_kill_leader=""; churn_down=""; churn_kills=0
+churn_resent=0
 churn_change() {  # ID WANT ctl-args...
   local id=$1 want=$2; shift 2
   local out rc=0 err="$work/change.err"
@@ -348,7 +349,15 @@ churn_change() {  # ID WANT ctl-args...
         must false "$*: answered ok but the leader does not list n$id as $want"
       fi ;;
     1:*"(Refused)"*|2:*"(BadRequest)"*)
-      churn_refused=$((churn_refused + 1)); log "$*: refused: $out" ;;
+      if [ "$want" != leads ] && wait_membership "$id" "$want" 1; then
+        # Made after all: its leader was killed once it had the change,
+        # and raft-ctl sent the change again to the next leader, which had
+        # completed it already. Only a kill explains that.
+        churn_resent=$((churn_resent + 1)); log "$*: refused, yet made: $out"
+        [ -n "$churn_kill_ms" ] || must false "$*: refused ($out), yet the leader lists n$id as $want"
+      else
+        churn_refused=$((churn_refused + 1)); log "$*: refused: $out"
+      fi ;;
     *"(Unavailable)"*|3:*|4:*)
       churn_unknown=$((churn_unknown + 1)); log "$*: outcome unknown (exit $rc): $out"
       wait_membership 0 absent 300 || must false "$*: the membership did not settle within 30 s after an unknown outcome" ;;
@@ -371,7 +380,7 @@ drill_membership_churn() {
   local seed=${DRILL_SEED:-$(( $(date +%s%N) / 1000 % 1000000 ))}
   RANDOM=$seed
   note "seed $seed (DRILL_SEED=$seed draws the same again)"
-  churn_ok=0; churn_refused=0; churn_unknown=0; churn_down=""; churn_kills=0
+  churn_ok=0; churn_refused=0; churn_unknown=0; churn_down=""; churn_kills=0; churn_resent=0
   local t0; t0=$(date +%s)
   local step=0
   while [ "$(elapsed_since "$t0")" -lt "$S" ]; do
@@ -441,7 +450,8 @@ drill_membership_churn() {
   [ -n "$churn_down" ] && start_node "$churn_down"
   wait_membership 0 absent 300 || must false "the membership did not settle at the end"
   local ml; ml=$(member_list)
-  note "$step steps: $churn_ok changes done, $churn_refused refused, $churn_unknown unknown, $churn_kills kills; voters at the end: $(ml_voters "$ml"), learners: $(ml_role_ids "$ml" learner)"
+  local resent=""; [ "$churn_resent" = 0 ] || resent=", $churn_resent refused yet made (sent again after a leader kill)"
+  note "$step steps: $churn_ok changes done, $churn_refused refused, $churn_unknown unknown$resent, $churn_kills kills; voters at the end: $(ml_voters "$ml"), learners: $(ml_role_ids "$ml" learner)"
 }
 
 # The cluster a drill starts with: NODES [INITIAL_MEMBERS] for setup
