@@ -50,9 +50,9 @@ json_get() { "$bin/raft-ctl" json "$1"; }
 # ---- throwaway clusters (drill.sh, bench.sh) -----------------------------------
 
 port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_ports() {  # three distinct free ports
+pick_ports() {  # [N]: N (default three) distinct free ports
   local ports=() p
-  while [ ${#ports[@]} -lt 3 ]; do
+  while [ ${#ports[@]} -lt "${1:-3}" ]; do
     # Below the kernel's ephemeral range (32768+), where clients' own
     # connections could hold a port.
     p=$(( 20000 + RANDOM % 12000 ))
@@ -64,31 +64,31 @@ pick_ports() {  # three distinct free ports
 
 ctl() { "$bin/raft-ctl" --config "$cfg" --timeout 5 "$@"; }
 
-setup() {  # NAME: a fresh 3-node cluster in a new temp dir ($cluster_extra: more [cluster] lines)
+# NAME [NODES [INITIAL_MEMBERS]]: a fresh cluster of NODES nodes (default 3,
+# ids 1..NODES) in a new temp dir, every node started; INITIAL_MEMBERS (like
+# 1,2,3) becomes [cluster] initial_members, and the other nodes start as
+# non-members that wait to be added. $cluster_extra: more [cluster] lines.
+# Sets $work, $cfg and $node_ids (every [[node]] id, one a word).
+setup() {
+  local count=${2:-3} members=${3:-}
   work="$(mktemp -d "${TMPDIR:-/tmp}/raftkit-$1.XXXXXX")"
   cfg="$work/cluster.toml"
-  read -r p1 p2 p3 <<<"$(pick_ports)"
+  node_ids=$(seq -s ' ' 1 "$count")
+  local ports; read -r -a ports <<<"$(pick_ports "$count")"
   cat >"$cfg" <<EOF
 [cluster]
 name = "drill"
 data_dir = "data"
 election_timeout_ms = [300, 600]
 heartbeat_interval_ms = 50
+${members:+initial_members = [$members]}
 ${cluster_extra:-}
-
-[[node]]
-id = 1
-addr = "127.0.0.1:$p1"
-
-[[node]]
-id = 2
-addr = "127.0.0.1:$p2"
-
-[[node]]
-id = 3
-addr = "127.0.0.1:$p3"
 EOF
-  for id in 1 2 3; do start_node "$id"; done
+  local id
+  for id in $node_ids; do
+    printf '\n[[node]]\nid = %s\naddr = "127.0.0.1:%s"\n' "$id" "${ports[id - 1]}" >>"$cfg"
+  done
+  for id in $node_ids; do start_node "$id"; done
 }
 
 # A fault schedule for pictures of a run (`raft-ctl plot --events`): when
@@ -150,7 +150,7 @@ signal_node() {  # ID SIGNAL [nowait]
 }
 stop_nodes() {
   [ -n "${work:-}" ] || return 0  # stopped before any cluster was set up
-  for id in 1 2 3; do
+  for id in ${node_ids:-1 2 3}; do
     local f; f=$(pidfile "$id")
     if [ -f "$f" ]; then
       kill -s CONT "$(cat "$f")" 2>/dev/null || true

@@ -123,8 +123,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3600.0)]
         seconds: f64,
     },
-    /// Wait until the cluster has converged, compare every node's log and
-    /// the keys of a history on every node; append final reads to it.
+    /// Wait until the cluster has converged, compare every member's log
+    /// and the keys of a history on every member; append final reads to
+    /// it. Nodes that are not members (as the leader sees it) are skipped.
     Settle {
         /// A history written by `bench --record`.
         #[arg(long)]

@@ -2,6 +2,13 @@
 //! then verify that every node holds the same log up to the commit index
 //! and the same value for every key of a history, and append the leader's
 //! final reads to the history so that `check` covers them.
+//!
+//! Only the members count, as the leader's membership says (voters and
+//! learners): a node cluster.toml lists that is not a member (never added,
+//! or removed, running or not) is neither waited for nor compared, and the
+//! report names it. A member cluster.toml does not list is found through
+//! the address the membership records. The cluster has settled only once
+//! no membership change is under way.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -13,7 +20,8 @@ use raftkit::bench::monotonic_ns;
 use raftkit::client::Client;
 use raftkit::config::Config;
 use raftkit::kv::{Op, OpResult};
-use raftkit::raft::Role;
+use raftkit::raft::{NodeId, Role};
+use raftkit::wire::NodeStatus;
 use serde_json::{json, Value};
 
 use crate::{fail, fetch_status, EXIT_ERROR};
@@ -29,20 +37,35 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
     let mut client = Client::new(config.clone(), None);
     client.timeout = Duration::from_secs(5);
     let deadline = Instant::now() + Duration::from_secs_f64(timeout);
-    // 1. One leader that everyone follows; every node applied everything,
-    //    and no node holds an uncommitted entry (a deposed leader's are
-    //    gone).
-    let (leader, term, commit, first) = loop {
-        let st: Vec<_> = config
-            .nodes
-            .iter()
-            .map(|n| fetch_status(&mut client, n.id))
+    // 1. One leader that every member follows, its membership settled;
+    //    every member applied everything, and no member holds an
+    //    uncommitted entry (a deposed leader's are gone).
+    let (leader, term, commit, first, membership) = loop {
+        let st: Vec<(NodeId, Option<NodeStatus>)> = client
+            .known_ids()
+            .into_iter()
+            .map(|id| (id, fetch_status(&mut client, id)))
             .collect();
-        let all: Vec<_> = st.iter().flatten().map(|s| &s.status).collect();
-        let leader = all.iter().find(|s| s.role == Role::Leader);
+        let all: Vec<_> = st.iter().filter_map(|(_, s)| s.as_ref()).collect();
+        // Two nodes may both say they lead for a moment: the highest term's.
+        let leader = all
+            .iter()
+            .map(|s| &s.status)
+            .filter(|s| s.role == Role::Leader)
+            .max_by_key(|s| s.current_term);
         if let Some(l) = leader {
-            let agreed = all.len() == config.nodes.len()
-                && all.iter().all(|s| {
+            for s in &all {
+                client.learn_membership(&s.status.membership);
+            }
+            let members = l.membership.members();
+            let of_members: Vec<_> = all
+                .iter()
+                .map(|s| &s.status)
+                .filter(|s| members.contains(&s.id))
+                .collect();
+            let agreed = !l.membership_changing
+                && of_members.len() == members.len()
+                && of_members.iter().all(|s| {
                     s.leader == Some(l.id)
                         && s.current_term == l.current_term
                         && s.commit_index == l.commit_index
@@ -52,26 +75,39 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
             if agreed {
                 // Each node compacts its log behind its own snapshots:
                 // compare what every one of them still holds.
-                let first = all.iter().map(|s| s.first_index.0).max().unwrap_or(1);
-                break (l.id, l.current_term, l.commit_index, first);
+                let first = of_members
+                    .iter()
+                    .map(|s| s.first_index.0)
+                    .max()
+                    .unwrap_or(1);
+                break (
+                    l.id,
+                    l.current_term,
+                    l.commit_index,
+                    first,
+                    l.membership.clone(),
+                );
             }
         }
         if Instant::now() >= deadline {
-            let desc: Vec<String> = config
-                .nodes
+            let desc: Vec<String> = st
                 .iter()
-                .zip(&st)
-                .map(|(n, s)| match s {
+                .map(|(id, s)| match s {
                     Some(s) => format!(
-                        "{} {} t{} commit {} applied {} last {}",
-                        n.id,
+                        "{id} {} t{} commit {} applied {} last {} ({}{})",
                         s.status.role.name(),
                         s.status.current_term,
                         s.status.commit_index,
                         s.status.last_applied,
-                        s.status.last_index
+                        s.status.last_index,
+                        s.status.membership,
+                        if s.status.membership_changing {
+                            ", changing"
+                        } else {
+                            ""
+                        }
                     ),
-                    None => format!("{} down", n.id),
+                    None => format!("{id} down"),
                 })
                 .collect();
             return fail(
@@ -84,28 +120,31 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let members: Vec<NodeId> = membership.members().into_iter().collect();
+    let skipped: Vec<NodeId> = client
+        .known_ids()
+        .into_iter()
+        .filter(|id| !members.contains(id))
+        .collect();
     // 2. Identical logs up to the commit index (from the first index every
     //    node holds; the values checked below cover what snapshots hold).
     let reference = match client.log(leader, first, commit.0) {
         Ok((_, l)) => l,
         Err(e) => return fail(EXIT_ERROR, format!("{leader}: {e}")),
     };
-    for n in config.nodes.iter().filter(|n| n.id != leader) {
-        let log = match client.log(n.id, first, commit.0) {
+    for &id in members.iter().filter(|&&id| id != leader) {
+        let log = match client.log(id, first, commit.0) {
             Ok((_, l)) => l,
-            Err(e) => return fail(EXIT_ERROR, format!("{}: {e}", n.id)),
+            Err(e) => return fail(EXIT_ERROR, format!("{id}: {e}")),
         };
         if let Some((a, b)) = log.iter().zip(&reference).find(|(a, b)| a != b) {
             return fail(
                 EXIT_ERROR,
-                format!(
-                    "{} holds entry {a} where the leader {leader} holds {b}",
-                    n.id
-                ),
+                format!("{id} holds entry {a} where the leader {leader} holds {b}"),
             );
         }
         if log.len() != reference.len() {
-            return fail(EXIT_ERROR, format!("{} log length differs", n.id));
+            return fail(EXIT_ERROR, format!("{id} log length differs"));
         }
     }
     // 3. Every key of the history: the leader's linearizable read, then
@@ -126,11 +165,15 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
         }
         let mut lines = Vec::new();
         let mut reader = Client::new(config.clone(), Some(leader));
+        reader.learn_membership(&membership);
         reader.timeout = Duration::from_secs(10);
-        let mut locals: Vec<Client> = config
-            .nodes
+        let mut locals: Vec<(NodeId, Client)> = members
             .iter()
-            .map(|n| Client::new(config.clone(), Some(n.id)))
+            .map(|&id| {
+                let mut c = Client::new(config.clone(), Some(id));
+                c.learn_membership(&membership);
+                (id, c)
+            })
             .collect();
         for key in &keys {
             let invoke = monotonic_ns();
@@ -150,7 +193,7 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
                 "expected": null, "invoke_ns": invoke, "complete_ns": complete,
                 "ok": true, "result": value,
             }));
-            for (n, c) in config.nodes.iter().zip(locals.iter_mut()) {
+            for (id, c) in locals.iter_mut() {
                 let local = match c.kv(
                     Op::Get {
                         key: key.clone().into_bytes(),
@@ -159,16 +202,15 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
                 ) {
                     Ok((_, OpResult::Value(v))) => v.map(|v| text(&v)),
                     Ok((_, other)) => {
-                        return fail(EXIT_ERROR, format!("{}: get {key}: {other:?}", n.id))
+                        return fail(EXIT_ERROR, format!("{id}: get {key}: {other:?}"))
                     }
-                    Err(e) => return fail(EXIT_ERROR, format!("{}: get {key}: {e}", n.id)),
+                    Err(e) => return fail(EXIT_ERROR, format!("{id}: get {key}: {e}")),
                 };
                 if local != value {
                     return fail(
                         EXIT_ERROR,
                         format!(
-                            "{} holds {key} = {local:?}, the leader {leader} reads {value:?}",
-                            n.id
+                            "{id} holds {key} = {local:?}, the leader {leader} reads {value:?}"
                         ),
                     );
                 }
@@ -185,20 +227,34 @@ pub fn run(config: &Config, history: Option<&Path>, timeout: f64, json_out: bool
             }
         }
     }
+    let ids = |v: &[NodeId]| v.iter().map(|id| id.0).collect::<Vec<_>>();
     if json_out {
         println!(
             "{}",
             json!({"settled": true, "leader": leader.0, "term": term.0, "commit_index": commit.0,
-                   "nodes": config.nodes.len(), "keys_checked": keys_checked})
+                   "nodes": members.len(), "members": ids(&members), "skipped": ids(&skipped),
+                   "keys_checked": keys_checked})
         );
     } else {
+        let names = |v: &[NodeId]| {
+            v.iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         println!(
-            "settled: leader {leader} in term {term}, commit index {commit} on {} nodes, logs identical{}",
-            config.nodes.len(),
+            "settled: leader {leader} in term {term}, commit index {commit} on {} members ({}), logs identical{}{}",
+            members.len(),
+            names(&members),
             if history.is_some() {
-                format!(", {keys_checked} keys identical on every node (final reads appended to the history)")
+                format!(", {keys_checked} keys identical on every member (final reads appended to the history)")
             } else {
                 String::new()
+            },
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; not members, not compared: {}", names(&skipped))
             }
         );
     }
