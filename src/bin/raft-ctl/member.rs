@@ -44,7 +44,12 @@ pub enum MemberCmd {
 /// Sends `body` to the leader, following redirects (and learning the
 /// addresses of members cluster.toml does not list) until one answers
 /// or the client's timeout passes. Unavailable and TooBusy are retried
-/// only when `retry` (a change is not: its outcome is then unknown).
+/// only when `retry`. A change (`retry` false) is sent only on a
+/// connection that just answered a Status, and is never sent twice: if
+/// that connection breaks before the answer, the outcome is unknown and
+/// that is the error. A Members answer from a node that is not the leader
+/// (a removed node that keeps running has a stale view) is kept only as a
+/// last resort while the other nodes are asked.
 pub(crate) fn leader_call(
     client: &mut Client,
     body: RequestBody,
@@ -54,12 +59,40 @@ pub(crate) fn leader_call(
     let mut last = String::from("nothing tried");
     let mut attempt = 0u64;
     let mut tried = 0usize;
+    let mut fallback: Option<ResponseBody> = None;
+    let mut asked: Vec<NodeId> = Vec::new();
     while start.elapsed() < client.timeout {
         let node = client.target;
         let ids = client.known_ids();
         let next_node =
             |n: NodeId| ids[(ids.iter().position(|&i| i == n).unwrap_or(0) + 1) % ids.len()];
+        if !retry {
+            if let Err(e) = client.call(node, RequestBody::Status) {
+                // Nothing was sent: another node may lead.
+                last = e.to_string();
+                client.target = next_node(node);
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis((20 * attempt).min(200)));
+                continue;
+            }
+        }
         match client.call(node, body.clone()) {
+            Ok(ResponseBody::Members(info)) if retry && info.leader != Some(info.node) => {
+                // Not the leader's view: ask the others first.
+                client.learn_membership(&info.membership);
+                if !asked.contains(&node) {
+                    asked.push(node);
+                }
+                client.target = match info.leader {
+                    Some(l) if !asked.contains(&l) => l,
+                    _ => next_node(node),
+                };
+                fallback = Some(ResponseBody::Members(info));
+                if asked.len() >= client.known_ids().len() {
+                    break;
+                }
+                continue;
+            }
             Ok(ResponseBody::NotLeader {
                 leader,
                 leader_addr,
@@ -83,6 +116,14 @@ pub(crate) fn leader_call(
                 last = format!("{node}: {message}");
             }
             Ok(other) => return Ok(other),
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::BadFrame { .. })) if !retry => {
+                return Err(ClientError::Server {
+                    code: ErrorCode::Unavailable,
+                    message: format!(
+                        "the connection to {node} broke after the change was sent ({e}); its outcome is unknown: see `raft-ctl member list`"
+                    ),
+                });
+            }
             Err(e @ (ClientError::Unreachable { .. } | ClientError::BadFrame { .. })) => {
                 last = e.to_string();
                 client.target = next_node(node);
@@ -92,6 +133,9 @@ pub(crate) fn leader_call(
         tried = 0;
         attempt += 1;
         std::thread::sleep(Duration::from_millis((20 * attempt).min(200)));
+    }
+    if let Some(view) = fallback {
+        return Ok(view);
     }
     Err(ClientError::NoLeader {
         waited: start.elapsed(),
