@@ -308,7 +308,7 @@ fn main() -> ExitCode {
         }
         Cmd::Get { key, stale } => get(&mut client, &args, key, *stale),
         Cmd::Status => status(&mut client, &config, args.json),
-        Cmd::Leader => leader(&client, &config, args.json),
+        Cmd::Leader => leader(&client, &with_members(&config), args.json),
         Cmd::Watch {
             dump,
             width,
@@ -322,11 +322,14 @@ fn main() -> ExitCode {
                 }
                 None => None,
             };
-            watch::run(&config, dump, *width, *height)
+            watch::run(&with_members(&config), dump, *width, *height)
         }
         Cmd::Log { from, to, all } => {
             if *all {
-                log_all(&mut client, &config, args.json)
+                let all = with_members(&config);
+                let mut all_client = Client::new(all.clone(), None);
+                all_client.timeout = client.timeout;
+                log_all(&mut all_client, &all, args.json)
             } else {
                 let node = args.node.unwrap_or(config.nodes[0].id);
                 log_one(&mut client, node, *from, *to, args.json)
@@ -411,6 +414,23 @@ fn get(client: &mut Client, args: &Args, key: &str, stale: bool) -> ExitCode {
         Ok((_, other)) => fail(EXIT_ERROR, format!("unexpected answer {other:?}")),
         Err(e) => client_fail(e),
     }
+}
+
+/// cluster.toml's nodes and the members it does not list, found in the
+/// membership of the nodes that answer (a member added with an address
+/// of its own).
+pub(crate) fn with_members(config: &Config) -> Config {
+    let mut out = config.clone();
+    let mut client = Client::new(config.clone(), None);
+    client.timeout = std::time::Duration::from_secs(1);
+    for n in &config.nodes {
+        if let Some(s) = fetch_status(&mut client, n.id) {
+            for (&id, addr) in &s.status.membership.addrs {
+                out.learn_member(id, addr);
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn fetch_status(client: &mut Client, node: NodeId) -> Option<NodeStatus> {
