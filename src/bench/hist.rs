@@ -38,25 +38,36 @@ impl Default for Histogram {
     }
 }
 
-fn bucket_of(v: u64) -> usize {
-    if v < SUB {
+/// The bucket of `v` in a log-linear layout with `2^sub_bits` buckets per
+/// power of two (values below `2^sub_bits` have a bucket each).
+pub(super) fn log_linear_bucket(v: u64, sub_bits: u32) -> usize {
+    let sub_n = 1u64 << sub_bits;
+    if v < sub_n {
         return v as usize;
     }
-    let msb = 63 - v.leading_zeros(); // >= SUB_BITS
-    let shift = msb - SUB_BITS;
-    let sub = (v >> shift) & (SUB - 1);
-    ((shift as u64 + 1) * SUB + sub) as usize
+    let msb = 63 - v.leading_zeros(); // >= sub_bits
+    let shift = msb - sub_bits;
+    let sub = (v >> shift) & (sub_n - 1);
+    ((shift as u64 + 1) * sub_n + sub) as usize
 }
 
-/// The largest value that falls in bucket `b`.
-fn bucket_high(b: usize) -> u64 {
-    let b = b as u64;
-    if b < SUB {
+/// The largest value that falls in bucket `b` of that layout.
+pub(super) fn log_linear_high(b: usize, sub_bits: u32) -> u64 {
+    let (b, sub_n) = (b as u64, 1u64 << sub_bits);
+    if b < sub_n {
         return b;
     }
-    let shift = b / SUB - 1;
-    let sub = b % SUB;
-    ((SUB + sub) << shift) + ((1u64 << shift) - 1)
+    let shift = b / sub_n - 1;
+    let sub = b % sub_n;
+    ((sub_n + sub) << shift) + ((1u64 << shift) - 1)
+}
+
+fn bucket_of(v: u64) -> usize {
+    log_linear_bucket(v, SUB_BITS)
+}
+
+fn bucket_high(b: usize) -> u64 {
+    log_linear_high(b, SUB_BITS)
 }
 
 impl Histogram {

@@ -20,26 +20,14 @@ pub const SLOT_NS_DEFAULT: u64 = 100_000_000;
 /// there: 100 ms slots cover 5.5 hours).
 pub const SLOTS_MAX: usize = 200_000;
 
+/// The bucket of a latency (µs): the histogram's layout, coarser.
 fn bucket_of(us: u64) -> usize {
-    let v = us.min(LATENCY_US_MAX);
-    if v < SUB {
-        return v as usize;
-    }
-    let msb = 63 - v.leading_zeros();
-    let shift = msb - SUB_BITS;
-    let sub = (v >> shift) & (SUB - 1);
-    ((shift as u64 + 1) * SUB + sub) as usize
+    super::hist::log_linear_bucket(us.min(LATENCY_US_MAX), SUB_BITS)
 }
 
 /// The largest latency (µs) that falls in bucket `b`.
 fn bucket_high(b: usize) -> u64 {
-    let b = b as u64;
-    if b < SUB {
-        return b;
-    }
-    let shift = b / SUB - 1;
-    let sub = b % SUB;
-    ((SUB + sub) << shift) + ((1u64 << shift) - 1)
+    super::hist::log_linear_high(b, SUB_BITS)
 }
 
 /// One time slot.
