@@ -116,7 +116,10 @@ impl Watch {
             None => {}
         }
         if prev.as_ref().map(|p| &p.fault) != Some(&ns.fault) && !ns.fault.is_none() {
-            news.push(format!("{id} fault now {}", fault_text(&ns)));
+            news.push(format!(
+                "{id} fault now {}",
+                crate::fault::describe(&ns.fault)
+            ));
         } else if prev.as_ref().is_some_and(|p| !p.fault.is_none()) && ns.fault.is_none() {
             news.push(format!("{id} faults healed"));
         }
@@ -283,7 +286,7 @@ impl Watch {
             .filter(|n| self.live(n, now))
             .filter_map(|n| n.last.as_ref())
             .filter(|s| !s.fault.is_none())
-            .map(|s| format!("{}: {}", s.status.id, fault_text(s)))
+            .map(|s| format!("{}: {}", s.status.id, crate::fault::describe(&s.fault)))
             .collect();
         let fault_line = if fault_text.is_empty() {
             "none".to_string()
@@ -319,31 +322,6 @@ impl Watch {
             help,
         );
     }
-}
-
-fn fault_text(ns: &NodeStatus) -> String {
-    let f = &ns.fault;
-    let mut parts = Vec::new();
-    if !f.partition.is_empty() {
-        let groups: Vec<String> = f
-            .partition
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .collect();
-        parts.push(format!("partition {}", groups.join(" | ")));
-    }
-    if f.drop_rate_ppm > 0 {
-        parts.push(format!("drop {:.1}%", f.drop_rate_ppm as f64 / 10_000.0));
-    }
-    if f.delay_ms > 0 || f.jitter_ms > 0 {
-        parts.push(format!("delay {}±{} ms", f.delay_ms, f.jitter_ms));
-    }
-    parts.join(", ")
 }
 
 /// One poller thread per node, sending each answer (or its absence) down
