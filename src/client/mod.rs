@@ -119,9 +119,6 @@ pub struct Client {
     conn: Option<(NodeId, TcpStream)>,
     pub timeout: Duration,
     buf: Vec<u8>,
-    /// Addresses of members cluster.toml does not list, learned from the
-    /// membership (a Members or Status answer, a NotLeader hint).
-    learned: std::collections::BTreeMap<NodeId, SocketAddr>,
 }
 
 impl Client {
@@ -140,20 +137,16 @@ impl Client {
             conn: None,
             timeout: Duration::from_secs(10),
             buf: Vec::new(),
-            learned: std::collections::BTreeMap::new(),
         }
     }
 
-    /// Remembers the address of a member cluster.toml does not list.
-    /// Returns whether it was news.
+    /// Remembers the address of a member cluster.toml does not list (from
+    /// the membership: a Members or Status answer, a NotLeader hint), in
+    /// the client's copy of the config. Returns whether it was news.
     pub fn learn(&mut self, node: NodeId, addr: &str) -> bool {
-        if self.config.node(node).is_some() {
-            return false;
-        }
-        match addr.parse::<SocketAddr>() {
-            Ok(a) => self.learned.insert(node, a) != Some(a),
-            Err(_) => false,
-        }
+        let known = self.config.nodes.len();
+        self.config.learn_member(node, addr);
+        self.config.nodes.len() > known
     }
 
     /// Learns every address a membership records.
@@ -165,17 +158,12 @@ impl Client {
 
     /// The address of `node`: cluster.toml's, else a learned one.
     pub fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
-        self.config
-            .node(node)
-            .map(|n| n.addr)
-            .or_else(|| self.learned.get(&node).copied())
+        self.config.node(node).map(|n| n.addr)
     }
 
     /// Every node this client knows: cluster.toml's, then learned ones.
     pub fn known_ids(&self) -> Vec<NodeId> {
-        let mut ids = self.config.ids();
-        ids.extend(self.learned.keys().copied());
-        ids
+        self.config.ids()
     }
 
     fn connect(&mut self, node: NodeId) -> Result<&mut TcpStream, ClientError> {
