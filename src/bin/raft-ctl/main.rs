@@ -308,7 +308,7 @@ fn main() -> ExitCode {
         }
         Cmd::Get { key, stale } => get(&mut client, &args, key, *stale),
         Cmd::Status => status(&mut client, &config, args.json),
-        Cmd::Leader => leader(&client, &with_members(&config), args.json),
+        Cmd::Leader => leader(&client, &config, args.json),
         Cmd::Watch {
             dump,
             width,
@@ -416,21 +416,49 @@ fn get(client: &mut Client, args: &Args, key: &str, stale: bool) -> ExitCode {
     }
 }
 
-/// cluster.toml's nodes and the members it does not list, found in the
-/// membership of the nodes that answer (a member added with an address
-/// of its own).
-pub(crate) fn with_members(config: &Config) -> Config {
-    let mut out = config.clone();
-    let mut client = Client::new(config.clone(), None);
-    client.timeout = std::time::Duration::from_secs(1);
-    for n in &config.nodes {
-        if let Some(s) = fetch_status(&mut client, n.id) {
-            for (&id, addr) in &s.status.membership.addrs {
-                out.learn_member(id, addr);
-            }
+/// Every node's status, asked at once, each on its own connection (a node
+/// that holds a connection without answering costs one read timeout, not
+/// one per such node): cluster.toml's nodes, then the members it does not
+/// list, found in the membership of the nodes that answered. Returns the
+/// config with those members added, and the statuses in its node order.
+pub(crate) fn statuses_with_members(
+    config: &Config,
+    timeout: std::time::Duration,
+) -> (Config, Vec<(NodeId, Option<NodeStatus>)>) {
+    let ask_all = |config: &Config, ids: &[NodeId]| -> Vec<(NodeId, Option<NodeStatus>)> {
+        std::thread::scope(|scope| {
+            let asks: Vec<_> = ids
+                .iter()
+                .map(|&id| {
+                    let mut own = Client::new(config.clone(), Some(id));
+                    own.timeout = timeout;
+                    scope.spawn(move || (id, fetch_status(&mut own, id)))
+                })
+                .collect();
+            asks.into_iter()
+                .zip(ids)
+                .map(|(ask, &id)| ask.join().unwrap_or((id, None)))
+                .collect()
+        })
+    };
+    let mut config = config.clone();
+    let mut statuses = ask_all(&config, &config.ids());
+    let known = config.nodes.len();
+    for ns in statuses.iter().filter_map(|(_, s)| s.as_ref()) {
+        for (&id, addr) in &ns.status.membership.addrs {
+            config.learn_member(id, addr);
         }
     }
-    out
+    let found: Vec<NodeId> = config.nodes[known..].iter().map(|n| n.id).collect();
+    if !found.is_empty() {
+        statuses.extend(ask_all(&config, &found));
+    }
+    (config, statuses)
+}
+
+/// cluster.toml's nodes and the members it does not list.
+pub(crate) fn with_members(config: &Config) -> Config {
+    statuses_with_members(config, std::time::Duration::from_secs(1)).0
 }
 
 pub(crate) fn fetch_status(client: &mut Client, node: NodeId) -> Option<NodeStatus> {
@@ -469,32 +497,20 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
         id: NodeId,
         addr: String,
     }
-    let mut rows: Vec<(Row, Option<NodeStatus>)> = Vec::new();
-    for n in &config.nodes {
-        let row = Row {
-            id: n.id,
-            addr: n.addr_text.clone(),
-        };
-        rows.push((row, fetch_status(client, n.id)));
-    }
-    // Members cluster.toml does not list, found in the membership.
-    let memberships: Vec<raftkit::raft::Membership> = rows
+    // Members cluster.toml does not list come from the membership.
+    let (all, statuses) = statuses_with_members(config, client.timeout);
+    let rows: Vec<(Row, Option<NodeStatus>)> = all
+        .nodes
         .iter()
-        .filter_map(|(_, s)| s.as_ref().map(|s| s.status.membership.clone()))
+        .zip(statuses)
+        .map(|(n, (_, s))| {
+            let row = Row {
+                id: n.id,
+                addr: n.addr_text.clone(),
+            };
+            (row, s)
+        })
         .collect();
-    for m in &memberships {
-        client.learn_membership(m);
-    }
-    for id in client.known_ids() {
-        if rows.iter().any(|(r, _)| r.id == id) {
-            continue;
-        }
-        let addr = client
-            .addr_of(id)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        rows.push((Row { id, addr }, fetch_status(client, id)));
-    }
     if json_out {
         let arr: Vec<Value> = rows
             .iter()
@@ -576,25 +592,10 @@ fn status(client: &mut Client, config: &Config, json_out: bool) -> ExitCode {
 /// The node that says it leads in the highest term any node says so (two
 /// nodes can both say it for a moment: an old leader that has not yet
 /// heard of the new term).
-/// The nodes are asked at once, each on its own connection: a node that
-/// holds a connection without answering (another program on its port)
-/// costs one read timeout, not one per such node.
+/// The nodes are asked at once (`statuses_with_members`), members that
+/// cluster.toml does not list included.
 fn leader(client: &Client, config: &Config, json_out: bool) -> ExitCode {
-    let statuses: Vec<(NodeId, Option<NodeStatus>)> = std::thread::scope(|scope| {
-        let asks: Vec<_> = config
-            .nodes
-            .iter()
-            .map(|n| {
-                let mut own = Client::new(config.clone(), Some(n.id));
-                own.timeout = client.timeout;
-                scope.spawn(move || (n.id, fetch_status(&mut own, n.id)))
-            })
-            .collect();
-        asks.into_iter()
-            .zip(&config.nodes)
-            .map(|(ask, n)| ask.join().unwrap_or((n.id, None)))
-            .collect()
-    });
+    let (_, statuses) = statuses_with_members(config, client.timeout);
     let mut up = Vec::new();
     let mut down = Vec::new();
     let mut best: Option<(NodeId, u64)> = None;
