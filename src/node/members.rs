@@ -25,8 +25,9 @@ impl Driver {
     /// The members as this node sees them.
     pub fn members_info(&self) -> MembersInfo {
         let status = self.raft.status();
+        // Progress is the leader's alone; it has its whole log itself.
         let mut matched: Vec<_> = status.peers.iter().map(|p| (p.id, p.match_index)).collect();
-        if !matched.is_empty() || status.role == crate::raft::Role::Leader {
+        if status.role == crate::raft::Role::Leader {
             matched.push((self.id, status.last_index));
             matched.sort();
         }

@@ -487,12 +487,9 @@ impl Raft {
         let me = self.config.id;
         let m = self.membership();
         m.voters
-            .iter()
-            .chain(&m.outgoing)
+            .union(&m.outgoing)
             .copied()
             .filter(|&v| v != me)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
             .collect()
     }
 

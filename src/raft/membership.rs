@@ -94,7 +94,7 @@ fn quorum_index(set: &BTreeSet<NodeId>, index_of: &impl Fn(NodeId) -> LogIndex) 
 }
 
 impl Membership {
-    /// `voters` as a settled (non-joint) membership, with their addresses.
+    /// `voters` as a settled (non-joint) membership, without addresses.
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Membership {
         Membership {
             voters: voters.into_iter().collect(),

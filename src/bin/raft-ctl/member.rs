@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Subcommand;
 use raftkit::client::{Client, ClientError};
 use raftkit::config::{parse_node_id, Config};
-use raftkit::raft::{ConfChange, NodeId, Role};
+use raftkit::raft::{ConfChange, LogIndex, NodeId, Role};
 use raftkit::wire::{ErrorCode, MemberRequest, MembersInfo, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
@@ -143,6 +143,20 @@ pub(crate) fn leader_call(
     })
 }
 
+/// A member's address: the client's (cluster.toml's, or learned), else
+/// the one the membership records.
+fn addr_of(client: &Client, info: &MembersInfo, id: NodeId) -> Option<String> {
+    client
+        .addr_of(id)
+        .map(|a| a.to_string())
+        .or_else(|| info.membership.addrs.get(&id).cloned())
+}
+
+/// How far the leader knows `id` has the log.
+fn matched_of(info: &MembersInfo, id: NodeId) -> Option<LogIndex> {
+    info.matched.iter().find(|(m, _)| *m == id).map(|(_, i)| *i)
+}
+
 fn role_of(info: &MembersInfo, id: NodeId) -> &'static str {
     if info.membership.is_learner(id) {
         "learner"
@@ -159,8 +173,8 @@ pub(crate) fn members_json(client: &Client, info: &MembersInfo) -> Value {
         .members()
         .into_iter()
         .map(|id| {
-            let addr = client.addr_of(id).map(|a| a.to_string()).or_else(|| info.membership.addrs.get(&id).cloned());
-            let matched = info.matched.iter().find(|(m, _)| *m == id).map(|(_, i)| i.0);
+            let addr = addr_of(client, info, id);
+            let matched = matched_of(info, id).map(|i| i.0);
             let mut v = json!({"id": id.0, "addr": addr, "role": role_of(info, id), "match_index": matched});
             if info.membership.is_joint() {
                 v["in_new"] = json!(info.membership.voters.contains(&id) || info.membership.is_learner(id));
@@ -186,12 +200,8 @@ fn print_members(client: &Client, info: &MembersInfo) {
         "id", "addr", "role", "match", "behind"
     );
     for id in info.membership.members() {
-        let addr = client
-            .addr_of(id)
-            .map(|a| a.to_string())
-            .or_else(|| info.membership.addrs.get(&id).cloned())
-            .unwrap_or_else(|| "?".into());
-        let matched = info.matched.iter().find(|(m, _)| *m == id).map(|(_, i)| *i);
+        let addr = addr_of(client, info, id).unwrap_or_else(|| "?".into());
+        let matched = matched_of(info, id);
         let mut role = role_of(info, id).to_string();
         if info.leader == Some(id) {
             role.push('*');
