@@ -195,13 +195,14 @@ pub fn read_hardstate(dir: &Path) -> Result<Option<HardState>, StorageError> {
         .transpose()
 }
 
-/// The header of a snapshot file; the file is this, the data, and
+/// The header of a snapshot file whose membership encodes to `membership`
+/// (`membership_bytes`); the file is this, the membership, the data, and
 /// `snapshot_trailer`.
-pub fn encode_snapshot_header(snap: &Snapshot) -> [u8; SNAPSHOT_HEADER_BYTES] {
+pub fn encode_snapshot_header(snap: &Snapshot, membership: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut out = [0u8; SNAPSHOT_HEADER_BYTES];
     out[..8].copy_from_slice(SNAPSHOT_MAGIC);
     LittleEndian::write_u32(&mut out[8..12], FORMAT_VERSION);
-    LittleEndian::write_u32(&mut out[12..16], membership_bytes(snap).len() as u32);
+    LittleEndian::write_u32(&mut out[12..16], membership.len() as u32);
     LittleEndian::write_u64(&mut out[16..24], snap.index.0);
     LittleEndian::write_u64(&mut out[24..32], snap.term.0);
     LittleEndian::write_u64(&mut out[32..40], snap.data.len() as u64);
@@ -232,8 +233,8 @@ pub fn snapshot_trailer(
 /// The whole snapshot file, in one buffer (for tests and tools; the store
 /// writes the parts without joining them).
 pub fn encode_snapshot(snap: &Snapshot) -> Vec<u8> {
-    let header = encode_snapshot_header(snap);
     let membership = membership_bytes(snap);
+    let header = encode_snapshot_header(snap, &membership);
     let mut out =
         Vec::with_capacity(SNAPSHOT_HEADER_BYTES + membership.len() + snap.data.len() + 4);
     out.extend_from_slice(&header);
@@ -321,8 +322,8 @@ pub fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
 /// Replaces `dir`'s snapshot with `snap`, atomically and (with `fsync`)
 /// durably.
 pub fn write_snapshot(dir: &Path, snap: &Snapshot, fsync: bool) -> Result<(), StorageError> {
-    let header = encode_snapshot_header(snap);
     let membership = membership_bytes(snap);
+    let header = encode_snapshot_header(snap, &membership);
     let trailer = snapshot_trailer(&header, &membership, &snap.data);
     atomic_write_parts(
         dir,
