@@ -104,22 +104,26 @@ impl Driver {
                 term: self.raft.current_term(),
                 reached: false,
             }),
-            Err(ConfChangeError::NotLeader(_)) => {
-                let body = self.not_leader();
-                self.answer(to, body);
-            }
-            Err(ConfChangeError::Refused(why)) => self.refuse_change(to, ErrorCode::Refused, why),
+            Err(e) => self.refuse_conf(to, e),
         }
     }
 
     pub fn handle_transfer(&mut self, to: ClientRef, target: crate::raft::NodeId) {
         match self.raft.transfer_leadership(target) {
             Ok(()) => self.answer(to, ResponseBody::TransferStarted(target)),
-            Err(ConfChangeError::NotLeader(_)) => {
+            Err(e) => self.refuse_conf(to, e),
+        }
+    }
+
+    /// The core refused a change or a transfer: NotLeader, or Refused with
+    /// its reason.
+    fn refuse_conf(&mut self, to: ClientRef, e: ConfChangeError) {
+        match e {
+            ConfChangeError::NotLeader(_) => {
                 let body = self.not_leader();
                 self.answer(to, body);
             }
-            Err(ConfChangeError::Refused(why)) => self.refuse_change(to, ErrorCode::Refused, why),
+            ConfChangeError::Refused(why) => self.refuse_change(to, ErrorCode::Refused, why),
         }
     }
 
