@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{put, TestCluster};
+use raftkit::client::Client;
 const SMALL_SNAPSHOTS: &str =
     "snapshot_entries = 50\nsnapshot_keep_entries = 10\nsegment_bytes_max = 65536\n";
 
@@ -30,6 +31,20 @@ fn assert_installed_a_snapshot(tc: &TestCluster, id: u64) {
     );
 }
 
+/// The first index of `node`'s log once it is past `past`, or after a
+/// generous deadline: a snapshot is encoded off the event loop, and the
+/// log compacted once that is done.
+fn wait_log_start_past(tc: &TestCluster, c: &mut Client, node: u64, past: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let first = tc.status(c, node).expect("status").first_index.0;
+        if first > past || Instant::now() >= deadline {
+            return first;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn lagging_follower_catches_up_from_a_snapshot_and_all_restart_intact() {
     let mut tc = TestCluster::start_with(3, SMALL_SNAPSHOTS);
@@ -46,12 +61,8 @@ fn lagging_follower_catches_up_from_a_snapshot_and_all_restart_intact() {
 
     // The leader compacted: its log starts well past 1, and old segments
     // are gone.
-    let st = tc.status(&mut c, leader).expect("leader status");
-    assert!(
-        st.first_index.0 > 300,
-        "leader log still starts at {}",
-        st.first_index
-    );
+    let first = wait_log_start_past(&tc, &mut c, leader, 300);
+    assert!(first > 300, "leader log still starts at {first}");
     assert!(
         wal_segments(&tc, leader) < 10,
         "leader keeps {} WAL segments",
@@ -189,11 +200,10 @@ fn a_snapshot_larger_than_a_frame_reaches_a_lagging_follower() {
     for i in 0..90 {
         put(&mut c, &format!("big{i}"), &format!("{i}-{pad}"));
     }
-    let st = tc.status(&mut c, leader).expect("leader status");
+    let first = wait_log_start_past(&tc, &mut c, leader, 60);
     assert!(
-        st.first_index.0 > 60,
-        "the leader did not compact (log from {}): the state was too large?",
-        st.first_index
+        first > 60,
+        "the leader did not compact (log from {first}): the state was too large?"
     );
 
     tc.start_node(lagger);
