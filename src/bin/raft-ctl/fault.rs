@@ -17,6 +17,7 @@ use crate::{fail, fetch_status, EXIT_UNREACHABLE};
 pub enum FaultCmd {
     /// Split the cluster into groups that cannot talk to each other:
     /// `fault partition 1,2 3`. Nodes left out form one more group.
+    /// `fault partition none` ends the partition and leaves other faults.
     Partition {
         /// Comma-separated node ids, one argument per group.
         #[arg(required = true, num_args = 1..)]
@@ -91,6 +92,11 @@ pub fn run(client: &mut Client, config: &Config, node: Option<NodeId>, cmd: &Fau
 }
 
 fn parse_groups(config: &Config, groups: &[String]) -> Result<Vec<Vec<NodeId>>, String> {
+    if let [only] = groups {
+        if only == "none" {
+            return Ok(Vec::new());
+        }
+    }
     let mut out: Vec<Vec<NodeId>> = Vec::new();
     let mut seen = Vec::new();
     for g in groups {
