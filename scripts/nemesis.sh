@@ -64,11 +64,29 @@ flaky_owner=""; flaky_drop=""; flaky_delay=""; flaky_jitter=""; flaky_dup=""
 nem_started=0; nem_skipped=0
 declare -A nem_count=()
 
-fctl() { ctl_t 2 "$@" >/dev/null 2>&1 || true; }  # a fault command; a node that is down misses it
+fctl() { ctl_t 1 "$@" >/dev/null 2>&1 || true; }  # a fault command; a node that is down misses it
 
-# The members (voters and learners) and voters, from the leader's list.
-nem_members() { ml_ids "$(member_list)"; }
-nem_voters() { ml_voters "$(member_list)"; }
+# The member list (JSON) as a leader gives it, asked once of each node that
+# runs and is not paused, a second at most each: the nemesis must not wait
+# out a cluster it has itself left without a majority. Without a leader,
+# the last list any node gave; the last one seen if none answers.
+nem_last_ml=""
+nem_ml() {
+  local id ml view=""
+  for id in $node_ids; do
+    if ! running "$id" || [ "${proc_state[$id]:-}" = paused ]; then continue; fi
+    ml=$(ctl_t 1 --node "$id" --json member list 2>/dev/null) || continue
+    if [ -n "$(json_get leader <<<"$ml" 2>/dev/null)" ]; then nem_last_ml=$ml; echo "$ml"; return 0; fi
+    view=$ml
+  done
+  [ -n "$view" ] && nem_last_ml=$view
+  echo "$nem_last_ml"
+}
+nem_members() { ml_ids "$(nem_ml)"; }
+nem_voters() { ml_voters "$(nem_ml)"; }
+# The leader of the moment, asked a second at most (empty if none).
+nem_leader() { ctl_t 1 leader 2>/dev/null || true; }
+
 # WORDS minus the nodes this nemesis holds down or paused, and those not running.
 nem_up() {
   local id out=""
@@ -116,7 +134,7 @@ nem_start() {  # EVENT KIND DUR R P
   case "$kind" in
     kill-node|pause-node|restart|kill-leader|pause-leader)
       if [ "${kind%-leader}" != "$kind" ]; then
-        id=$(leader)
+        id=$(nem_leader)
         if [ -z "$id" ] || [ -n "${proc_state[$id]:-}" ]; then nem_skip "$ev" "$kind" "no leader to take"; return; fi
       else
         ids=$(nem_up "$(nem_members)")
@@ -136,7 +154,7 @@ nem_start() {  # EVENT KIND DUR R P
       for id in $ids; do signal_node "$id" KILL nowait; proc_state[$id]=down; proc_owner[$id]=$ev; done
       for f in $pids; do wait_dead "$f"; done ;;
     partition-minority|partition-leader)
-      if [ "$kind" = partition-leader ]; then id=$(leader); else id=$(pick_word "$(nem_voters)" "$r"); fi
+      if [ "$kind" = partition-leader ]; then id=$(nem_leader); else id=$(pick_word "$(nem_voters)" "$r"); fi
       [ -n "$id" ] || { nem_skip "$ev" "$kind" "no node to cut off"; return; }
       [ -n "$part_owner" ] && event - "partition (event $part_owner)"
       part_owner=$ev; part_arg=$id
@@ -152,7 +170,7 @@ nem_start() {  # EVENT KIND DUR R P
         block_cmds=("$a $c" "$c $a")
         log "event $ev: n$a and n$c cannot talk (the others bridge them)"
       else
-        l=$(leader); [ -n "$l" ] || { nem_skip "$ev" "$kind" "no leader"; return; }
+        l=$(nem_leader); [ -n "$l" ] || { nem_skip "$ev" "$kind" "no leader"; return; }
         b=$(pick_word "$(for id in $v; do [ "$id" != "$l" ] && echo "$id"; done | paste -sd' ' -)" "$r")
         if [ $((p % 2)) = 0 ]; then block_cmds=("$l $b"); else block_cmds=("$b $l"); fi
         log "event $ev: one way: ${block_cmds[0]% *} cannot send to ${block_cmds[0]#* }"
@@ -171,7 +189,7 @@ nem_start() {  # EVENT KIND DUR R P
       log "event $ev: drop $flaky_drop, delay $flaky_delay±$flaky_jitter ms, duplicate $flaky_dup"
       event + "flaky (event $ev)" ;;
     disk-stall|disk-full|disk-eio)
-      if [ $((p % 3)) = 0 ]; then id=$(leader); else id=$(pick_word "$(nem_up "$(nem_members)")" "$r"); fi
+      if [ $((p % 3)) = 0 ]; then id=$(nem_leader); else id=$(pick_word "$(nem_up "$(nem_members)")" "$r"); fi
       if [ -z "$id" ] || [ -n "${proc_state[$id]:-}" ]; then nem_skip "$ev" "$kind" "no node up to take"; return; fi
       local args
       case "$kind" in
@@ -184,8 +202,8 @@ nem_start() {  # EVENT KIND DUR R P
       fctl --node "$id" fault disk $args
       log "event $ev: n$id disk $args"; event + "n$id disk $args" ;;
     member)
-      local ml; ml=$(member_list)
-      if [ -z "$ml" ] || ml_changing "$ml"; then nem_skip "$ev" "$kind" "no leader, or a change under way"; return; fi
+      local ml; ml=$(nem_ml)
+      if [ -z "$ml" ] || [ -z "$(json_get leader <<<"$ml" 2>/dev/null)" ] || ml_changing "$ml"; then nem_skip "$ev" "$kind" "no leader, or a change under way"; return; fi
       local voters learners members others="" acts=(transfer)
       voters=$(ml_voters "$ml"); learners=$(ml_role_ids "$ml" learner); members=$(ml_ids "$ml")
       for id in $node_ids; do has_word "$members" "$id" || others="$others $id"; done
@@ -257,7 +275,7 @@ nem_end() {  # EVENT KIND
 drill_random() {
   local seed=${DRILL_SEED:?}
   proc_owner=(); proc_state=(); disk_owner=(); disk_args=(); nem_count=()
-  part_owner=""; block_owner=""; block_cmds=(); flaky_owner=""; nem_started=0; nem_skipped=0
+  part_owner=""; block_owner=""; block_cmds=(); flaky_owner=""; nem_started=0; nem_skipped=0; nem_last_ml=""
   churn_ok=0; churn_refused=0; churn_unknown=0; churn_kill_ms=""; churn_kill_leader=""; churn_down=""; churn_resent=0
   gen_schedule "$seed" "$S" >"$work/schedule.txt"
   note "seed $seed (drill.sh random --seed $seed draws the same schedule again)"

@@ -39,13 +39,23 @@ mkdir -p "$out"
 summary="$out/summary.txt"
 echo "soak: $runs runs of $seconds s, seeds $first..$((first + runs - 1)), in $out"
 
+# Stopped (TERM, INT): the running drill is stopped too, and cleans up its
+# nodes (its own trap).
+drill_pid=""
+on_stop() { [ -n "$drill_pid" ] && kill -s TERM "$drill_pid" 2>/dev/null; wait 2>/dev/null; exit 130; }
+trap on_stop INT TERM
+
 pass=0; fail=0; t_start=$(date +%s)
 printf '%-8s %-5s %9s %8s %8s %-12s %9s  %s\n' seed verdict ok failed unknown leaders gap_ms "check / kept" >"$summary"
 for i in $(seq 0 $((runs - 1))); do
   seed=$((first + i))
   log="$out/run-$seed.txt"
   rc=0
-  TMPDIR="$out" "$root/scripts/drill.sh" random --seed "$seed" --seconds "$seconds" "${release[@]}" >"$log" 2>&1 || rc=$?
+  # In the background, so that a TERM reaches on_stop at once.
+  TMPDIR="$out" "$root/scripts/drill.sh" random --seed "$seed" --seconds "$seconds" "${release[@]}" >"$log" 2>&1 &
+  drill_pid=$!
+  wait "$drill_pid" || rc=$?
+  drill_pid=""
   line=$(grep -m1 '^random --seed' "$log" || true)
   if [ "$rc" = 0 ] && [ -n "$line" ]; then pass=$((pass + 1)); verdict=PASS; else fail=$((fail + 1)); verdict=FAIL; fi
   # The verdict line's numbers (see drill.sh): ops ok N failed N unknown N leaders L ... write G ms check: C
