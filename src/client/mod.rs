@@ -177,10 +177,13 @@ impl Client {
                 addr: addr.to_string(),
                 source,
             };
-            let mut s =
-                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(unreachable)?;
+            // A node that holds the connection without answering (stopped,
+            // say) costs at most the caller's timeout, never more.
+            let wait = self.timeout.max(Duration::from_millis(100));
+            let mut s = TcpStream::connect_timeout(&addr, wait.min(Duration::from_secs(2)))
+                .map_err(unreachable)?;
             s.set_nodelay(true).map_err(unreachable)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))
+            s.set_read_timeout(Some(wait.min(Duration::from_secs(5))))
                 .map_err(unreachable)?;
             let mut out = Vec::new();
             let hello = Frame::Hello {
