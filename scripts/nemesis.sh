@@ -241,13 +241,13 @@ nem_end() {  # EVENT KIND
         unset "proc_owner[$id]" "proc_state[$id]"
       done
       for id in $order; do reapply_faults "$id"; done ;;
+    partition-bridge|one-way)
+      [ "$block_owner" = "$ev" ] || return 0
+      clear_blocks; event - "blocked (event $ev)"; log "event $ev: blocks over" ;;
     partition-*)
       [ "$part_owner" = "$ev" ] || return 0
       fctl fault partition none; part_owner=""; part_arg=""
       event - "partition (event $ev)"; log "event $ev: partition over" ;;
-    one-way)
-      [ "$block_owner" = "$ev" ] || return 0
-      clear_blocks; event - "blocked (event $ev)"; log "event $ev: blocks over" ;;
     flaky)
       [ "$flaky_owner" = "$ev" ] || return 0
       fctl fault drop --rate 0; fctl fault delay --ms 0; fctl fault duplicate --rate 0
