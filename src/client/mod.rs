@@ -354,13 +354,14 @@ impl Client {
                     ) {
                         last = format!("{node}: {message}");
                     } else {
-                        if code == ErrorCode::BadRequest
+                        if matches!(code, ErrorCode::BadRequest | ErrorCode::DiskFull)
                             && !matches!(command.op, Op::Get { .. })
                             && command.seq == self.seq
                         {
-                            // Refused before it was proposed (a limit): the
-                            // seq was not used, and must be reused if it
-                            // was the session's first (docs/PROTOCOL.md).
+                            // Refused before it was proposed (a limit, a
+                            // full disk): the seq was not used, and must be
+                            // reused if it was the session's first
+                            // (docs/PROTOCOL.md).
                             self.seq -= 1;
                         }
                         return Err(ClientError::Server { code, message });

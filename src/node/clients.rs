@@ -57,6 +57,7 @@ impl Node {
                     return;
                 }
                 info!("{}: fault injection now {spec:?}", self.id);
+                self.disk_faults.set(spec.disk);
                 self.faults.spec = spec;
                 self.respond(to, ResponseBody::FaultOk);
             }
