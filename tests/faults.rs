@@ -274,6 +274,52 @@ fn faults_disk_full_refuses_writes_serves_reads_and_recovers() {
     assert_eq!(get(&mut c, "fill0", false).as_deref(), Some(&b"v"[..]));
 }
 
+/// A leader whose disk fills: it refuses writes (DiskFull), its followers
+/// commit what it had sent, and within an election timeout it hands
+/// leadership to one of them; writes go on there, the full node still
+/// answers stale reads, and it catches up once its disk has space again.
+#[test]
+fn faults_disk_full_leader_hands_over_and_catches_up() {
+    let tc = TestCluster::start(3);
+    let leader = tc.wait_leader(&[1, 2, 3]);
+    let mut c = tc.client();
+    put(&mut c, "warm", "up").unwrap();
+    let full = FaultSpec {
+        disk: DiskFault::Full,
+        ..FaultSpec::default()
+    };
+    set_fault(&mut c, leader, full);
+    let deadline = Instant::now() + DEADLINE;
+    let mut i = 0;
+    loop {
+        let mut w = Client::new(tc.config.clone(), None);
+        w.timeout = Duration::from_secs(5);
+        let written = put(&mut w, &format!("k{i}"), "v");
+        match &written {
+            Ok(()) => i += 1,
+            Err(ClientError::Server {
+                code: ErrorCode::DiskFull,
+                message,
+            }) => assert!(message.starts_with("disk full"), "{message}"),
+            Err(_) => {} // an election under way, or a write that waited
+        }
+        let moved = leader_of(&tc, &mut c, &[1, 2, 3]).is_some_and(|l| l != leader);
+        if moved && written.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write committed away from the full n{leader}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stale = Client::new(tc.config.clone(), Some(NodeId(leader)));
+    assert_eq!(get(&mut stale, "warm", true).as_deref(), Some(&b"up"[..]));
+    set_fault(&mut c, leader, FaultSpec::default());
+    put(&mut c, "last", "one").unwrap();
+    tc.wait_value_everywhere(&[1, 2, 3], "last", "one");
+}
+
 /// A tmpfs mounted for one test, unmounted on drop (also on panic).
 struct Tmpfs {
     dir: std::path::PathBuf,

@@ -13,7 +13,7 @@
 //! | `net.rs` | connections: accept, read, frame decode, buffered writes |
 //! | `peers.rs` | peer links (reconnect with backoff), the handshake, frames by connection kind |
 //! | `clients.rs` | client frames to the driver, answers back to connections |
-//! | `faults.rs` | injected partitions, drops and delays on outgoing peer messages |
+//! | `faults.rs` | injected partitions, blocks, drops, duplicates and delays on outgoing peer messages (disk faults: `storage::faulty`) |
 //! | `signals.rs` | SIGINT/SIGTERM/SIGHUP to a stop flag |
 //! | `metrics.rs` | optional Prometheus metrics, served by a small thread from values the loop publishes |
 //!
