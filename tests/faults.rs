@@ -380,7 +380,7 @@ fn faults_real_enospc_on_a_small_tmpfs() {
         }
     };
     let data_dir = mnt.display().to_string();
-    let tc = TestCluster::start_with_nodes(1, "", |_| format!("data_dir = \"{data_dir}\"\n"));
+    let mut tc = TestCluster::start_with_nodes(1, "", |_| format!("data_dir = \"{data_dir}\"\n"));
     tc.wait_leader(&[1]);
     let mut c = tc.client();
     put(&mut c, "before", "full").unwrap();
@@ -399,6 +399,16 @@ fn faults_real_enospc_on_a_small_tmpfs() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(get(&mut c, "after", false).as_deref(), Some(&b"space"[..]));
+    // The log the refused writes were retried into is whole: the node
+    // restarts from it (a torn record in the middle would stop it) with
+    // every acknowledged write.
+    tc.kill(1);
+    tc.start_node(1);
+    tc.wait_leader(&[1]);
+    let mut c = tc.client();
+    assert_eq!(get(&mut c, "before", false).as_deref(), Some(&b"full"[..]));
+    assert_eq!(get(&mut c, "after", false).as_deref(), Some(&b"space"[..]));
+    put(&mut c, "after", "restart").unwrap();
     drop(tc);
     drop(tmpfs);
 }
