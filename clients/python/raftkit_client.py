@@ -135,7 +135,8 @@ class SessionExpired(NodeError):
 
 
 class DiskFull(NodeError):
-    """Code 10: the node's disk is full; the write was not proposed (its seq is unused)."""
+    """Code 10: the node's disk is full and it did not propose the write; a copy
+    sent earlier elsewhere may still apply, so `kv` retries it with the same seq."""
 
     code = 10
 
@@ -631,7 +632,7 @@ class Client:
                     target = e.leader_addr
                     continue
                 target = self._next(target)
-            except (Unavailable, TooBusy, Timeout, Unreachable) as e:
+            except (Unavailable, TooBusy, Timeout, Unreachable, DiskFull) as e:
                 last = f"{target}: {e}"
                 if stale_read:
                     if isinstance(e, Unreachable):

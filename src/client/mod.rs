@@ -348,20 +348,26 @@ impl Client {
                     }
                 }
                 Ok(ResponseBody::Error { code, message }) => {
+                    // DiskFull: this copy was not proposed, but one sent
+                    // to an earlier leader may still apply, so the same
+                    // seq is retried; the full leader hands over within
+                    // an election timeout.
                     if matches!(
                         code,
-                        ErrorCode::Unavailable | ErrorCode::TooBusy | ErrorCode::Timeout
+                        ErrorCode::Unavailable
+                            | ErrorCode::TooBusy
+                            | ErrorCode::Timeout
+                            | ErrorCode::DiskFull
                     ) {
                         last = format!("{node}: {message}");
                     } else {
-                        if matches!(code, ErrorCode::BadRequest | ErrorCode::DiskFull)
+                        if code == ErrorCode::BadRequest
                             && !matches!(command.op, Op::Get { .. })
                             && command.seq == self.seq
                         {
-                            // Refused before it was proposed (a limit, a
-                            // full disk): the seq was not used, and must be
-                            // reused if it was the session's first
-                            // (docs/PROTOCOL.md).
+                            // Refused before it was proposed (a limit): the
+                            // seq was not used, and must be reused if it
+                            // was the session's first (docs/PROTOCOL.md).
                             self.seq -= 1;
                         }
                         return Err(ClientError::Server { code, message });

@@ -74,8 +74,9 @@ pub enum ErrorCode {
     /// membership change while another is under way, promoting a learner
     /// far behind, removing the last voter. The message says why.
     Refused,
-    /// The node's disk is full: the write was refused before it was
-    /// proposed (its seq is unused). Retry later, or at another leader.
+    /// The node's disk is full: this copy of the write was not proposed
+    /// (one sent earlier to another leader may still apply). Retry with the
+    /// same client id and seq, like Unavailable.
     DiskFull,
     /// A code this version does not know.
     Other(u16),
