@@ -1139,8 +1139,7 @@ fn storage_thread_reports_a_failure_as_a_storage_error() {
 
 #[test]
 fn storage_thread_retries_a_batch_refused_for_space_until_it_goes_through() {
-    use raftkit::storage::{DiskFaults, FaultyStore, MemStore};
-    use raftkit::wire::DiskFault;
+    use raftkit::storage::{DiskFaults, FaultyStore, InjectedDiskFault as DiskFault, MemStore};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 

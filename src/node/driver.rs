@@ -169,6 +169,10 @@ pub struct Driver {
     /// outstanding (0 while the disk is idle): how long this node's own
     /// log has been stuck.
     storage_stuck_ticks: u32,
+    /// Ticks since the commit index last moved, while the log holds
+    /// entries past it (0 otherwise), and the commit index last seen.
+    commit_stuck_ticks: u32,
+    commit_seen: LogIndex,
 }
 
 impl Driver {
@@ -214,6 +218,8 @@ impl Driver {
             events: Vec::new(),
             disk_full: None,
             storage_stuck_ticks: 0,
+            commit_stuck_ticks: 0,
+            commit_seen: LogIndex(0),
         })
     }
 
@@ -233,6 +239,13 @@ impl Driver {
     /// node's own disk.
     pub fn tick(&mut self) {
         self.raft.tick();
+        let commit = self.raft.commit_index();
+        if commit != self.commit_seen || self.raft.log().last_index() == commit {
+            self.commit_seen = commit;
+            self.commit_stuck_ticks = 0;
+        } else {
+            self.commit_stuck_ticks = self.commit_stuck_ticks.saturating_add(1);
+        }
         if self.storage_idle() {
             self.storage_stuck_ticks = 0;
         } else {
@@ -242,18 +255,24 @@ impl Driver {
     }
 
     /// A leader whose own log has finished no write for an election
-    /// timeout (a stalled or full disk) hands leadership to the voter
-    /// furthest along: meanwhile it commits only through its followers,
-    /// cannot take writes if its disk is full, and would lose every
-    /// entry it holds alone if it crashed. Its followers, whose disks
-    /// work, lead better. Once, at the timeout: a transfer that fails
-    /// (no follower has the whole log) is tried again one timeout later.
+    /// timeout (a stalled or full disk) while it cannot serve (its disk is
+    /// full, so it refuses writes; or nothing has committed in that time)
+    /// hands leadership to the voter furthest along: its followers, whose
+    /// disks work, lead better. While its followers commit without it, a
+    /// stalled leader keeps leading: it serves, and a slow fsync is no
+    /// reason for an election. Checked once per election timeout: a
+    /// transfer that fails (no follower has the whole log) is tried again
+    /// one timeout later.
     fn maybe_hand_over_stuck_leadership(&mut self) {
         let timeout = self.raft.config().election_timeout_ticks_max.max(1);
         if self.raft.role() != Role::Leader
             || self.raft.lead_transferee().is_some()
             || !self.storage_stuck_ticks.is_multiple_of(timeout)
         {
+            return;
+        }
+        let cannot_serve = self.disk_full.is_some() || self.commit_stuck_ticks >= timeout;
+        if !cannot_serve {
             return;
         }
         let me = self.id;
@@ -270,10 +289,14 @@ impl Driver {
         };
         warn!(
             "{} t{}: own log stuck for {} ticks (its disk has finished no write in an \
-             election timeout); handing leadership to {heir}",
+             election timeout) and {}; handing leadership to {heir}",
             self.id,
             self.raft.current_term(),
-            self.storage_stuck_ticks
+            self.storage_stuck_ticks,
+            match &self.disk_full {
+                Some(_) => "the disk is full".to_string(),
+                None => format!("nothing committed for {} ticks", self.commit_stuck_ticks),
+            }
         );
         if let Err(e) = self.raft.transfer_leadership(heir) {
             warn!("{}: cannot hand leadership to {heir}: {e}", self.id);

@@ -18,13 +18,26 @@ use std::time::Duration;
 
 use super::{LogStore, StorageError};
 use crate::raft::{Entry, HardState, Snapshot};
-use crate::wire::DiskFault;
+
+/// A fault of the node's own disk (the node maps the Fault request's disk
+/// fault to it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskFault {
+    #[default]
+    None,
+    /// Every write batch (write and fsync) takes this much longer.
+    Stall { ms: u32 },
+    /// The next fsync fails with EIO.
+    Eio,
+    /// Writes fail with ENOSPC until cleared.
+    Full,
+}
 
 /// The disk fault in force, shared by the event loop (which sets it) and
 /// the storage thread (which applies it).
 #[derive(Debug, Default)]
 pub struct DiskFaults {
-    /// `DiskFault::tag` of the fault in force.
+    /// The fault in force: 0 none, 1 stall, 2 eio, 3 full.
     tag: AtomicU8,
     /// The stall of a `Stall` fault.
     stall_ms: AtomicU32,
@@ -35,7 +48,13 @@ impl DiskFaults {
         if let DiskFault::Stall { ms } = f {
             self.stall_ms.store(ms, Ordering::Relaxed);
         }
-        self.tag.store(f.tag(), Ordering::Release);
+        let tag = match f {
+            DiskFault::None => 0,
+            DiskFault::Stall { .. } => 1,
+            DiskFault::Eio => 2,
+            DiskFault::Full => 3,
+        };
+        self.tag.store(tag, Ordering::Release);
     }
 
     pub fn get(&self) -> DiskFault {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use log::info;
 
-pub use faulty::{DiskFaults, FaultyStore};
+pub use faulty::{DiskFault as InjectedDiskFault, DiskFaults, FaultyStore};
 pub use files::Meta;
 pub use mem::MemStore;
 pub use thread::{write_jobs, Durable, Job, StorageStats, StorageThread};
