@@ -351,9 +351,16 @@ impl Client {
                     }
                 }
                 Ok(ResponseBody::Error { code, message }) => {
+                    // DiskFull: this copy was not proposed, but one sent
+                    // to an earlier leader may still apply, so the same
+                    // seq is retried; the full leader hands over within
+                    // an election timeout.
                     if matches!(
                         code,
-                        ErrorCode::Unavailable | ErrorCode::TooBusy | ErrorCode::Timeout
+                        ErrorCode::Unavailable
+                            | ErrorCode::TooBusy
+                            | ErrorCode::Timeout
+                            | ErrorCode::DiskFull
                     ) {
                         last = format!("{node}: {message}");
                     } else {

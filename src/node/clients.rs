@@ -5,7 +5,8 @@
 use log::{info, warn};
 use mio::Token;
 
-use crate::wire::{ErrorCode, KvRequestRef, NodeStatus, RequestBody, ResponseBody};
+use crate::storage::InjectedDiskFault;
+use crate::wire::{DiskFault, ErrorCode, KvRequestRef, NodeStatus, RequestBody, ResponseBody};
 
 use super::driver::ClientRef;
 use super::net::ConnKind;
@@ -57,6 +58,12 @@ impl Node {
                     return;
                 }
                 info!("{}: fault injection now {spec:?}", self.id);
+                self.disk_faults.set(match spec.disk {
+                    DiskFault::None => InjectedDiskFault::None,
+                    DiskFault::Stall { ms } => InjectedDiskFault::Stall { ms },
+                    DiskFault::Eio => InjectedDiskFault::Eio,
+                    DiskFault::Full => InjectedDiskFault::Full,
+                });
                 self.faults.spec = spec;
                 self.respond(to, ResponseBody::FaultOk);
             }

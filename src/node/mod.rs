@@ -13,7 +13,7 @@
 //! | `net.rs` | connections: accept, read, frame decode, buffered writes |
 //! | `peers.rs` | peer links (reconnect with backoff), the handshake, frames by connection kind |
 //! | `clients.rs` | client frames to the driver, answers back to connections |
-//! | `faults.rs` | injected partitions, drops and delays on outgoing peer messages |
+//! | `faults.rs` | injected partitions, blocks, drops, duplicates and delays on outgoing peer messages (disk faults: `storage::faulty`) |
 //! | `signals.rs` | SIGINT/SIGTERM/SIGHUP to a stop flag |
 //! | `metrics.rs` | optional Prometheus metrics, served by a small thread from values the loop publishes |
 //!
@@ -46,7 +46,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::{Config, ConfigError};
 use crate::raft::{self, NodeId};
-use crate::storage::{Durable, Job, LogStore, Recovered, StorageError, StorageThread};
+use crate::storage::{
+    DiskFaults, Durable, FaultyStore, Job, LogStore, Recovered, StorageError, StorageThread,
+};
 use crate::wire::{Frame, ResponseBody};
 
 pub use driver::{Answer, ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
@@ -130,8 +132,19 @@ impl Disk for StorageThread {
         }
     }
 
-    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
-        StorageThread::write_inline(self, job).map_err(DriverError::Storage)
+    /// Declined while a disk fault is in force or the disk is full: the
+    /// storage thread, not the event loop, stalls and retries.
+    fn write_inline(&mut self, job: &Job) -> Result<bool, DriverError> {
+        if !self.inline_allowed() {
+            return Ok(false);
+        }
+        match StorageThread::write_inline(self, job) {
+            Ok(()) => Ok(true),
+            // Nothing durable; the storage thread writes it over and
+            // retries until space returns.
+            Err(e) if e.is_no_space() => Ok(false),
+            Err(e) => Err(DriverError::Storage(e)),
+        }
     }
 }
 
@@ -147,7 +160,7 @@ impl Disk for NodeDisk<'_> {
         Disk::submit(self.storage, job)
     }
 
-    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
+    fn write_inline(&mut self, job: &Job) -> Result<bool, DriverError> {
         Disk::write_inline(self.storage, job)
     }
 
@@ -182,6 +195,8 @@ pub struct Node {
     /// Reused for every socket read.
     read_chunk: Vec<u8>,
     faults: Faults,
+    /// The disk fault of `faults.spec`, applied by the storage thread.
+    disk_faults: Arc<DiskFaults>,
     /// With `metrics_addr` in cluster.toml: the values scrapes show.
     metrics: Option<Box<metrics::Metrics>>,
     started: Instant,
@@ -273,12 +288,15 @@ impl Node {
         let encoder = SnapshotEncoder::spawn(Box::new(move || {
             let _ = encoder_waker.wake();
         }))?;
+        let disk_faults = Arc::new(DiskFaults::default());
+        let store = Box::new(FaultyStore::new(store, Arc::clone(&disk_faults)));
         let storage = StorageThread::spawn(
             store,
             Some(Box::new(move || {
                 let _ = waker.wake();
             })),
-        )?;
+        )?
+        .with_disk_faults(Arc::clone(&disk_faults));
         let now = Instant::now();
         let peers = config
             .nodes
@@ -301,6 +319,7 @@ impl Node {
             reread: Vec::new(),
             read_chunk: vec![0; net::READ_CHUNK_BYTES],
             faults: Faults::new(seed),
+            disk_faults,
             metrics,
             started: now,
             stop,
@@ -355,6 +374,7 @@ impl Node {
                 next_tick = now + tick;
             }
             self.release_delayed(now);
+            self.driver.disk_full = self.storage.no_space();
             self.maintain_peer_links(now);
             self.process_ready_metered()?;
             self.sync_peer_links(now);
