@@ -10,7 +10,7 @@
 # namespaces, for comparison.
 #
 #   scripts/netem.sh [--rtt 0,2,20,80] [--jitter-pct 10] [--loss-pct 0.1]
-#                    [--seconds 8] [--clients 64] [--mux 1024/16] [--elections 3] [--release]
+#                    [--seconds 8] [--clients 64] [--mux 4096/32] [--elections 3] [--release]
 #
 # Needs root and `ip netns` (iproute2); skipped with a message where either
 # is missing. The delay comes from `tc qdisc ... netem` on each node's link:
@@ -26,7 +26,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { echo "usage: $0 [--rtt MS,MS...] [--jitter-pct P] [--loss-pct P] [--seconds S] [--clients C] [--mux C/K] [--elections N] [--release]" >&2; exit 2; }
-rtts="0,2,20,80"; jitter_pct=10; loss_pct=0.1; seconds=8; clients=64; mux=1024/16; elections=3; profile=debug
+rtts="0,2,20,80"; jitter_pct=10; loss_pct=0.1; seconds=8; clients=64; mux=4096/32; elections=3; profile=debug
 while [ $# -gt 0 ]; do
   case "$1" in
     --rtt) rtts="${2:?}"; shift 2 ;;
