@@ -26,4 +26,5 @@ pub mod raft;
 pub mod rng;
 pub mod sim;
 pub mod storage;
+pub mod tls;
 pub mod wire;

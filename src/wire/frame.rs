@@ -74,6 +74,10 @@ pub enum ErrorCode {
     /// membership change while another is under way, promoting a learner
     /// far behind, removing the last voter. The message says why.
     Refused,
+    /// The connection's certificate does not allow this: a peer link
+    /// whose certificate is not the claimed node's, a client Hello with a
+    /// node's certificate, an admin request with a client's certificate.
+    Forbidden,
     /// A code this version does not know.
     Other(u16),
 }
@@ -90,6 +94,7 @@ impl ErrorCode {
             ErrorCode::Internal => 7,
             ErrorCode::SessionExpired => 8,
             ErrorCode::Refused => 9,
+            ErrorCode::Forbidden => 10,
             ErrorCode::Other(c) => c,
         }
     }
@@ -105,6 +110,7 @@ impl ErrorCode {
             7 => ErrorCode::Internal,
             8 => ErrorCode::SessionExpired,
             9 => ErrorCode::Refused,
+            10 => ErrorCode::Forbidden,
             c => ErrorCode::Other(c),
         }
     }

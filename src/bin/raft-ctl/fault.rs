@@ -77,6 +77,14 @@ pub fn run(client: &mut Client, config: &Config, node: Option<NodeId>, cmd: &Fau
         }
         match client.call(id, RequestBody::Fault(spec.clone())) {
             Ok(ResponseBody::FaultOk) => println!("{id}: {}", describe(&spec)),
+            // A refusal (a client certificate, a bad spec) is the same on
+            // every node: say it once and stop.
+            Ok(ResponseBody::Error { code, message }) => {
+                return fail(
+                    crate::EXIT_ERROR,
+                    format!("{id} refused the fault ({code:?}): {message}"),
+                )
+            }
             _ => unreachable.push(id),
         }
     }
