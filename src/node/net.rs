@@ -391,7 +391,13 @@ impl Node {
                         .peer_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_else(|_| "?".into());
-                format!("{addr} ({:?})", c.kind)
+                let kind = match c.kind {
+                    ConnKind::Pending => "before its Hello".to_string(),
+                    ConnKind::InPeer(p) => format!("link from {p}"),
+                    ConnKind::OutPeer(p) => format!("link to {p}"),
+                    ConnKind::Client => format!("{} client", c.role),
+                };
+                format!("{addr} ({kind})")
             }
             None => "a closed connection".into(),
         }
