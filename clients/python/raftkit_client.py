@@ -134,8 +134,14 @@ class SessionExpired(NodeError):
     code = 8
 
 
+class Forbidden(NodeError):
+    """Code 10: the connection's certificate does not allow it (a TLS cluster)."""
+
+    code = 10
+
+
 ERRORS = {c.code: c for c in (BadRequest, WrongCluster, UnknownPeer, Unavailable,
-                              Timeout, TooBusy, Internal, SessionExpired)}
+                              Timeout, TooBusy, Internal, SessionExpired, Forbidden)}
 
 
 def node_error(code: int, message: str) -> NodeError:
