@@ -61,10 +61,10 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawTls {
     ca: String,
-    cert: Option<String>,
-    key: Option<String>,
-    client_cert: Option<String>,
-    client_key: Option<String>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -358,23 +358,27 @@ impl Config {
             let t = t.get_ref();
             TlsConfig {
                 ca: resolve(&t.ca),
-                cert: t.cert.as_deref().map(resolve),
-                key: t.key.as_deref().map(resolve),
-                client_cert: t.client_cert.as_deref().map(resolve),
-                client_key: t.client_key.as_deref().map(resolve),
+                cert: t.cert.as_ref().map(|p| resolve(p.get_ref())),
+                key: t.key.as_ref().map(|p| resolve(p.get_ref())),
+                client_cert: t.client_cert.as_ref().map(|p| resolve(p.get_ref())),
+                client_key: t.client_key.as_ref().map(|p| resolve(p.get_ref())),
             }
         });
         if let Some(t) = &raw.tls {
             let r = t.get_ref();
-            if r.cert.is_some() != r.key.is_some() {
+            let one = |a: &Option<Spanned<String>>, b: &Option<Spanned<String>>| match (a, b) {
+                (Some(x), None) | (None, Some(x)) => Some(x.span()),
+                _ => None,
+            };
+            if let Some(span) = one(&r.cert, &r.key) {
                 return Err(err(
-                    Some(t.span()),
+                    Some(span),
                     "[tls] needs cert and key together (or neither)".into(),
                 ));
             }
-            if r.client_cert.is_some() != r.client_key.is_some() {
+            if let Some(span) = one(&r.client_cert, &r.client_key) {
                 return Err(err(
-                    Some(t.span()),
+                    Some(span),
                     "[tls] needs client_cert and client_key together (or neither)".into(),
                 ));
             }
