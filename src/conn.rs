@@ -35,6 +35,21 @@ pub enum ReadEnd {
     Tls(String),
 }
 
+/// The socket as rustls reads it, noting whether the last read came back
+/// shorter than the buffer offered (the socket is drained).
+struct ShortReads<'a> {
+    stream: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortReads<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
 /// Bytes of TLS records rustls buffers for sending at most; past it the
 /// plaintext waits in `write_buf` (bounded by the owner), so a slow reader
 /// costs no more memory with TLS than without.
@@ -98,7 +113,7 @@ impl FramedConn {
     /// has shut down its half, so a short read is not the end of the data.
     pub fn fill(&mut self, chunk: &mut [u8], read_closed: bool, budget_bytes: usize) -> ReadEnd {
         if self.tls.is_some() {
-            return self.fill_tls(chunk, budget_bytes);
+            return self.fill_tls(chunk, read_closed, budget_bytes);
         }
         let mut budget = budget_bytes;
         loop {
@@ -125,9 +140,9 @@ impl FramedConn {
     }
 
     /// `fill` through TLS: records in, plaintext out into `read_buf`,
-    /// until the socket would block, it closes, or `budget_bytes` of
+    /// until the socket is drained, it closes, or `budget_bytes` of
     /// plaintext are in.
-    fn fill_tls(&mut self, chunk: &mut [u8], budget_bytes: usize) -> ReadEnd {
+    fn fill_tls(&mut self, chunk: &mut [u8], read_closed: bool, budget_bytes: usize) -> ReadEnd {
         let Some(tls) = self.tls.as_deref_mut() else {
             return ReadEnd::Closed("no TLS".into());
         };
@@ -136,13 +151,19 @@ impl FramedConn {
             if budget == 0 {
                 return ReadEnd::Budget;
             }
-            match tls.read_tls(&mut self.stream) {
+            let mut socket = ShortReads {
+                stream: &mut self.stream,
+                short: false,
+            };
+            let drained = match tls.read_tls(&mut socket) {
                 Ok(0) => return ReadEnd::Closed("closed by the other side".into()),
-                Ok(_) => {}
+                // As in `fill`: a read shorter than rustls asked for drained
+                // the socket, so skip the read that would say WouldBlock.
+                Ok(_) => socket.short && !read_closed,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return ReadEnd::Closed(format!("read error: {e}")),
-            }
+            };
             if let Err(e) = tls.process_new_packets() {
                 // Send the alert that says why, if the socket takes it.
                 let _ = tls.write_tls(&mut self.stream);
@@ -158,6 +179,9 @@ impl FramedConn {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return ReadEnd::Closed(format!("TLS read error: {e}")),
                 }
+            }
+            if drained {
+                return ReadEnd::Drained;
             }
         }
     }

@@ -213,8 +213,7 @@ fn config_tls_files_missing_are_named() {
         Path::new("/nonexistent/client.pem"),
         Path::new("/nonexistent/client.key"),
     )
-    .err()
-    .expect("missing files refused");
+    .expect_err("missing files refused");
     assert!(
         e.to_string()
             .starts_with("/nonexistent/ca.pem: cannot read"),
