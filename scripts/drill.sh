@@ -3,11 +3,20 @@
 # heal, settle, verify every node, check the history for linearizability.
 #
 #   scripts/drill.sh NAME [--seconds S] [--release] [--keep] [--snapshot-entries N] [--tls]
+#   scripts/drill.sh random [--seed N] [--seconds S] ...
 #
 # NAME: leader-kill rolling-restart minority-partition leader-isolated
 #       flaky-network pause crash-all majority-down replace-node
-#       membership-churn, or all.
+#       membership-churn, or all (these ten), or random.
+# random        a nemesis draws a schedule of overlapping faults from the
+#               seed (kills of a node, the leader or all; pauses; restarts;
+#               partitions minority, leader, bridge and one-way; drop, delay
+#               and duplication; disk stalls, full disk, fsync errors;
+#               membership changes), under a load of 12 clients on 100 keys,
+#               a quarter of the operations on one hot key. See
+#               scripts/nemesis.sh. The verdict line names the seed.
 # --seconds S   how long faults are injected (default 60; CI uses 10)
+# --seed N      random: the schedule's seed (default: drawn from the clock)
 # --release     use release binaries
 # --keep        keep the drill's directory (kept anyway when a drill fails)
 # --snapshot-entries N  nodes snapshot and compact every N applied entries
@@ -26,7 +35,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_drills=(leader-kill rolling-restart minority-partition leader-isolated flaky-network pause crash-all majority-down
             replace-node membership-churn)
-usage() { echo "usage: $0 NAME|all [--seconds S] [--release] [--keep] [--snapshot-entries N] [--tls]   (NAME: ${all_drills[*]})" >&2; exit 2; }
+usage() { echo "usage: $0 NAME|all|random [--seconds S] [--seed N] [--release] [--keep] [--snapshot-entries N] [--tls]   (NAME: ${all_drills[*]})" >&2; exit 2; }
 name="${1:-}"; [ -n "$name" ] || usage
 case "$name" in -h|--help) sed -n '2,/^[^#]/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;; esac
 shift
@@ -37,20 +46,27 @@ while [ $# -gt 0 ]; do
     --release) profile=release; shift ;;
     --keep) keep=1; shift ;;
     --snapshot-entries) snapshot_entries="${2:?}"; shift 2 ;;
+    --seed) DRILL_SEED="${2:?}"; shift 2 ;;
     --tls) tls=1; shift ;;
     *) usage ;;
   esac
 done
 case "$seconds" in ''|*[!0-9]*) echo "--seconds takes whole seconds" >&2; exit 2 ;; esac
 case "$snapshot_entries" in ''|*[!0-9]*) echo "--snapshot-entries takes a whole number" >&2; exit 2 ;; esac
+case "${DRILL_SEED:-0}" in ''|*[!0-9]*) echo "--seed takes a whole number" >&2; exit 2 ;; esac
 # Read by setup() in scripts/lib.sh.
 cluster_extra="snapshot_entries = $snapshot_entries
 snapshot_keep_entries = $(( snapshot_entries / 5 ))"
 if [ "$name" != all ]; then
-  case " ${all_drills[*]} " in *" $name "*) ;; *) usage ;; esac
+  case " ${all_drills[*]} random " in *" $name "*) ;; *) usage ;; esac
+fi
+if [ "$name" = random ] && [ -z "${DRILL_SEED:-}" ]; then
+  DRILL_SEED=$(( $(date +%s%N) / 1000 % 1000000 ))
 fi
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
+# shellcheck source=scripts/nemesis.sh
+. "$root/scripts/nemesis.sh"
 build_bins "$profile"
 
 # ---- one cluster per drill ---------------------------------------------------
@@ -153,6 +169,7 @@ drill_crash_all() {
     for id in 1 2 3; do signal_node "$id" KILL nowait; done
     for p in $pids; do wait_dead "$p"; done
     sleep 1
+    # shellcheck disable=SC2031 # (the seeded RANDOM of nemesis.sh lives in its own subshell)
     for id in $(printf '%s\n' 1 2 3 | shuf); do start_node "$id"; sleep 0.$((RANDOM % 5)); done
     wait_leader >/dev/null || note "no leader after restart"
   done
@@ -469,7 +486,7 @@ drill_membership_churn() {
 cluster_shape() {
   case "$1" in
     replace-node) echo "4 1,2,3" ;;
-    membership-churn) echo "5 1,2,3" ;;
+    membership-churn|random) echo "5 1,2,3" ;;
   esac
   return 0
 }
@@ -499,7 +516,9 @@ run_drill() {
   "$bin/raft-ctl" --config "$cfg" timeline --out "$work/timeline.jsonl" --seconds "$((S + 600))" \
     >/dev/null 2>"$work/timeline.err" &
   timeline_pid=$!
-  "$bin/raft-ctl" --config "$cfg" bench --op kv --keys 10 --clients 6 --read-pct 40 \
+  local load=(--keys 10 --clients 6)
+  [ "$d" = random ] && load=(--keys 100 --clients 12 --hot-key-pct 25)
+  "$bin/raft-ctl" --config "$cfg" bench --op kv "${load[@]}" --read-pct 40 \
     --duration "$((S + 4))" --warmup 0 --op-timeout 3 --record "$hist" --json --quiet \
     >"$work/bench.json" 2>"$work/bench.err" &
   bench_pid=$!
@@ -527,11 +546,12 @@ run_drill() {
   leaders=$(json_field "$b" leaders_seen | sed 's/^/n/' | paste -sd, -); gap=$(json_field "$b" max_write_gap_ms)
   verdict=PASS; [ "$drill_failed" = 0 ] || verdict=FAIL
   local check_line; check_line=$(echo "$check_out" | tail -1)
+  local label=$d; [ "$d" = random ] && label="random --seed $DRILL_SEED"
   local line; line=$(printf '%-19s %s  ops ok %s failed %s unknown %s  leaders %s  longest without a write %s ms  check: %s' \
-    "$d" "$verdict" "${ok:-?}" "${failed:-?}" "${unknown:-?}" "${leaders:-?}" "${gap:-?}" "$check_line")
+    "$label" "$verdict" "${ok:-?}" "${failed:-?}" "${unknown:-?}" "${leaders:-?}" "${gap:-?}" "$check_line")
   if ! "$bin/raft-ctl" plot --history "$hist" --timeline "$work/timeline.jsonl" --events "$events_file" \
       --until "$load_end" --title "drill $d: $verdict ($S s of faults)" \
-      --subtitle "$(echo "$line" | cut -c27-)" --out "$picture" >/dev/null 2>"$work/plot.err"; then
+      --subtitle "${line#"$(printf '%-19s %s  ' "$label" "$verdict")"}" --out "$picture" >/dev/null 2>"$work/plot.err"; then
     picture="none ($(tail -1 "$work/plot.err"))"
   fi
   echo "$line  picture: $picture"

@@ -32,6 +32,7 @@ fn mux_many_clients_few_conns_survive_leader_kill() {
         op: OpMix::Kv { read_pct: 30 },
         keys: 40,
         distinct_keys: false,
+        hot_key_pct: 0,
         value_size: 16,
         duration: Some(Duration::from_secs(6)),
         total: None,

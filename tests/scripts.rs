@@ -451,3 +451,60 @@ fn raft_ctl_config_prints_what_raft_node_reads() {
     assert_eq!(code, Some(2));
     assert!(err.contains("bad.toml:17: duplicate node id 2"), "{err}");
 }
+
+/// The random drill's schedule comes from its seed alone: the same seed
+/// draws the same schedule, another seed another one, and over a few seeds
+/// every kind of fault is drawn, starts and ends in time order.
+#[test]
+fn random_drill_schedule_is_a_function_of_its_seed() {
+    let draw = |seed: u32| -> String {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -euo pipefail; source scripts/nemesis.sh; gen_schedule {seed} 60"
+            ))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let a = draw(7);
+    assert_eq!(a, draw(7), "the same seed drew two schedules");
+    assert_ne!(a, draw(8), "two seeds drew the same schedule");
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 1..=20 {
+        let mut last = 0u64;
+        for line in draw(seed).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(f.len(), 7, "seed {seed}: {line}");
+            let ms: u64 = f[0].parse().expect("time");
+            assert!(ms >= last, "seed {seed}: out of order at {line}");
+            last = ms;
+            kinds.insert(f[3].to_string());
+        }
+    }
+    for k in [
+        "kill-node",
+        "kill-leader",
+        "kill-all",
+        "pause-node",
+        "pause-leader",
+        "restart",
+        "partition-minority",
+        "partition-leader",
+        "partition-bridge",
+        "one-way",
+        "flaky",
+        "disk-stall",
+        "disk-full",
+        "disk-eio",
+        "member",
+    ] {
+        assert!(kinds.contains(k), "no {k} in 20 seeds: {kinds:?}");
+    }
+}

@@ -1136,3 +1136,85 @@ fn storage_thread_reports_a_failure_as_a_storage_error() {
     }
     assert!(t.done().recv().is_err(), "the thread stops after a failure");
 }
+
+#[test]
+fn storage_thread_retries_a_batch_refused_for_space_until_it_goes_through() {
+    use raftkit::storage::{DiskFaults, FaultyStore, InjectedDiskFault as DiskFault, MemStore};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let faults = Arc::new(DiskFaults::default());
+    let store = FaultyStore::new(Box::new(MemStore::new()), Arc::clone(&faults));
+    let t = StorageThread::spawn(Box::new(store), None)
+        .unwrap()
+        .with_disk_faults(Arc::clone(&faults));
+    let job = |seq| Job {
+        seq,
+        entries: vec![entry(seq, 1, b"x")],
+        ..Job::default()
+    };
+    assert!(t.inline_allowed());
+    faults.set(DiskFault::Full);
+    assert!(!t.inline_allowed(), "no inline write under a disk fault");
+    assert!(t.submit(job(1)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        if let Some(why) = t.no_space() {
+            break why;
+        }
+        assert!(Instant::now() < deadline, "the refusal was never reported");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(why.contains("No space left on device"), "{why}");
+    assert!(t.submit(job(2)));
+    // Refused writes are neither reported durable nor failed.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(t.done().try_recv().is_err(), "nothing reported while full");
+    faults.set(DiskFault::None);
+    let mut durable = 0;
+    while durable < 2 {
+        match t.done().recv_timeout(Duration::from_secs(30)) {
+            Ok(Durable::Upto(s)) => durable = s,
+            other => panic!("expected the jobs durable, got {other:?}"),
+        }
+    }
+    assert_eq!(t.no_space(), None, "space is back");
+    assert!(t.inline_allowed());
+}
+
+#[test]
+fn storage_thread_never_retries_a_failed_fsync_even_for_enospc() {
+    struct SyncFails;
+    impl LogStore for SyncFails {
+        fn save_hard_state(&mut self, _: &HardState) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn append(&mut self, _: &[Entry]) -> Result<(), StorageError> {
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+            Err(StorageError::io(
+                Path::new("full/wal"),
+                raftkit::storage::files::sync_error(enospc),
+            ))
+        }
+        fn save_snapshot(&mut self, _: &Snapshot) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+    let t = StorageThread::spawn(Box::new(SyncFails), None).unwrap();
+    assert!(t.submit(Job {
+        seq: 1,
+        entries: vec![entry(1, 1, b"x")],
+        ..Job::default()
+    }));
+    match t.done().recv().unwrap() {
+        Durable::Failed(e) => {
+            assert!(!e.is_no_space(), "{e}");
+            assert!(e.to_string().contains("fsync failed"), "{e}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(t.no_space(), None, "an fsync failure is not a full disk");
+}

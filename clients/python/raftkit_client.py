@@ -134,14 +134,22 @@ class SessionExpired(NodeError):
     code = 8
 
 
-class Forbidden(NodeError):
-    """Code 10: the connection's certificate does not allow it (a TLS cluster)."""
+class DiskFull(NodeError):
+    """Code 10: the node's disk is full and it did not propose the write; a copy
+    sent earlier elsewhere may still apply, so `kv` retries it with the same seq."""
 
     code = 10
 
 
+class Forbidden(NodeError):
+    """Code 11: the connection's certificate does not allow it (a TLS cluster)."""
+
+    code = 11
+
+
 ERRORS = {c.code: c for c in (BadRequest, WrongCluster, UnknownPeer, Unavailable,
-                              Timeout, TooBusy, Internal, SessionExpired, Forbidden)}
+                              Timeout, TooBusy, Internal, SessionExpired, DiskFull,
+                              Forbidden)}
 
 
 def node_error(code: int, message: str) -> NodeError:
@@ -251,6 +259,11 @@ class FaultSpec:
     drop_rate_ppm: int = 0
     delay_ms: int = 0
     jitter_ms: int = 0
+    duplicate_rate_ppm: int = 0
+    block_to: List[int] = field(default_factory=list)
+    # 0 none, 1 stall (disk_stall_ms), 2 EIO on the next fsync, 3 full
+    disk_fault: int = 0
+    disk_stall_ms: int = 0
 
 
 @dataclass
@@ -370,11 +383,17 @@ def _fault(w: Writer, f: FaultSpec):
         for node in g:
             w.u64(node)
     w.u32(f.drop_rate_ppm).u32(f.delay_ms).u32(f.jitter_ms)
+    w.u32(f.duplicate_rate_ppm).u32(len(f.block_to))
+    for node in f.block_to:
+        w.u64(node)
+    w.u8(f.disk_fault).u32(f.disk_stall_ms)
 
 
 def _read_fault(r: Reader) -> FaultSpec:
     groups = [[r.u64() for _ in range(r.u32())] for _ in range(r.u32())]
-    return FaultSpec(groups, r.u32(), r.u32(), r.u32())
+    drop, delay, jitter, dup = r.u32(), r.u32(), r.u32(), r.u32()
+    block_to = [r.u64() for _ in range(r.u32())]
+    return FaultSpec(groups, drop, delay, jitter, dup, block_to, r.u8(), r.u32())
 
 
 def decode_response(r: Reader):
@@ -620,7 +639,7 @@ class Client:
                     target = e.leader_addr
                     continue
                 target = self._next(target)
-            except (Unavailable, TooBusy, Timeout, Unreachable) as e:
+            except (Unavailable, TooBusy, Timeout, Unreachable, DiskFull) as e:
                 last = f"{target}: {e}"
                 if stale_read:
                     if isinstance(e, Unreachable):

@@ -223,6 +223,10 @@ class AgainstCluster(unittest.TestCase):
         node = self.followers()[0]
         self.c.fault(node, FaultSpec(drop_rate_ppm=1, delay_ms=1, jitter_ms=1))
         self.assertEqual(self.c.status(node).fault, FaultSpec([], 1, 1, 1))
+        other = self.c.status(self.leader).id
+        spec = FaultSpec(duplicate_rate_ppm=2, block_to=[other], disk_fault=1, disk_stall_ms=3)
+        self.c.fault(node, spec)
+        self.assertEqual(self.c.status(node).fault, spec)
         self.c.fault(node, FaultSpec())
         self.assertEqual(self.c.status(node).fault, FaultSpec())
 
@@ -233,7 +237,9 @@ class AgainstCluster(unittest.TestCase):
         unknown = max(ids) + 100
         bad = [FaultSpec(drop_rate_ppm=2_000_000), FaultSpec(delay_ms=60_001),
                FaultSpec(jitter_ms=60_001), FaultSpec(partition=[[ids[0]], [unknown]]),
-               FaultSpec(partition=[[ids[0]], [ids[0]]]), FaultSpec(partition=[[ids[0]], []])]
+               FaultSpec(partition=[[ids[0]], [ids[0]]]), FaultSpec(partition=[[ids[0]], []]),
+               FaultSpec(duplicate_rate_ppm=2_000_000), FaultSpec(block_to=[unknown]),
+               FaultSpec(disk_fault=1, disk_stall_ms=0)]
         try:
             for spec in bad:
                 with self.assertRaises(BadRequest, msg=str(spec)):

@@ -114,6 +114,9 @@ pub struct BenchOptions {
     /// order they are issued, over all threads), instead of one of `keys`
     /// at random: loads that many distinct keys.
     pub distinct_keys: bool,
+    /// Share of operations, in percent, on one hot key (`key-0`); the
+    /// rest spread over `keys` as usual.
+    pub hot_key_pct: u32,
     pub value_size: usize,
     /// Stop after this long past the warmup…
     pub duration: Option<Duration>,
@@ -141,6 +144,7 @@ impl Default for BenchOptions {
             op: OpMix::Put,
             keys: 1000,
             distinct_keys: false,
+            hot_key_pct: 0,
             value_size: 100,
             duration: Some(Duration::from_secs(10)),
             total: None,
@@ -535,6 +539,10 @@ impl<'a> Engine<'a> {
         let kind = self.choose();
         let key = if self.opts.distinct_keys {
             self.live.next_key.fetch_add(1, Ordering::Relaxed)
+        } else if self.opts.hot_key_pct > 0
+            && self.rng.range(0, 100) < u64::from(self.opts.hot_key_pct)
+        {
+            0
         } else {
             self.rng.range(0, self.opts.keys.max(1))
         };

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::client::Client;
 use crate::config::Config;
 use crate::raft::{NodeId, Role};
-use crate::wire::{FaultSpec, RequestBody, ResponseBody};
+use crate::wire::{DiskFault, FaultSpec, RequestBody, ResponseBody};
 
 use super::monotonic_ns;
 
@@ -68,8 +68,21 @@ pub fn fault_words(f: &FaultSpec) -> String {
             (f.drop_rate_ppm as f64 / 10_000.0).round()
         ));
     }
+    if f.duplicate_rate_ppm > 0 {
+        parts.push(format!(
+            "duplicate {}%",
+            (f.duplicate_rate_ppm as f64 / 10_000.0).round()
+        ));
+    }
+    if !f.block_to.is_empty() {
+        let ids: Vec<String> = f.block_to.iter().map(|n| n.0.to_string()).collect();
+        parts.push(format!("block ->{}", ids.join(",")));
+    }
     if f.delay_ms > 0 || f.jitter_ms > 0 {
         parts.push(format!("delay {}±{} ms", f.delay_ms, f.jitter_ms));
+    }
+    if f.disk != DiskFault::None {
+        parts.push(f.disk.to_string());
     }
     parts.join(", ")
 }
@@ -222,8 +235,14 @@ mod tests {
             drop_rate_ppm: 200_000,
             delay_ms: 20,
             jitter_ms: 30,
+            duplicate_rate_ppm: 100_000,
+            block_to: vec![NodeId(2)],
+            disk: DiskFault::Full,
         };
-        assert_eq!(fault_words(&f), "partition 1,2|3, drop 20%, delay 20±30 ms");
+        assert_eq!(
+            fault_words(&f),
+            "partition 1,2|3, drop 20%, duplicate 10%, block ->2, delay 20±30 ms, disk full"
+        );
         assert_eq!(fault_words(&FaultSpec::default()), "");
     }
 }

@@ -235,10 +235,13 @@ impl Client {
                 addr: addr.to_string(),
                 source,
             };
-            let s =
-                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(unreachable)?;
+            // A node that holds the connection without answering (stopped,
+            // say) costs at most the caller's timeout, never more.
+            let wait = self.timeout.max(Duration::from_millis(100));
+            let s = TcpStream::connect_timeout(&addr, wait.min(Duration::from_secs(2)))
+                .map_err(unreachable)?;
             s.set_nodelay(true).map_err(unreachable)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))
+            s.set_read_timeout(Some(wait.min(Duration::from_secs(5))))
                 .map_err(unreachable)?;
             let mut s = match self.tls.as_ref().and_then(Option::as_ref) {
                 Some(tls) => {
@@ -414,9 +417,16 @@ impl Client {
                     }
                 }
                 Ok(ResponseBody::Error { code, message }) => {
+                    // DiskFull: this copy was not proposed, but one sent
+                    // to an earlier leader may still apply, so the same
+                    // seq is retried; the full leader hands over within
+                    // an election timeout.
                     if matches!(
                         code,
-                        ErrorCode::Unavailable | ErrorCode::TooBusy | ErrorCode::Timeout
+                        ErrorCode::Unavailable
+                            | ErrorCode::TooBusy
+                            | ErrorCode::Timeout
+                            | ErrorCode::DiskFull
                     ) {
                         last = format!("{node}: {message}");
                     } else {

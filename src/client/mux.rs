@@ -621,7 +621,12 @@ impl Mux {
                 }
             }
             ResponseBody::Error { code, message } => match code {
-                ErrorCode::Unavailable | ErrorCode::TooBusy | ErrorCode::Timeout => {
+                // DiskFull: this copy was not proposed, but an earlier one
+                // may still apply; never "not applied".
+                ErrorCode::Unavailable
+                | ErrorCode::TooBusy
+                | ErrorCode::Timeout
+                | ErrorCode::DiskFull => {
                     let why = format!("{code:?}").to_lowercase();
                     self.retry_later(id, &why);
                 }

@@ -5,8 +5,11 @@
 use log::{info, warn};
 use mio::Token;
 
+use crate::storage::InjectedDiskFault;
 use crate::tls::Role;
-use crate::wire::{ErrorCode, KvRequestRef, MemberRequest, NodeStatus, RequestBody, ResponseBody};
+use crate::wire::{
+    DiskFault, ErrorCode, KvRequestRef, MemberRequest, NodeStatus, RequestBody, ResponseBody,
+};
 
 use super::driver::ClientRef;
 use super::net::ConnKind;
@@ -75,6 +78,12 @@ impl Node {
                     return;
                 }
                 info!("{}: fault injection now {spec:?}", self.id);
+                self.disk_faults.set(match spec.disk {
+                    DiskFault::None => InjectedDiskFault::None,
+                    DiskFault::Stall { ms } => InjectedDiskFault::Stall { ms },
+                    DiskFault::Eio => InjectedDiskFault::Eio,
+                    DiskFault::Full => InjectedDiskFault::Full,
+                });
                 self.faults.spec = spec;
                 self.respond(to, ResponseBody::FaultOk);
             }

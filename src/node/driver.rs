@@ -16,7 +16,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use log::{error, info};
+use log::{error, info, warn};
 
 use crate::kv::{ClientId, KvStore};
 use crate::raft::{self, Entry, LogIndex, Message, MessageBody, NodeId, Raft, Role, Snapshot};
@@ -36,9 +36,11 @@ pub const READY_ROUNDS_MAX: usize = 16;
 pub trait Disk {
     /// Queues `job`; it becomes durable later, after every job before it.
     fn submit(&mut self, job: Job) -> Result<(), DriverError>;
-    /// Writes `job` durably now, on the caller's thread. Called only while
-    /// every job submitted before it is durable.
-    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError>;
+    /// Writes `job` durably now, on the caller's thread (`Ok(true)`), or
+    /// declines (`Ok(false)`: a disk fault is in force, or the disk is
+    /// full; the caller submits it instead). Called only while every job
+    /// submitted before it is durable.
+    fn write_inline(&mut self, job: &Job) -> Result<bool, DriverError>;
     /// Encodes a snapshot of the frozen state machine: here and now
     /// (`Some`, the default: the simulator, tests), or elsewhere (`None`:
     /// the node's encoder thread), the caller then handing the result to
@@ -160,6 +162,17 @@ pub struct Driver {
     /// Record [`DriverEvent`]s into `events` (the simulator's checks).
     pub record_events: bool,
     pub events: Vec<DriverEvent>,
+    /// Why the disk refuses writes (full), while it does; set by the node
+    /// from its storage thread. Client writes are refused meanwhile.
+    pub disk_full: Option<String>,
+    /// Ticks since a storage job last became durable, while one is
+    /// outstanding (0 while the disk is idle): how long this node's own
+    /// log has been stuck.
+    storage_stuck_ticks: u32,
+    /// Ticks since the commit index last moved, while the log holds
+    /// entries past it (0 otherwise), and the commit index last seen.
+    commit_stuck_ticks: u32,
+    commit_seen: LogIndex,
 }
 
 impl Driver {
@@ -203,6 +216,10 @@ impl Driver {
             new_membership: None,
             record_events: false,
             events: Vec::new(),
+            disk_full: None,
+            storage_stuck_ticks: 0,
+            commit_stuck_ticks: 0,
+            commit_seen: LogIndex(0),
         })
     }
 
@@ -218,9 +235,72 @@ impl Driver {
         &self.kv
     }
 
-    /// One unit of logical time for the core.
+    /// One unit of logical time for the core, and for the watch on this
+    /// node's own disk.
     pub fn tick(&mut self) {
         self.raft.tick();
+        let commit = self.raft.commit_index();
+        if commit != self.commit_seen || self.raft.log().last_index() == commit {
+            self.commit_seen = commit;
+            self.commit_stuck_ticks = 0;
+        } else {
+            self.commit_stuck_ticks = self.commit_stuck_ticks.saturating_add(1);
+        }
+        if self.storage_idle() {
+            self.storage_stuck_ticks = 0;
+        } else {
+            self.storage_stuck_ticks = self.storage_stuck_ticks.saturating_add(1);
+            self.maybe_hand_over_stuck_leadership();
+        }
+    }
+
+    /// A leader whose own log has finished no write for an election
+    /// timeout (a stalled or full disk) while it cannot serve (its disk is
+    /// full, so it refuses writes; or nothing has committed in that time)
+    /// hands leadership to the voter furthest along: its followers, whose
+    /// disks work, lead better. While its followers commit without it, a
+    /// stalled leader keeps leading: it serves, and a slow fsync is no
+    /// reason for an election. Checked once per election timeout: a
+    /// transfer that fails (no follower has the whole log) is tried again
+    /// one timeout later.
+    fn maybe_hand_over_stuck_leadership(&mut self) {
+        let timeout = self.raft.config().election_timeout_ticks_max.max(1);
+        if self.raft.role() != Role::Leader
+            || self.raft.lead_transferee().is_some()
+            || !self.storage_stuck_ticks.is_multiple_of(timeout)
+        {
+            return;
+        }
+        let cannot_serve = self.disk_full.is_some() || self.commit_stuck_ticks >= timeout;
+        if !cannot_serve {
+            return;
+        }
+        let me = self.id;
+        let heir = self
+            .raft
+            .status()
+            .peers
+            .iter()
+            .filter(|p| p.id != me && self.raft.membership().is_voter(p.id))
+            .max_by_key(|p| p.match_index)
+            .map(|p| p.id);
+        let Some(heir) = heir else {
+            return; // alone: nobody to hand over to
+        };
+        warn!(
+            "{} t{}: own log stuck for {} ticks (its disk has finished no write in an \
+             election timeout) and {}; handing leadership to {heir}",
+            self.id,
+            self.raft.current_term(),
+            self.storage_stuck_ticks,
+            match &self.disk_full {
+                Some(_) => "the disk is full".to_string(),
+                None => format!("nothing committed for {} ticks", self.commit_stuck_ticks),
+            }
+        );
+        if let Err(e) = self.raft.transfer_leadership(heir) {
+            warn!("{}: cannot hand leadership to {heir}: {e}", self.id);
+        }
     }
 
     /// A message from a peer. An InstallSnapshot whose state does not
@@ -310,8 +390,7 @@ impl Driver {
                 // Everything else is queued: the next batch is read while
                 // this one is written, and the leader's write runs in
                 // parallel with the replication sent above.
-                if self.raft.role() != Role::Leader && idle && lone {
-                    disk.write_inline(&job)?;
+                if self.raft.role() != Role::Leader && idle && lone && disk.write_inline(&job)? {
                     self.durable(self.storage_seq);
                 } else {
                     disk.submit(job)?;
@@ -385,6 +464,9 @@ impl Driver {
             self.id,
             self.storage_seq
         );
+        if seq > self.storage_durable {
+            self.storage_stuck_ticks = 0;
+        }
         self.storage_durable = self.storage_durable.max(seq);
         while self
             .after_durable

@@ -1,7 +1,10 @@
 //! Injected faults on this node's outgoing peer messages (failure drills):
-//! a partition (groups that cannot talk to each other), a drop rate, and a
-//! delay with jitter. Incoming messages from a peer across a partition are
-//! dropped too. Set by a Fault request (`raft-ctl fault`), validated there.
+//! a partition (groups that cannot talk to each other), a one-way block of
+//! some peers, a drop rate, a duplicate rate, and a delay with jitter.
+//! Incoming messages from a peer across a partition are dropped too (a
+//! block is one-way: they are heard). Set by a Fault request (`raft-ctl
+//! fault`), validated there. Disk faults in the same spec are applied by
+//! the storage layer (`storage::faulty`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -19,6 +22,10 @@ use super::Node;
 /// would be delayed is dropped (Raft retransmits), so a long delay under
 /// load cannot grow memory without bound.
 pub const DELAYED_MESSAGES_MAX: usize = 100_000;
+/// A duplicated message's second copy leaves up to this much later than
+/// the first (on top of any delay), so it may arrive after messages sent
+/// after it.
+pub const DUPLICATE_LAG_MS_MAX: u64 = 20;
 
 pub(super) struct Faults {
     pub(super) spec: FaultSpec,
@@ -76,29 +83,43 @@ impl Node {
 
     /// A peer message from the driver, through the faults in force.
     pub(super) fn send_message(&mut self, m: Message) {
-        if self.partitioned_from(m.to) {
+        if self.partitioned_from(m.to) || self.faults.spec.block_to.contains(&m.to) {
             return;
         }
         let f = &mut self.faults;
         if f.spec.drop_rate_ppm > 0 && f.rng.range(0, 1_000_000) < f.spec.drop_rate_ppm as u64 {
             return;
         }
+        if f.spec.duplicate_rate_ppm > 0
+            && f.rng.range(0, 1_000_000) < f.spec.duplicate_rate_ppm as u64
+        {
+            let lag_ms = f.rng.range(1, DUPLICATE_LAG_MS_MAX + 1);
+            self.send_later(m.clone(), lag_ms);
+        }
+        let f = &mut self.faults;
         if f.spec.delay_ms > 0 || f.spec.jitter_ms > 0 {
-            if f.delayed_msgs.len() >= DELAYED_MESSAGES_MAX {
-                debug!(
-                    "{}: dropping {m}: {DELAYED_MESSAGES_MAX} messages delayed",
-                    self.id
-                );
-                return;
-            }
-            let ms = f.spec.delay_ms as u64 + f.rng.range(0, f.spec.jitter_ms as u64 + 1);
-            f.delayed_seq += 1;
-            let seq = f.delayed_seq;
-            f.delayed_msgs.insert(seq, m);
-            f.delayed
-                .push(Reverse((Instant::now() + Duration::from_millis(ms), seq)));
+            self.send_later(m, 0);
             return;
         }
         self.transmit_counted(m);
+    }
+
+    /// Holds `m` back for the delay fault's delay and jitter, plus
+    /// `extra_ms`.
+    fn send_later(&mut self, m: Message, extra_ms: u64) {
+        let f = &mut self.faults;
+        if f.delayed_msgs.len() >= DELAYED_MESSAGES_MAX {
+            debug!(
+                "{}: dropping {m}: {DELAYED_MESSAGES_MAX} messages delayed",
+                self.id
+            );
+            return;
+        }
+        let ms = f.spec.delay_ms as u64 + f.rng.range(0, f.spec.jitter_ms as u64 + 1) + extra_ms;
+        f.delayed_seq += 1;
+        let seq = f.delayed_seq;
+        f.delayed_msgs.insert(seq, m);
+        f.delayed
+            .push(Reverse((Instant::now() + Duration::from_millis(ms), seq)));
     }
 }

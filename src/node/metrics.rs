@@ -445,7 +445,7 @@ impl Disk for MeteredDisk<'_> {
         Disk::submit(self.inner, job)
     }
 
-    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
+    fn write_inline(&mut self, job: &Job) -> Result<bool, DriverError> {
         let now = Instant::now();
         self.appended(job, now);
         let r = Disk::write_inline(self.inner, job);

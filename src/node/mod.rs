@@ -13,7 +13,7 @@
 //! | `net.rs` | connections: accept, read, frame decode, buffered writes |
 //! | `peers.rs` | peer links (reconnect with backoff), the handshake, frames by connection kind |
 //! | `clients.rs` | client frames to the driver, answers back to connections |
-//! | `faults.rs` | injected partitions, drops and delays on outgoing peer messages |
+//! | `faults.rs` | injected partitions, blocks, drops, duplicates and delays on outgoing peer messages (disk faults: `storage::faulty`) |
 //! | `signals.rs` | SIGINT/SIGTERM/SIGHUP to a stop flag |
 //! | `metrics.rs` | optional Prometheus metrics, served by a small thread from values the loop publishes |
 //!
@@ -46,7 +46,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::{Config, ConfigError};
 use crate::raft::{self, NodeId};
-use crate::storage::{Durable, Job, LogStore, Recovered, StorageError, StorageThread};
+use crate::storage::{
+    DiskFaults, Durable, FaultyStore, Job, LogStore, Recovered, StorageError, StorageThread,
+};
 use crate::tls::{self, NodeTls, TlsError};
 use crate::wire::{Frame, ResponseBody};
 
@@ -184,8 +186,19 @@ impl Disk for StorageThread {
         }
     }
 
-    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
-        StorageThread::write_inline(self, job).map_err(DriverError::Storage)
+    /// Declined while a disk fault is in force or the disk is full: the
+    /// storage thread, not the event loop, stalls and retries.
+    fn write_inline(&mut self, job: &Job) -> Result<bool, DriverError> {
+        if !self.inline_allowed() {
+            return Ok(false);
+        }
+        match StorageThread::write_inline(self, job) {
+            Ok(()) => Ok(true),
+            // Nothing durable; the storage thread writes it over and
+            // retries until space returns.
+            Err(e) if e.is_no_space() => Ok(false),
+            Err(e) => Err(DriverError::Storage(e)),
+        }
     }
 }
 
@@ -201,7 +214,7 @@ impl Disk for NodeDisk<'_> {
         Disk::submit(self.storage, job)
     }
 
-    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
+    fn write_inline(&mut self, job: &Job) -> Result<bool, DriverError> {
         Disk::write_inline(self.storage, job)
     }
 
@@ -247,6 +260,8 @@ pub struct Node {
     pending_dropped: u64,
     /// Client connections past their Hello open now.
     clients_open: usize,
+    /// The disk fault of `faults.spec`, applied by the storage thread.
+    disk_faults: Arc<DiskFaults>,
     /// With `metrics_addr` in cluster.toml: the values scrapes show.
     metrics: Option<Box<metrics::Metrics>>,
     started: Instant,
@@ -340,12 +355,15 @@ impl Node {
         let encoder = SnapshotEncoder::spawn(Box::new(move || {
             let _ = encoder_waker.wake();
         }))?;
+        let disk_faults = Arc::new(DiskFaults::default());
+        let store = Box::new(FaultyStore::new(store, Arc::clone(&disk_faults)));
         let storage = StorageThread::spawn(
             store,
             Some(Box::new(move || {
                 let _ = waker.wake();
             })),
-        )?;
+        )?
+        .with_disk_faults(Arc::clone(&disk_faults));
         let now = Instant::now();
         let peers = config
             .nodes
@@ -373,6 +391,7 @@ impl Node {
             pending_open: 0,
             pending_dropped: 0,
             clients_open: 0,
+            disk_faults,
             metrics,
             started: now,
             stop,
@@ -428,6 +447,7 @@ impl Node {
             }
             self.release_delayed(now);
             self.expire_pending(now, false);
+            self.driver.disk_full = self.storage.no_space();
             self.maintain_peer_links(now);
             self.process_ready_metered()?;
             self.sync_peer_links(now);

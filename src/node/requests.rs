@@ -89,6 +89,13 @@ impl Driver {
             }
             return;
         }
+        if let Some(why) = &self.disk_full {
+            // Not proposed: an entry this node cannot make durable would
+            // wait in memory for the space to come back.
+            let message = format!("disk full: {why}; the write was not proposed");
+            self.refuse(to, ErrorCode::DiskFull, message);
+            return;
+        }
         if self.pending_count() >= PENDING_REQUESTS_MAX {
             self.busy(to);
             return;

@@ -236,9 +236,10 @@ impl Disk for SimDisk {
         Ok(())
     }
 
-    fn write_inline(&mut self, job: &Job) -> Result<(), DriverError> {
+    fn write_inline(&mut self, job: &Job) -> Result<bool, DriverError> {
         assert!(self.queue.is_empty(), "an inline write with jobs in flight");
-        write_jobs(&mut self.store, std::slice::from_ref(job)).map_err(DriverError::Storage)
+        write_jobs(&mut self.store, std::slice::from_ref(job)).map_err(DriverError::Storage)?;
+        Ok(true)
     }
 }
 

@@ -42,7 +42,15 @@ pub struct Meta {
 
 /// fsyncs a directory, so that a rename, create or unlink in it is durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all().map_err(sync_error)
+}
+
+/// An fsync's failure, marked so that it is never taken for a write that
+/// may be retried: after a failed fsync the kernel may have dropped the
+/// dirty pages, so what is on disk is unknown and the node must stop.
+/// Only a write's own ENOSPC (`StorageError::is_no_space`) is retried.
+pub fn sync_error(e: io::Error) -> io::Error {
+    io::Error::other(format!("fsync failed: {e}"))
 }
 
 /// Replaces `dir/name` with `bytes` atomically and durably.
@@ -65,7 +73,7 @@ pub fn atomic_write_parts(dir: &Path, name: &str, parts: &[&[u8]], fsync: bool) 
             f.write_all(part)?;
         }
         if fsync {
-            f.sync_all()?;
+            f.sync_all().map_err(sync_error)?;
         }
     }
     fs::rename(&tmp, dir.join(name))?;

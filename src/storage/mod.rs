@@ -18,6 +18,7 @@
 //! the byte layout and the recovery rules.
 
 pub mod direct;
+pub mod faulty;
 pub mod files;
 pub mod mem;
 pub mod thread;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use log::info;
 
+pub use faulty::{DiskFault as InjectedDiskFault, DiskFaults, FaultyStore};
 pub use files::Meta;
 pub use mem::MemStore;
 pub use thread::{write_jobs, Durable, Job, StorageStats, StorageThread};
@@ -69,6 +71,14 @@ impl StorageError {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// A write refused for want of space (ENOSPC): nothing was made
+    /// durable, and the same write may be tried again once space returns.
+    /// Never an fsync's failure: those are marked (`files::sync_error`) and
+    /// stop the node.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
     }
 
     pub fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> StorageError {
@@ -157,6 +167,10 @@ pub trait LogStore: Send + 'static {
     /// commit.
     fn save_snapshot_background(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
         self.save_snapshot(snap)
+    }
+    /// The file the next `sync` makes durable, for error messages.
+    fn sync_path(&self) -> PathBuf {
+        PathBuf::from("(in memory)")
     }
 }
 
@@ -459,6 +473,10 @@ impl LogStore for DiskStore {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         self.wal.sync()
+    }
+
+    fn sync_path(&self) -> PathBuf {
+        self.wal.current_path().to_path_buf()
     }
 
     /// In this order: the appends before it (which compaction may cut

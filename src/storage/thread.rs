@@ -14,21 +14,33 @@
 //! hand-offs to the storage thread and back cost two thread wakeups, a good
 //! part of a lone write's latency, and there is nothing to overlap with the
 //! write.
+//!
+//! A write refused for want of space (ENOSPC, [`StorageError::is_no_space`])
+//! does not stop the thread: it records the refusal ([`StorageThread::no_space`],
+//! which the node shows as "disk full" and answers client writes with), and
+//! tries the same batch again every `NO_SPACE_RETRY` until it goes through.
+//! The log stays whole meanwhile: a partly written record lies past the
+//! end the log knows (its buffer and sizes advance only on success) and is
+//! written over by the retry. Any other failure, and every fsync failure,
+//! ends the thread: nothing may be claimed durable after it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use log::error;
+use log::{error, info, warn};
 
-use super::{LogStore, StorageError};
+use super::{DiskFaults, LogStore, StorageError};
 use crate::raft::{Entry, HardState, Snapshot};
 
 /// Jobs (and bytes) written under one `fdatasync` at most; the rest wait
 /// for the next round.
 const BATCH_JOBS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 64 << 20;
+/// How often a batch refused for want of space is tried again.
+pub const NO_SPACE_RETRY: Duration = Duration::from_millis(200);
 
 /// One unit of work: make this hard state, this snapshot and these
 /// entries durable. The entries follow the snapshot (a follower installs
@@ -70,6 +82,14 @@ pub struct StorageThread {
     done: Receiver<Durable>,
     handle: Option<JoinHandle<()>>,
     stats: Arc<StorageStats>,
+    /// While the batch being written is refused for want of space: why.
+    no_space: Arc<Mutex<Option<String>>>,
+    /// Set when the thread must stop retrying a refused batch (the node
+    /// is stopping).
+    stopping: Arc<AtomicBool>,
+    /// Injected disk faults: while one is in force nothing is written on
+    /// the caller's thread.
+    disk_faults: Option<Arc<DiskFaults>>,
 }
 
 impl StorageThread {
@@ -77,7 +97,7 @@ impl StorageThread {
     /// `mio::Waker`, or nothing when the caller blocks on `done`).
     pub fn spawn(
         store: Box<dyn LogStore>,
-        wake: Option<Box<dyn Fn() + Send>>,
+        wake: Option<Box<dyn Fn() + Send + Sync>>,
     ) -> std::io::Result<StorageThread> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done) = crossbeam_channel::unbounded();
@@ -85,6 +105,14 @@ impl StorageThread {
         let st = Arc::clone(&stats);
         let store = Arc::new(Mutex::new(store));
         let thread_store = Arc::clone(&store);
+        let no_space = Arc::new(Mutex::new(None));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let wake: Option<Arc<dyn Fn() + Send + Sync>> = wake.map(Arc::from);
+        let retry = Retry {
+            no_space: Arc::clone(&no_space),
+            stopping: Arc::clone(&stopping),
+            wake: wake.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("storage".into())
             .spawn(move || {
@@ -114,7 +142,10 @@ impl StorageThread {
                         batch.len(),
                         batch[0].seq
                     );
-                    let report = match write_batch(&thread_store, &batch) {
+                    let Some(report) = write_until_space(&thread_store, &batch, &retry) else {
+                        return; // stopping, the batch not written
+                    };
+                    let report = match report {
                         Ok(()) => {
                             st.count(&batch, bytes);
                             reported = seq_last;
@@ -143,7 +174,31 @@ impl StorageThread {
             done,
             handle: Some(handle),
             stats,
+            no_space,
+            stopping,
+            disk_faults: None,
         })
+    }
+
+    /// Injected faults that the store applies: while one is in force,
+    /// `write_inline` is refused.
+    pub fn with_disk_faults(mut self, faults: Arc<DiskFaults>) -> StorageThread {
+        self.disk_faults = Some(faults);
+        self
+    }
+
+    /// Why the batch being written is refused for want of space, while it
+    /// is: the disk is full.
+    pub fn no_space(&self) -> Option<String> {
+        self.no_space.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Whether a job may be written on the caller's thread: no disk fault
+    /// is in force (a stall must not stall the caller) and the disk is not
+    /// known full (the thread retries a refused write, the caller does
+    /// not).
+    pub fn inline_allowed(&self) -> bool {
+        !self.disk_faults.as_ref().is_some_and(|f| f.any()) && self.no_space().is_none()
     }
 
     /// Queues a job; `false` if the thread has stopped (after a failure).
@@ -179,6 +234,7 @@ impl StorageThread {
 impl Drop for StorageThread {
     /// Lets the thread finish what was queued, then joins it.
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.tx = None;
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -193,6 +249,56 @@ impl StorageStats {
         let n: usize = batch.iter().map(|j| j.entries.len()).sum();
         self.entries.fetch_add(n as u64, Ordering::Relaxed);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the thread's retries of a refused batch share with the node.
+struct Retry {
+    no_space: Arc<Mutex<Option<String>>>,
+    stopping: Arc<AtomicBool>,
+    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Retry {
+    fn set(&self, why: Option<String>) {
+        if let Ok(mut g) = self.no_space.lock() {
+            *g = why;
+        }
+        if let Some(w) = &self.wake {
+            w();
+        }
+    }
+}
+
+/// Writes the batch, trying again every `NO_SPACE_RETRY` while it is
+/// refused for want of space. `None` if the node stops meanwhile.
+fn write_until_space(
+    store: &Mutex<Box<dyn LogStore>>,
+    batch: &[Job],
+    retry: &Retry,
+) -> Option<Result<(), StorageError>> {
+    let mut refused = 0u64;
+    loop {
+        match write_batch(store, batch) {
+            Err(e) if e.is_no_space() => {
+                if refused == 0 {
+                    warn!("storage: disk full: {e}; retrying every {NO_SPACE_RETRY:?}");
+                    retry.set(Some(e.to_string()));
+                }
+                refused += 1;
+            }
+            r => {
+                if refused > 0 {
+                    info!("storage: space is back; written after {refused} refusals");
+                    retry.set(None);
+                }
+                return Some(r);
+            }
+        }
+        if retry.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        std::thread::sleep(NO_SPACE_RETRY);
     }
 }
 

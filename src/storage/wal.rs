@@ -17,7 +17,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use log::{debug, warn};
 
 use super::direct::{self, DirectWriter};
-use super::files::{check_preamble, fsync_dir, FORMAT_VERSION};
+use super::files::{check_preamble, fsync_dir, sync_error, FORMAT_VERSION};
 use super::StorageError;
 use crate::raft::{Entry, EntryKind, LogIndex, Term};
 
@@ -549,6 +549,11 @@ impl Wal {
         self.segments.len()
     }
 
+    /// The segment appends go to (the file the next `sync` makes durable).
+    pub fn current_path(&self) -> &Path {
+        &self.current().path
+    }
+
     fn current(&self) -> &Segment {
         // `open` guarantees at least one segment; nothing removes the last
         // but `reset`, which puts a new one in its place.
@@ -640,7 +645,7 @@ impl Wal {
         if self.dirty {
             self.file
                 .sync_data()
-                .map_err(|e| StorageError::io(path, e))?;
+                .map_err(|e| StorageError::io(path, sync_error(e)))?;
             self.stats.syncs += 1;
             self.dirty = false;
         }
@@ -657,7 +662,8 @@ impl Wal {
                 self.direct = None;
                 return Ok(false);
             }
-            Err(e) => return Err(StorageError::io(path, e)),
+            // Written with O_DSYNC: its failure may be the sync's.
+            Err(e) => return Err(StorageError::io(path, sync_error(e))),
         }
         self.written += self.buf.len() as u64;
         self.stats.bytes_written += self.buf.len() as u64;
@@ -709,7 +715,7 @@ impl Wal {
                 let path = &self.segments[self.segments.len() - 1].path;
                 self.file
                     .sync_data()
-                    .map_err(|e| StorageError::io(path, e))?;
+                    .map_err(|e| StorageError::io(path, sync_error(e)))?;
             }
             self.stats.syncs += 1;
             self.dirty = false;
@@ -1083,7 +1089,8 @@ fn create_segment(dir: &Path, first: u64, fsync: bool) -> Result<Segment, Storag
     f.write_all_at(&encode_segment_header(first), 0)
         .map_err(|e| StorageError::io(&path, e))?;
     if fsync {
-        f.sync_all().map_err(|e| StorageError::io(&path, e))?;
+        f.sync_all()
+            .map_err(|e| StorageError::io(&path, sync_error(e)))?;
         fsync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
     }
     Ok(Segment {
@@ -1107,7 +1114,8 @@ fn cut_tail(dir: &Path, scan: &Scan, t: &TornTail) -> Result<(), StorageError> {
             .map_err(|e| StorageError::io(&t.path, e))?;
         f.set_len(t.offset)
             .map_err(|e| StorageError::io(&t.path, e))?;
-        f.sync_all().map_err(|e| StorageError::io(&t.path, e))?;
+        f.sync_all()
+            .map_err(|e| StorageError::io(&t.path, sync_error(e)))?;
     }
     fsync_dir(dir).map_err(|e| StorageError::io(dir, e))
 }

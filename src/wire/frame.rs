@@ -74,6 +74,10 @@ pub enum ErrorCode {
     /// membership change while another is under way, promoting a learner
     /// far behind, removing the last voter. The message says why.
     Refused,
+    /// The node's disk is full: this copy of the write was not proposed
+    /// (one sent earlier to another leader may still apply). Retry with the
+    /// same client id and seq, like Unavailable.
+    DiskFull,
     /// The connection's certificate does not allow this: a peer link
     /// whose certificate is not the claimed node's, a client Hello with a
     /// node's certificate, an admin request with a client's certificate.
@@ -94,7 +98,8 @@ impl ErrorCode {
             ErrorCode::Internal => 7,
             ErrorCode::SessionExpired => 8,
             ErrorCode::Refused => 9,
-            ErrorCode::Forbidden => 10,
+            ErrorCode::DiskFull => 10,
+            ErrorCode::Forbidden => 11,
             ErrorCode::Other(c) => c,
         }
     }
@@ -110,13 +115,15 @@ impl ErrorCode {
             7 => ErrorCode::Internal,
             8 => ErrorCode::SessionExpired,
             9 => ErrorCode::Refused,
-            10 => ErrorCode::Forbidden,
+            10 => ErrorCode::DiskFull,
+            11 => ErrorCode::Forbidden,
             c => ErrorCode::Other(c),
         }
     }
 }
 
-/// Faults a node injects into its own peer traffic (failure drills).
+/// Faults a node injects into its own peer traffic and its own storage
+/// (failure drills).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FaultSpec {
     /// Groups that cannot talk to each other; empty: no partition.
@@ -125,11 +132,56 @@ pub struct FaultSpec {
     pub drop_rate_ppm: u32,
     pub delay_ms: u32,
     pub jitter_ms: u32,
+    /// Share of this node's outgoing peer messages sent twice, per million.
+    pub duplicate_rate_ppm: u32,
+    /// Peers this node sends nothing to (it still hears them): a one-way
+    /// cut.
+    pub block_to: Vec<NodeId>,
+    /// What this node's storage does to its writes.
+    pub disk: DiskFault,
 }
 
-/// Most a fault may drop: every message.
+/// A fault of the node's own storage, applied on its storage thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskFault {
+    #[default]
+    None,
+    /// Every write batch (write and fsync) takes this much longer.
+    Stall { ms: u32 },
+    /// The next fsync fails with EIO: the node stops.
+    Eio,
+    /// Writes fail with ENOSPC, as on a full disk, until the fault is
+    /// cleared.
+    Full,
+}
+
+impl DiskFault {
+    /// Its tag on the wire (docs/PROTOCOL.md, "Fault requests").
+    pub fn tag(self) -> u8 {
+        match self {
+            DiskFault::None => 0,
+            DiskFault::Stall { .. } => 1,
+            DiskFault::Eio => 2,
+            DiskFault::Full => 3,
+        }
+    }
+}
+
+impl fmt::Display for DiskFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskFault::None => write!(f, "disk ok"),
+            DiskFault::Stall { ms } => write!(f, "disk stall {ms} ms"),
+            DiskFault::Eio => write!(f, "disk eio on next fsync"),
+            DiskFault::Full => write!(f, "disk full"),
+        }
+    }
+}
+
+/// Most a fault may drop or duplicate: every message.
 pub const DROP_RATE_PPM_MAX: u32 = 1_000_000;
-/// Longest delay or jitter a fault may add to a message.
+/// Longest delay or jitter a fault may add to a message, and longest
+/// stall it may add to a disk write.
 pub const FAULT_DELAY_MS_MAX: u32 = 60_000;
 
 impl FaultSpec {
@@ -138,16 +190,30 @@ impl FaultSpec {
     }
 
     /// Checks the spec against the cluster's node ids: rates and delays in
-    /// range, every partitioned id a node of the cluster, each in one group
-    /// at most, no empty group. A node refuses an invalid spec whole.
+    /// range, every partitioned or blocked id a node of the cluster, each
+    /// in one group (or once in the block list) at most, no empty group. A
+    /// node refuses an invalid spec whole.
     pub fn validate(&self, ids: &[NodeId]) -> Result<(), String> {
-        if self.drop_rate_ppm > DROP_RATE_PPM_MAX {
-            return Err(format!(
-                "drop_rate_ppm {} is over {DROP_RATE_PPM_MAX} (every message)",
-                self.drop_rate_ppm
-            ));
+        for (name, ppm) in [
+            ("drop_rate_ppm", self.drop_rate_ppm),
+            ("duplicate_rate_ppm", self.duplicate_rate_ppm),
+        ] {
+            if ppm > DROP_RATE_PPM_MAX {
+                return Err(format!(
+                    "{name} {ppm} is over {DROP_RATE_PPM_MAX} (every message)"
+                ));
+            }
         }
-        for (name, ms) in [("delay_ms", self.delay_ms), ("jitter_ms", self.jitter_ms)] {
+        let stall_ms = match self.disk {
+            DiskFault::Stall { ms: 0 } => return Err("a disk stall of 0 ms".into()),
+            DiskFault::Stall { ms } => ms,
+            _ => 0,
+        };
+        for (name, ms) in [
+            ("delay_ms", self.delay_ms),
+            ("jitter_ms", self.jitter_ms),
+            ("disk stall_ms", stall_ms),
+        ] {
             if ms > FAULT_DELAY_MS_MAX {
                 return Err(format!("{name} {ms} is over {FAULT_DELAY_MS_MAX}"));
             }
@@ -167,6 +233,16 @@ impl FaultSpec {
                     return Err(format!("partition names {id} in more than one place"));
                 }
                 seen.push(*id);
+            }
+        }
+        for (i, id) in self.block_to.iter().enumerate() {
+            if !ids.contains(id) {
+                return Err(format!(
+                    "block names {id}, which is not a node of this cluster"
+                ));
+            }
+            if self.block_to[..i].contains(id) {
+                return Err(format!("block names {id} twice"));
             }
         }
         Ok(())
@@ -809,6 +885,19 @@ fn encode_fault(f: &FaultSpec, out: &mut Vec<u8>) {
     put_u32(out, f.drop_rate_ppm);
     put_u32(out, f.delay_ms);
     put_u32(out, f.jitter_ms);
+    put_u32(out, f.duplicate_rate_ppm);
+    put_u32(out, f.block_to.len() as u32);
+    for id in &f.block_to {
+        put_u64(out, id.0);
+    }
+    put_u8(out, f.disk.tag());
+    put_u32(
+        out,
+        match f.disk {
+            DiskFault::Stall { ms } => ms,
+            _ => 0,
+        },
+    );
 }
 
 fn decode_fault(r: &mut Reader<'_>) -> Result<FaultSpec, DecodeError> {
@@ -822,11 +911,37 @@ fn decode_fault(r: &mut Reader<'_>) -> Result<FaultSpec, DecodeError> {
         }
         partition.push(g);
     }
+    let drop_rate_ppm = r.u32("drop_rate_ppm")?;
+    let delay_ms = r.u32("delay_ms")?;
+    let jitter_ms = r.u32("jitter_ms")?;
+    let duplicate_rate_ppm = r.u32("duplicate_rate_ppm")?;
+    let n = r.count("block_to", 8)?;
+    let mut block_to = Vec::with_capacity(n);
+    for _ in 0..n {
+        block_to.push(NodeId(r.u64("block_to.id")?));
+    }
+    let tag = r.u8("disk_fault")?;
+    let ms = r.u32("disk_stall_ms")?;
+    let disk = match tag {
+        0 => DiskFault::None,
+        1 => DiskFault::Stall { ms },
+        2 => DiskFault::Eio,
+        3 => DiskFault::Full,
+        tag => {
+            return Err(DecodeError::BadTag {
+                field: "disk_fault",
+                tag: tag as u64,
+            })
+        }
+    };
     Ok(FaultSpec {
         partition,
-        drop_rate_ppm: r.u32("drop_rate_ppm")?,
-        delay_ms: r.u32("delay_ms")?,
-        jitter_ms: r.u32("jitter_ms")?,
+        drop_rate_ppm,
+        delay_ms,
+        jitter_ms,
+        duplicate_rate_ppm,
+        block_to,
+        disk,
     })
 }
 
@@ -1155,4 +1270,146 @@ fn decode_response(r: &mut Reader<'_>) -> Result<ResponseBody, DecodeError> {
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(spec: &FaultSpec) -> Result<FaultSpec, FrameError> {
+        let frame = Frame::Request {
+            request_id: 7,
+            body: RequestBody::Fault(spec.clone()),
+        };
+        let mut buf = Vec::new();
+        encode_frame(&frame, &mut buf);
+        match decode_frame(&buf)? {
+            Some((
+                Frame::Request {
+                    body: RequestBody::Fault(f),
+                    ..
+                },
+                used,
+            )) => {
+                assert_eq!(used, buf.len());
+                Ok(f)
+            }
+            other => panic!("not a Fault request: {other:?}"),
+        }
+    }
+
+    fn ids() -> Vec<NodeId> {
+        vec![NodeId(1), NodeId(2), NodeId(3)]
+    }
+
+    #[test]
+    fn fault_spec_round_trips_every_field() {
+        let specs = [
+            FaultSpec::default(),
+            FaultSpec {
+                partition: vec![vec![NodeId(1)], vec![NodeId(2), NodeId(3)]],
+                drop_rate_ppm: 1,
+                delay_ms: 2,
+                jitter_ms: 3,
+                duplicate_rate_ppm: 500_000,
+                block_to: vec![NodeId(2), NodeId(3)],
+                disk: DiskFault::Stall { ms: 250 },
+            },
+            FaultSpec {
+                disk: DiskFault::Eio,
+                ..FaultSpec::default()
+            },
+            FaultSpec {
+                disk: DiskFault::Full,
+                block_to: vec![NodeId(1)],
+                ..FaultSpec::default()
+            },
+        ];
+        for spec in &specs {
+            assert_eq!(&round_trip(spec).unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn fault_spec_decode_refuses_unknown_disk_fault() {
+        let spec = FaultSpec {
+            disk: DiskFault::Full,
+            ..FaultSpec::default()
+        };
+        let frame = Frame::Request {
+            request_id: 1,
+            body: RequestBody::Fault(spec),
+        };
+        let mut buf = Vec::new();
+        encode_frame(&frame, &mut buf);
+        // The disk tag is the body's fifth byte from the end; fix the CRC.
+        let tag_at = buf.len() - 5;
+        buf[tag_at] = 9;
+        let crc = crc32c::crc32c(&buf[HEADER_BYTES..]);
+        BigEndian::write_u32(&mut buf[HEADER_BYTES - 4..HEADER_BYTES], crc);
+        match decode_frame(&buf) {
+            Err(FrameError::Body { error, .. }) => {
+                assert!(error.to_string().contains("disk_fault"), "{error}")
+            }
+            other => panic!("decoded a bad disk tag: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fault_spec_validate_checks_new_fields() {
+        let ok = FaultSpec {
+            duplicate_rate_ppm: DROP_RATE_PPM_MAX,
+            block_to: vec![NodeId(2)],
+            disk: DiskFault::Stall {
+                ms: FAULT_DELAY_MS_MAX,
+            },
+            ..FaultSpec::default()
+        };
+        assert_eq!(ok.validate(&ids()), Ok(()));
+        let bad = [
+            (
+                FaultSpec {
+                    duplicate_rate_ppm: DROP_RATE_PPM_MAX + 1,
+                    ..FaultSpec::default()
+                },
+                "duplicate_rate_ppm",
+            ),
+            (
+                FaultSpec {
+                    block_to: vec![NodeId(9)],
+                    ..FaultSpec::default()
+                },
+                "block names n9",
+            ),
+            (
+                FaultSpec {
+                    block_to: vec![NodeId(2), NodeId(2)],
+                    ..FaultSpec::default()
+                },
+                "twice",
+            ),
+            (
+                FaultSpec {
+                    disk: DiskFault::Stall { ms: 0 },
+                    ..FaultSpec::default()
+                },
+                "0 ms",
+            ),
+            (
+                FaultSpec {
+                    disk: DiskFault::Stall {
+                        ms: FAULT_DELAY_MS_MAX + 1,
+                    },
+                    ..FaultSpec::default()
+                },
+                "stall_ms",
+            ),
+        ];
+        for (spec, why) in bad {
+            match spec.validate(&ids()) {
+                Err(e) => assert!(e.contains(why), "{spec:?}: {e}"),
+                Ok(()) => panic!("{spec:?} accepted"),
+            }
+        }
+    }
 }

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// loads N distinct keys.
     #[arg(long)]
     distinct_keys: bool,
+    /// Share of operations, in percent, on one hot key (key-0): a single
+    /// key under contention, as a failure drill's load also wants.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    hot_key_pct: u32,
     /// Bytes per written value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -183,6 +187,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
         op,
         keys: a.keys.max(1),
         distinct_keys: a.distinct_keys,
+        hot_key_pct: a.hot_key_pct,
         value_size: a.value_size,
         duration,
         total: a.total,
@@ -299,7 +304,7 @@ pub fn run(config: &Config, a: &BenchArgs, json_out: bool) -> ExitCode {
                 "p50": h.quantile(0.50), "p90": h.quantile(0.90), "p99": h.quantile(0.99),
                 "p999": h.quantile(0.999), "max": h.max(), "mean": (h.mean() * 10.0).round() / 10.0,
             },
-            "clients": a.clients, "conns": conns, "op": op_name(op), "value_size": a.value_size, "keys": a.keys, "distinct_keys": a.distinct_keys,
+            "clients": a.clients, "conns": conns, "op": op_name(op), "value_size": a.value_size, "keys": a.keys, "distinct_keys": a.distinct_keys, "hot_key_pct": a.hot_key_pct,
             "read_pct": a.read_pct, "threads": opts.threads,
             "duration_s": r.measured_secs, "measured_ops": r.measured_ops,
             "ok": r.ok, "failed": r.failed, "unknown": r.unknown,

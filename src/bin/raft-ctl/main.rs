@@ -181,8 +181,9 @@ enum Cmd {
     /// binaries; the scripts ask `cargo run --bin raft-ctl -- bin-dir`, so
     /// they follow CARGO_TARGET_DIR and cargo's own configuration.
     BinDir,
-    /// Inject network faults (applied by the nodes; client traffic is never
-    /// blocked): partition, heal, drop, delay.
+    /// Inject network and disk faults (applied by the nodes; client
+    /// traffic is never blocked): partition, heal, drop, delay, duplicate,
+    /// block, disk.
     Fault {
         #[command(subcommand)]
         action: fault::FaultCmd,
@@ -698,6 +699,18 @@ fn fault_json(f: &raftkit::wire::FaultSpec) -> Value {
     json!({
         "partition": f.partition.iter().map(|g| g.iter().map(|n| n.0).collect::<Vec<_>>()).collect::<Vec<_>>(),
         "drop_rate": f.drop_rate_ppm as f64 / 1e6, "delay_ms": f.delay_ms, "jitter_ms": f.jitter_ms,
+        "duplicate_rate": f.duplicate_rate_ppm as f64 / 1e6,
+        "block_to": f.block_to.iter().map(|n| n.0).collect::<Vec<_>>(),
+        "disk": match f.disk {
+            raftkit::wire::DiskFault::None => "ok",
+            raftkit::wire::DiskFault::Stall { .. } => "stall",
+            raftkit::wire::DiskFault::Eio => "eio",
+            raftkit::wire::DiskFault::Full => "full",
+        },
+        "disk_stall_ms": match f.disk {
+            raftkit::wire::DiskFault::Stall { ms } => ms,
+            _ => 0,
+        },
     })
 }
 
