@@ -4,8 +4,10 @@
 #
 #   scripts/bench.sh [--clients "1 8 64 256"] [--conns K] [--ops "put get"] [--duration S]
 #                    [--warmup S] [--reps N] [--out FILE.jsonl]
-#                    [--etcd ETCD.jsonl [--etcd-harness bench-etcd-matrix.sh]]
+#                    [--etcd ETCD.jsonl [--etcd-harness bench-etcd-matrix.sh]] [--tls]
 #
+# --tls           every connection is mutual TLS (certificates made by
+#                 raft-ctl certs init for each cell's cluster)
 # --conns K       the clients share K connections (raft-ctl bench --conns,
 #                 kvbench --conns); default 0: one connection per client
 # --out           also write raft-ctl bench's JSON lines (one per cell and rep)
@@ -21,7 +23,7 @@
 # the floor (medians over those measurements).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-clients="1 8 64 256"; conns=0; ops="put get"; duration=20; warmup=5; reps=1; out=""; etcd=""; harness=""
+clients="1 8 64 256"; conns=0; tls=0; ops="put get"; duration=20; warmup=5; reps=1; out=""; etcd=""; harness=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients="$2"; shift 2 ;;
@@ -33,8 +35,9 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --etcd) etcd="$2"; shift 2 ;;
     --etcd-harness) harness="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+    --tls) tls=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) sed -n '2,25p' "$0" >&2; exit 2 ;;
   esac
 done
 if [ -n "$harness" ] && [ -z "$etcd" ]; then
@@ -81,6 +84,7 @@ for op in $ops; do
   done
 done
 
+if [ "$tls" = 1 ]; then echo "connections: mutual TLS (--tls)"; else echo "connections: plain TCP"; fi
 python3 - "$results" "$floors" "$etcd" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

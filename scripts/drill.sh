@@ -2,7 +2,7 @@
 # Failure drills: a fresh local cluster, a recorded load, a fault schedule,
 # heal, settle, verify every node, check the history for linearizability.
 #
-#   scripts/drill.sh NAME [--seconds S] [--release] [--keep] [--snapshot-entries N]
+#   scripts/drill.sh NAME [--seconds S] [--release] [--keep] [--snapshot-entries N] [--tls]
 #   scripts/drill.sh random [--seed N] [--seconds S] ...
 #
 # NAME: leader-kill rolling-restart minority-partition leader-isolated
@@ -22,6 +22,8 @@
 # --snapshot-entries N  nodes snapshot and compact every N applied entries
 #               (default 5000, far below the node's default, so that faults
 #               also hit snapshot writes and InstallSnapshot; 0 = never)
+# --tls         every connection is mutual TLS (raft-ctl certs init; the
+#               drill's raft-ctl calls show the admin certificate)
 # DRILL_SEED=N  membership-churn makes the random draws of an earlier run again
 #               (its seed is in the verdict's note and in drill.log)
 #
@@ -33,11 +35,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 all_drills=(leader-kill rolling-restart minority-partition leader-isolated flaky-network pause crash-all majority-down
             replace-node membership-churn)
-usage() { echo "usage: $0 NAME|all|random [--seconds S] [--seed N] [--release] [--keep] [--snapshot-entries N]   (NAME: ${all_drills[*]})" >&2; exit 2; }
+usage() { echo "usage: $0 NAME|all|random [--seconds S] [--seed N] [--release] [--keep] [--snapshot-entries N] [--tls]   (NAME: ${all_drills[*]})" >&2; exit 2; }
 name="${1:-}"; [ -n "$name" ] || usage
 case "$name" in -h|--help) sed -n '2,/^[^#]/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;; esac
 shift
-seconds=60; profile=debug; keep=0; snapshot_entries=5000
+seconds=60; profile=debug; keep=0; snapshot_entries=5000; tls=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="${2:?}"; shift 2 ;;
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --keep) keep=1; shift ;;
     --snapshot-entries) snapshot_entries="${2:?}"; shift 2 ;;
     --seed) DRILL_SEED="${2:?}"; shift 2 ;;
+    --tls) tls=1; shift ;;
     *) usage ;;
   esac
 done

@@ -68,6 +68,10 @@ ctl() { "$bin/raft-ctl" --config "$cfg" --timeout 5 "$@"; }
 # ids 1..NODES) in a new temp dir, every node started; INITIAL_MEMBERS (like
 # 1,2,3) becomes [cluster] initial_members, and the other nodes start as
 # non-members that wait to be added. $cluster_extra: more [cluster] lines.
+# With tls=1: `raft-ctl certs init` makes a CA and certificates in
+# $work/certs and cluster.toml gets a [tls] section whose client certificate
+# is the admin one, so that every raft-ctl call of a script may also inject
+# faults and change members.
 # Sets $work, $cfg and $node_ids (every [[node]] id, one a word).
 setup() {
   local count=${2:-3} members=${3:-}
@@ -88,7 +92,23 @@ EOF
   for id in $node_ids; do
     printf '\n[[node]]\nid = %s\naddr = "127.0.0.1:%s"\n' "$id" "${ports[id - 1]}" >>"$cfg"
   done
+  if [ "${tls:-0}" = 1 ]; then add_tls; fi
   for id in $node_ids; do start_node "$id"; done
+}
+
+# Certificates for every node of $cfg, and its [tls] section (see setup).
+add_tls() {
+  "$bin/raft-ctl" certs init --dir "$work/certs" --nodes "${node_ids// /,}" >/dev/null || {
+    echo "error: raft-ctl certs init failed in $work" >&2; exit 1; }
+  cat >>"$cfg" <<'EOF'
+
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/n{id}.pem"
+key = "certs/n{id}.key"
+client_cert = "certs/admin.pem"
+client_key = "certs/admin.key"
+EOF
 }
 
 # A fault schedule for pictures of a run (`raft-ctl plot --events`): when

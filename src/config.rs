@@ -54,6 +54,17 @@ impl std::error::Error for ConfigError {}
 struct RawFile {
     cluster: Spanned<RawCluster>,
     node: Option<Vec<Spanned<RawNode>>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -129,12 +140,29 @@ pub struct NodeConfig {
     pub metrics_addr: Option<SocketAddr>,
 }
 
+/// The `[tls]` section: mutual TLS for every connection (src/tls.rs).
+/// Relative paths are resolved against the file's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The cluster CA's certificate: every node and client shows a
+    /// certificate it signed.
+    pub ca: PathBuf,
+    /// A node's certificate and key, `{id}` replaced by the node's id.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// What raft-ctl and other clients show, unless told otherwise.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
 /// A whole, checked `cluster.toml`.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub path: PathBuf,
     pub cluster: ClusterConfig,
     pub nodes: Vec<NodeConfig>,
+    /// Mutual TLS, when the file has a `[tls]` section.
+    pub tls: Option<TlsConfig>,
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -326,10 +354,40 @@ impl Config {
                 out
             }
         };
+        let tls = raw.tls.as_ref().map(|t| {
+            let t = t.get_ref();
+            TlsConfig {
+                ca: resolve(&t.ca),
+                cert: t.cert.as_ref().map(|p| resolve(p.get_ref())),
+                key: t.key.as_ref().map(|p| resolve(p.get_ref())),
+                client_cert: t.client_cert.as_ref().map(|p| resolve(p.get_ref())),
+                client_key: t.client_key.as_ref().map(|p| resolve(p.get_ref())),
+            }
+        });
+        if let Some(t) = &raw.tls {
+            let r = t.get_ref();
+            let one = |a: &Option<Spanned<String>>, b: &Option<Spanned<String>>| match (a, b) {
+                (Some(x), None) | (None, Some(x)) => Some(x.span()),
+                _ => None,
+            };
+            if let Some(span) = one(&r.cert, &r.key) {
+                return Err(err(
+                    Some(span),
+                    "[tls] needs cert and key together (or neither)".into(),
+                ));
+            }
+            if let Some(span) = one(&r.client_cert, &r.client_key) {
+                return Err(err(
+                    Some(span),
+                    "[tls] needs client_cert and client_key together (or neither)".into(),
+                ));
+            }
+        }
         Ok(Config {
             path: path.to_path_buf(),
             cluster,
             nodes,
+            tls,
         })
     }
 

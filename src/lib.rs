@@ -5,7 +5,7 @@
 //! ```text
 //! node -> { conn, storage, wire, kv, raft, config }    bench -> conn
 //! plot -> bench (pictures of runs: series and status samples)
-//! conn -> wire
+//! conn -> wire                    tls  -> raft types (certificate identities)
 //! wire -> { kv, raft, codec }      storage -> raft
 //! kv   -> { codec, raft types }    raft    -> rng
 //! codec, rng: ground modules, using nothing else of this crate
@@ -26,4 +26,5 @@ pub mod raft;
 pub mod rng;
 pub mod sim;
 pub mod storage;
+pub mod tls;
 pub mod wire;

@@ -177,3 +177,46 @@ fn config_bad_metrics_addr_names_the_line_and_why() {
         "/etc/rk/cluster.toml:14: address 127.0.0.1:7002 is node n1's metrics_addr"
     );
 }
+
+#[test]
+fn config_tls_paths_resolve_against_its_directory() {
+    let text = format!(
+        "{GOOD}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/n{{id}}.pem\"\nkey = \"/abs/n{{id}}.key\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let t = c.tls.expect("a [tls] section");
+    assert_eq!(t.ca, Path::new("/etc/rk/certs/ca.pem"));
+    let cert = t.cert.expect("cert");
+    assert_eq!(
+        raftkit::tls::for_node(&cert, NodeId(2)),
+        Path::new("/etc/rk/certs/n2.pem")
+    );
+    assert_eq!(t.key.expect("key"), Path::new("/abs/n{id}.key"));
+    assert!(t.client_cert.is_none());
+    assert!(parse(GOOD).unwrap().tls.is_none());
+}
+
+#[test]
+fn config_tls_cert_without_key_names_the_line() {
+    let text = format!("{GOOD}\n[tls]\nca = \"ca.pem\"\ncert = \"n{{id}}.pem\"\n");
+    let e = parse(&text).unwrap_err();
+    assert!(
+        e.starts_with("/etc/rk/cluster.toml:17:") && e.contains("cert and key together"),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_tls_files_missing_are_named() {
+    let e = raftkit::tls::client_config(
+        Path::new("/nonexistent/ca.pem"),
+        Path::new("/nonexistent/client.pem"),
+        Path::new("/nonexistent/client.key"),
+    )
+    .expect_err("missing files refused");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/ca.pem: cannot read"),
+        "{e}"
+    );
+}

@@ -141,8 +141,15 @@ class DiskFull(NodeError):
     code = 10
 
 
+class Forbidden(NodeError):
+    """Code 11: the connection's certificate does not allow it (a TLS cluster)."""
+
+    code = 11
+
+
 ERRORS = {c.code: c for c in (BadRequest, WrongCluster, UnknownPeer, Unavailable,
-                              Timeout, TooBusy, Internal, SessionExpired, DiskFull)}
+                              Timeout, TooBusy, Internal, SessionExpired, DiskFull,
+                              Forbidden)}
 
 
 def node_error(code: int, message: str) -> NodeError:

@@ -16,11 +16,13 @@ pub use mux::{Mux, MuxDone, MuxOptions, MuxReply, MuxRequest, MuxStats};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::kv::{ClientId, Command, Op, OpResult};
 use crate::raft::{Entry, LogIndex, NodeId};
+use crate::tls::TlsError;
 use crate::wire::{
     decode_frame, encode_frame, ErrorCode, Frame, FrameError, RequestBody, ResponseBody, Sender,
 };
@@ -48,6 +50,8 @@ pub enum ClientError {
     Unexpected { node: NodeId, answer: String },
     /// The node answered with an error.
     Server { code: ErrorCode, message: String },
+    /// The `[tls]` files cannot be used.
+    Tls(TlsError),
 }
 
 impl fmt::Display for ClientError {
@@ -79,6 +83,7 @@ impl fmt::Display for ClientError {
                 )
             }
             ClientError::Server { code, message } => write!(f, "node error {code:?}: {message}"),
+            ClientError::Tls(e) => write!(f, "tls: {e}"),
         }
     }
 }
@@ -108,6 +113,52 @@ impl ReadError {
     }
 }
 
+/// The client side of `[tls]` (the CA and `client_cert`/`client_key`),
+/// or `None` without a `[tls]` section.
+pub fn tls_client_config(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+    let Some(t) = &config.tls else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (&t.client_cert, &t.client_key) else {
+        return Err(TlsError {
+            path: config.path.clone(),
+            message: "[tls] has no client_cert and client_key to connect with".into(),
+        });
+    };
+    crate::tls::client_config(&t.ca, cert, key).map(Some)
+}
+
+/// A blocking connection to a node: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A connection-per-node blocking client.
 pub struct Client {
     config: Config,
@@ -116,9 +167,12 @@ pub struct Client {
     next_request_id: u64,
     /// Node to contact first (the last known leader).
     pub target: NodeId,
-    conn: Option<(NodeId, TcpStream)>,
+    conn: Option<(NodeId, Stream)>,
     pub timeout: Duration,
     buf: Vec<u8>,
+    /// The TLS client configuration, built from the config's `[tls]` at
+    /// the first connect (`Some(None)`: no TLS).
+    tls: Option<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl Client {
@@ -137,6 +191,7 @@ impl Client {
             conn: None,
             timeout: Duration::from_secs(10),
             buf: Vec::new(),
+            tls: None,
         }
     }
 
@@ -166,7 +221,10 @@ impl Client {
         self.config.ids()
     }
 
-    fn connect(&mut self, node: NodeId) -> Result<&mut TcpStream, ClientError> {
+    fn connect(&mut self, node: NodeId) -> Result<&mut Stream, ClientError> {
+        if self.tls.is_none() {
+            self.tls = Some(tls_client_config(&self.config).map_err(ClientError::Tls)?);
+        }
         if self.conn.as_ref().map(|(n, _)| *n) != Some(node) {
             self.conn = None;
             let addr = self
@@ -180,11 +238,19 @@ impl Client {
             // A node that holds the connection without answering (stopped,
             // say) costs at most the caller's timeout, never more.
             let wait = self.timeout.max(Duration::from_millis(100));
-            let mut s = TcpStream::connect_timeout(&addr, wait.min(Duration::from_secs(2)))
+            let s = TcpStream::connect_timeout(&addr, wait.min(Duration::from_secs(2)))
                 .map_err(unreachable)?;
             s.set_nodelay(true).map_err(unreachable)?;
             s.set_read_timeout(Some(wait.min(Duration::from_secs(5))))
                 .map_err(unreachable)?;
+            let mut s = match self.tls.as_ref().and_then(Option::as_ref) {
+                Some(tls) => {
+                    let session = crate::tls::connect_to(tls, node)
+                        .map_err(|e| unreachable(io::Error::other(e)))?;
+                    Stream::Tls(Box::new(rustls::StreamOwned::new(session, s)))
+                }
+                None => Stream::Plain(s),
+            };
             let mut out = Vec::new();
             let hello = Frame::Hello {
                 cluster: self.config.cluster.name.clone(),
@@ -411,7 +477,7 @@ impl Client {
 }
 
 /// Reads one whole frame (blocking).
-fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Frame, ReadError> {
+fn read_frame(s: &mut impl Read, buf: &mut Vec<u8>) -> Result<Frame, ReadError> {
     let mut chunk = [0u8; 16 << 10];
     loop {
         match decode_frame(buf) {

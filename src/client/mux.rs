@@ -194,6 +194,9 @@ struct MuxConn {
 /// The multiplexed client. Not thread-safe: one per thread.
 pub struct Mux {
     config: Config,
+    /// With `[tls]` in the config: every connection is TLS, showing the
+    /// config's client certificate.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     opts: MuxOptions,
     poll: Poll,
     events: Events,
@@ -227,8 +230,10 @@ impl Mux {
             .collect();
         let mut opts = opts;
         opts.window = opts.window.clamp(1, WINDOW_MAX);
+        let tls = super::tls_client_config(&config).map_err(io::Error::other)?;
         Ok(Mux {
             config,
+            tls,
             opts,
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -409,6 +414,12 @@ impl Mux {
             return false;
         }
         let mut io = FramedConn::new(stream, true);
+        if let Some(tls) = &self.tls {
+            match crate::tls::connect_to(tls, nc.id) {
+                Ok(session) => io.set_tls(rustls::Connection::Client(session)),
+                Err(_) => return false,
+            }
+        }
         io.queue(&Frame::Hello {
             cluster: self.config.cluster.name.clone(),
             from: Sender::Client,
@@ -484,6 +495,13 @@ impl Mux {
                 return Ok(());
             };
             let end = io.fill(&mut self.read_chunk, read_closed, READ_BYTES_PER_EVENT_MAX);
+            if io.is_tls() && io.wants_flush() {
+                // Handshake messages to answer, or frames it held back.
+                self.conns[j].dirty = true;
+            }
+            let Some(io) = self.conns[j].io.as_mut() else {
+                return Ok(());
+            };
             let buf = std::mem::take(&mut io.read_buf);
             let Some(buf) = self.decode(j, buf, done)? else {
                 return Ok(()); // the connection failed or moved
@@ -498,6 +516,10 @@ impl Mux {
                 ReadEnd::Closed(_) => {
                     self.conn_failed(j, "connection");
                     return Ok(());
+                }
+                ReadEnd::Tls(why) => {
+                    let node = self.config.nodes[self.conns[j].node].id;
+                    return Err(io::Error::other(format!("TLS with {node} failed: {why}")));
                 }
             }
         }

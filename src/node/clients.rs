@@ -6,7 +6,10 @@ use log::{info, warn};
 use mio::Token;
 
 use crate::storage::InjectedDiskFault;
-use crate::wire::{DiskFault, ErrorCode, KvRequestRef, NodeStatus, RequestBody, ResponseBody};
+use crate::tls::Role;
+use crate::wire::{
+    DiskFault, ErrorCode, KvRequestRef, MemberRequest, NodeStatus, RequestBody, ResponseBody,
+};
 
 use super::driver::ClientRef;
 use super::net::ConnKind;
@@ -32,6 +35,23 @@ impl Node {
     }
 
     pub(super) fn handle_request(&mut self, to: ClientRef, body: RequestBody) {
+        let (needed, what) = required_role(&body);
+        let role = self
+            .conns
+            .get(&Token(to.conn as usize))
+            .map_or(Role::Client, |c| c.role);
+        if role < needed {
+            let message = format!(
+                "{what} needs an {needed} certificate; this connection's certificate is a {role}'s"
+            );
+            warn!("{}: refusing {what} from a {role} certificate", self.id);
+            let body = ResponseBody::Error {
+                code: ErrorCode::Forbidden,
+                message,
+            };
+            self.respond(to, body);
+            return;
+        }
         match body {
             RequestBody::Status => {
                 let status = NodeStatus {
@@ -74,5 +94,20 @@ impl Node {
             RequestBody::Member(req) => self.driver.handle_member(to, req),
             RequestBody::TransferLeader(target) => self.driver.handle_transfer(to, target),
         }
+    }
+}
+
+/// The role a request needs, and what to call it in a refusal: faults,
+/// membership changes and leader transfers change the cluster and need
+/// admin; everything else a client may ask.
+fn required_role(body: &RequestBody) -> (Role, &'static str) {
+    match body {
+        RequestBody::Fault(_) => (Role::Admin, "fault"),
+        RequestBody::Member(MemberRequest::Change(_)) => (Role::Admin, "a membership change"),
+        RequestBody::TransferLeader(_) => (Role::Admin, "a leader transfer"),
+        RequestBody::Member(MemberRequest::List) => (Role::Client, "member list"),
+        RequestBody::Kv { .. } => (Role::Client, "a key-value request"),
+        RequestBody::Status => (Role::Client, "status"),
+        RequestBody::Log { .. } => (Role::Client, "log"),
     }
 }

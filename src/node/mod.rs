@@ -32,7 +32,7 @@ mod requests;
 mod signals;
 mod snapshots;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -49,10 +49,14 @@ use crate::raft::{self, NodeId};
 use crate::storage::{
     DiskFaults, Durable, FaultyStore, Job, LogStore, Recovered, StorageError, StorageThread,
 };
+use crate::tls::{self, NodeTls, TlsError};
 use crate::wire::{Frame, ResponseBody};
 
 pub use driver::{Answer, ClientRef, Disk, Driver, DriverConfig, DriverError, DriverEvent};
-pub use net::{CLIENT_WRITE_BYTES_MAX, CONNECTIONS_MAX, READ_BYTES_PER_EVENT_MAX};
+pub use net::{
+    CLIENT_CONNECTIONS_MAX, CLIENT_WRITE_BYTES_MAX, CONNECTIONS_MAX, HANDSHAKE_DEADLINE,
+    PENDING_CONNECTIONS_MAX, PENDING_READ_BYTES_MAX, READ_BYTES_PER_EVENT_MAX,
+};
 pub use peers::PEER_WRITE_BYTES_MAX;
 pub use requests::{
     COPIES_WAITING_MAX, LOG_ENTRIES_MAX, LOG_RESPONSE_BYTES_MAX, PENDING_REQUESTS_MAX,
@@ -92,6 +96,8 @@ pub enum NodeError {
     Io(io::Error),
     /// Storage failed, or recovered state does not load.
     Driver(DriverError),
+    /// A `[tls]` file is missing or unusable.
+    Tls(TlsError),
 }
 
 impl fmt::Display for NodeError {
@@ -101,6 +107,7 @@ impl fmt::Display for NodeError {
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             NodeError::Io(e) => write!(f, "I/O error: {e}"),
             NodeError::Driver(e) => write!(f, "{e}"),
+            NodeError::Tls(e) => write!(f, "tls: {e}"),
         }
     }
 }
@@ -116,6 +123,53 @@ impl From<io::Error> for NodeError {
 impl From<DriverError> for NodeError {
     fn from(e: DriverError) -> Self {
         NodeError::Driver(e)
+    }
+}
+
+/// The node's TLS from `[tls]`, or `None` (with the one warning that
+/// nothing is authenticated) when cluster.toml has no such section.
+fn load_tls(config: &Config, id: NodeId) -> Result<Option<NodeTls>, NodeError> {
+    let Some(t) = &config.tls else {
+        warn!(
+            "{id}: no [tls] in {}: connections are not authenticated; anyone who reaches \
+             this port can read, write, inject faults and pose as a peer",
+            config.path.display()
+        );
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+        return Err(NodeError::Tls(TlsError {
+            path: config.path.clone(),
+            message: "[tls] has no cert and key for the node".into(),
+        }));
+    };
+    let (cert, key) = (tls::for_node(cert, id), tls::for_node(key, id));
+    let node_tls = NodeTls::load(&t.ca, &cert, &key).map_err(NodeError::Tls)?;
+    info!("{id}: TLS on: certificate {}", cert.display());
+    Ok(Some(node_tls))
+}
+
+/// Raises the soft limit on open files to the hard one: the node's
+/// own limits (`CONNECTIONS_MAX`) bound its connections, not the default
+/// of 1024 file descriptors.
+fn raise_fd_limit(id: NodeId) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            log::debug!(
+                "{id}: open files limit raised from {before} to {}",
+                lim.rlim_max
+            );
+        }
     }
 }
 
@@ -195,6 +249,17 @@ pub struct Node {
     /// Reused for every socket read.
     read_chunk: Vec<u8>,
     faults: Faults,
+    /// Mutual TLS for every connection, with `[tls]` in cluster.toml.
+    tls: Option<NodeTls>,
+    /// Connections accepted and not past their Hello, by accept time
+    /// (some may have moved on or closed: skipped when met).
+    pending: VecDeque<(Instant, Token)>,
+    /// Connections of kind Pending open now.
+    pending_open: usize,
+    /// Pending connections closed for the deadline or the limit, in all.
+    pending_dropped: u64,
+    /// Client connections past their Hello open now.
+    clients_open: usize,
     /// The disk fault of `faults.spec`, applied by the storage thread.
     disk_faults: Arc<DiskFaults>,
     /// With `metrics_addr` in cluster.toml: the values scrapes show.
@@ -265,6 +330,8 @@ impl Node {
             ))),
             e => NodeError::Driver(e),
         })?;
+        let tls = load_tls(&config, id)?;
+        raise_fd_limit(id);
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(me.addr).map_err(|source| NodeError::Bind {
             addr: me.addr,
@@ -319,6 +386,11 @@ impl Node {
             reread: Vec::new(),
             read_chunk: vec![0; net::READ_CHUNK_BYTES],
             faults: Faults::new(seed),
+            tls,
+            pending: VecDeque::new(),
+            pending_open: 0,
+            pending_dropped: 0,
+            clients_open: 0,
             disk_faults,
             metrics,
             started: now,
@@ -374,6 +446,7 @@ impl Node {
                 next_tick = now + tick;
             }
             self.release_delayed(now);
+            self.expire_pending(now, false);
             self.driver.disk_full = self.storage.no_space();
             self.maintain_peer_links(now);
             self.process_ready_metered()?;

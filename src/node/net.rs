@@ -4,6 +4,7 @@
 //! queued.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpStream;
@@ -11,12 +12,32 @@ use mio::{Interest, Token};
 
 use crate::conn::{FramedConn, ReadEnd};
 use crate::raft::NodeId;
+use crate::tls::Role;
 use crate::wire::{decode_frame_ref, Frame, FrameRef};
 
 use super::Node;
 
-/// Connections (clients and peers) open at once; more are refused.
-pub const CONNECTIONS_MAX: usize = 1024;
+/// Client connections past their Hello at once; a further client's Hello
+/// is refused (TooBusy). Peers never count against it.
+pub const CLIENT_CONNECTIONS_MAX: usize = 1024;
+/// Connections accepted and not yet past their Hello (TLS handshake
+/// included) at once. A new one past it pushes out the oldest: a flood of
+/// idle or slow connections costs at most this many sockets and buffers,
+/// and a real client or peer, which says Hello within milliseconds, still
+/// gets in.
+pub const PENDING_CONNECTIONS_MAX: usize = 256;
+/// How long a connection may take from accept to its Hello (TLS handshake
+/// included) before it is closed.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Bytes a connection may send before its Hello is complete: a Hello is a
+/// few dozen bytes, so a "frame" of megabytes is refused before it is read.
+pub const PENDING_READ_BYTES_MAX: usize = 4 << 10;
+/// Peer links (both directions) a node may hold besides the limits above.
+const PEER_CONNECTIONS_RESERVED: usize = 256;
+/// Connections (clients, peers and pending) open at once; more are
+/// refused at accept. Never reached while the limits above hold.
+pub const CONNECTIONS_MAX: usize =
+    CLIENT_CONNECTIONS_MAX + PENDING_CONNECTIONS_MAX + PEER_CONNECTIONS_RESERVED;
 /// Bytes of answers queued for one client; past it, the client (which is
 /// not reading them) is disconnected. One answer is always queued whole.
 pub const CLIENT_WRITE_BYTES_MAX: usize = 16 << 20;
@@ -31,6 +52,7 @@ pub(super) const READ_CHUNK_BYTES: usize = 64 << 10;
 const WRITE_BUF_KEEP_BYTES: usize = 4 << 20;
 
 const _: () = assert!(READ_BYTES_PER_EVENT_MAX >= READ_CHUNK_BYTES);
+const _: () = assert!(PENDING_READ_BYTES_MAX <= READ_BYTES_PER_EVENT_MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ConnKind {
@@ -56,6 +78,9 @@ pub(super) struct Conn {
     /// The fragments of a Raft message received so far (an inbound peer
     /// link; empty between messages).
     pub(super) fragments: Vec<u8>,
+    /// What a client connection may ask: from its certificate with TLS,
+    /// admin without (anyone who reaches the port, as before TLS).
+    pub(super) role: Role,
 }
 
 impl Conn {
@@ -96,15 +121,53 @@ impl Node {
                 close_after_flush: false,
                 dirty: false,
                 fragments: Vec::new(),
+                role: Role::Admin,
             },
         );
         Ok(token)
+    }
+
+    /// A connection left Pending (its Hello was accepted).
+    pub(super) fn left_pending(&mut self) {
+        self.pending_open = self.pending_open.saturating_sub(1);
+    }
+
+    /// Closes the oldest pending connections until one more fits under
+    /// `PENDING_CONNECTIONS_MAX`, and those past `HANDSHAKE_DEADLINE`.
+    pub(super) fn expire_pending(&mut self, now: Instant, room_for_one: bool) {
+        let limit = if room_for_one {
+            PENDING_CONNECTIONS_MAX - 1
+        } else {
+            PENDING_CONNECTIONS_MAX
+        };
+        while let Some(&(since, token)) = self.pending.front() {
+            let still_pending = self
+                .conns
+                .get(&token)
+                .is_some_and(|c| c.kind == ConnKind::Pending);
+            if !still_pending {
+                self.pending.pop_front();
+                continue;
+            }
+            let why = if now.duration_since(since) >= HANDSHAKE_DEADLINE {
+                "no Hello within the handshake deadline"
+            } else if self.pending_open > limit {
+                "pushed out by newer connections (too many before Hello)"
+            } else {
+                return;
+            };
+            self.pending.pop_front();
+            self.pending_dropped += 1;
+            self.close(token, why);
+        }
     }
 
     pub(super) fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
+                    let now = Instant::now();
+                    self.expire_pending(now, true);
                     if self.conns.len() >= CONNECTIONS_MAX {
                         warn!(
                             "{}: refusing connection from {peer}: {CONNECTIONS_MAX} open",
@@ -113,8 +176,17 @@ impl Node {
                         continue;
                     }
                     debug!("{}: accepted {peer}", self.id);
-                    if let Err(e) = self.add_conn(stream, ConnKind::Pending, false) {
-                        warn!("{}: cannot register connection from {peer}: {e}", self.id);
+                    match self.add_conn(stream, ConnKind::Pending, false) {
+                        Ok(token) => {
+                            self.pending_open += 1;
+                            self.pending.push_back((now, token));
+                            if let Some(tls) = &self.tls {
+                                self.start_server_tls(token, tls.server.clone());
+                            }
+                        }
+                        Err(e) => {
+                            warn!("{}: cannot register connection from {peer}: {e}", self.id)
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -127,11 +199,31 @@ impl Node {
         }
     }
 
+    /// Puts a TLS server session on a just accepted connection.
+    fn start_server_tls(&mut self, token: Token, config: std::sync::Arc<rustls::ServerConfig>) {
+        match rustls::ServerConnection::new(config) {
+            Ok(tls) => {
+                if let Some(c) = self.conns.get_mut(&token) {
+                    c.io.set_tls(rustls::Connection::Server(tls));
+                }
+            }
+            Err(e) => {
+                warn!("{}: cannot start TLS: {e}", self.id);
+                self.close(token, "cannot start TLS");
+            }
+        }
+    }
+
     pub(super) fn close(&mut self, token: Token, why: &str) {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.io.stream);
+        match conn.kind {
+            ConnKind::Pending => self.left_pending(),
+            ConnKind::Client => self.clients_open = self.clients_open.saturating_sub(1),
+            _ => {}
+        }
         match conn.kind {
             ConnKind::OutPeer(p) => {
                 debug!("{}: link to {p} closed: {why}", self.id);
@@ -189,10 +281,28 @@ impl Node {
             let Some(c) = self.conns.get_mut(&token) else {
                 return;
             };
-            match c
-                .io
-                .fill(&mut self.read_chunk, read_closed, READ_BYTES_PER_EVENT_MAX)
-            {
+            let budget = if c.kind == ConnKind::Pending {
+                PENDING_READ_BYTES_MAX
+            } else {
+                READ_BYTES_PER_EVENT_MAX
+            };
+            let end = c.io.fill(&mut self.read_chunk, read_closed, budget);
+            // A handshake message or an alert to answer with.
+            let answer = c.io.is_tls() && c.io.wants_flush();
+            if answer {
+                self.mark_dirty(token);
+            }
+            match end {
+                ReadEnd::Tls(why) => {
+                    let peer = self.conn_name(token);
+                    warn!(
+                        "{}: TLS refused {peer}: {why}; closing that connection",
+                        self.id
+                    );
+                    self.flush(token);
+                    self.close(token, &why);
+                    return;
+                }
                 ReadEnd::Drained => None,
                 ReadEnd::Budget => {
                     // Fair to the other connections: read the rest next
@@ -249,11 +359,47 @@ impl Node {
             }
         }
         buf.drain(..pos);
+        let pending = self
+            .conns
+            .get(&token)
+            .is_some_and(|c| c.kind == ConnKind::Pending);
+        if pending && buf.len() > PENDING_READ_BYTES_MAX {
+            {
+                let peer = self.conn_name(token);
+                warn!(
+                    "{}: closing {peer}: more than {PENDING_READ_BYTES_MAX} bytes before its Hello",
+                    self.id
+                );
+                self.close(token, "too many bytes before Hello");
+                return;
+            }
+        }
         if let Some(c) = self.conns.get_mut(&token) {
             c.io.read_buf = buf;
         }
         if let Some(why) = closed {
             self.close(token, &why);
+        }
+    }
+
+    /// The connection's address and kind, for a log line.
+    pub(super) fn conn_name(&self, token: Token) -> String {
+        match self.conns.get(&token) {
+            Some(c) => {
+                let addr =
+                    c.io.stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|_| "?".into());
+                let kind = match c.kind {
+                    ConnKind::Pending => "before its Hello".to_string(),
+                    ConnKind::InPeer(p) => format!("link from {p}"),
+                    ConnKind::OutPeer(p) => format!("link to {p}"),
+                    ConnKind::Client => format!("{} client", c.role),
+                };
+                format!("{addr} ({kind})")
+            }
+            None => "a closed connection".into(),
         }
     }
 

@@ -12,6 +12,7 @@ use mio::net::TcpStream;
 use mio::Token;
 
 use crate::raft::{Message, MessageBody, NodeId};
+use crate::tls::{self, Role};
 use crate::wire::{
     decode_raft_fragments, encode_raft_fragments, ErrorCode, Frame, Sender, FRAGMENTED_BYTES_MAX,
 };
@@ -81,6 +82,20 @@ impl Node {
             match TcpStream::connect(addr) {
                 Ok(stream) => match self.add_conn(stream, ConnKind::OutPeer(peer), true) {
                     Ok(token) => {
+                        if let Some(t) = &self.tls {
+                            match tls::connect_to(&t.client, peer) {
+                                Ok(session) => {
+                                    if let Some(c) = self.conns.get_mut(&token) {
+                                        c.io.set_tls(rustls::Connection::Client(session));
+                                    }
+                                }
+                                Err(e) => {
+                                    warn!("{}: cannot start TLS to {peer}: {e}", self.id);
+                                    self.close(token, "cannot start TLS");
+                                    continue;
+                                }
+                            }
+                        }
                         let hello = Frame::Hello {
                             cluster: self.config.cluster.name.clone(),
                             from: Sender::Peer(self.id),
@@ -172,8 +187,20 @@ impl Node {
                         return Ok(());
                     }
                 };
+                let role = match self.authorize_hello(token, new_kind) {
+                    Ok(role) => role,
+                    Err((code, reason)) => {
+                        self.reject(token, code, reason);
+                        return Ok(());
+                    }
+                };
                 if let Some(c) = self.conns.get_mut(&token) {
                     c.kind = new_kind;
+                    c.role = role;
+                }
+                self.left_pending();
+                if new_kind == ConnKind::Client {
+                    self.clients_open += 1;
                 }
                 if let ConnKind::InPeer(p) = new_kind {
                     info!("{}: {p} connected to us", self.id);
@@ -220,6 +247,51 @@ impl Node {
                 Ok(())
             }
             (k, f) => Err(misplaced(k, frame_name(&f))),
+        }
+    }
+
+    /// Whether the connection's certificate allows the Hello it sent, and
+    /// the role a client gets; without TLS, every Hello is allowed (admin).
+    /// Also the client connection limit.
+    fn authorize_hello(&self, token: Token, kind: ConnKind) -> Result<Role, (ErrorCode, String)> {
+        if kind == ConnKind::Client && self.clients_open >= super::net::CLIENT_CONNECTIONS_MAX {
+            return Err((
+                ErrorCode::TooBusy,
+                format!(
+                    "{} client connections open, the most this node serves; retry later",
+                    super::net::CLIENT_CONNECTIONS_MAX
+                ),
+            ));
+        }
+        if self.tls.is_none() {
+            return Ok(Role::Admin);
+        }
+        let cert = self.conns.get(&token).and_then(|c| c.io.peer_cert());
+        let Some(cert) = cert else {
+            return Err((
+                ErrorCode::Forbidden,
+                "no client certificate (this node requires TLS with one)".into(),
+            ));
+        };
+        match kind {
+            ConnKind::InPeer(p) if tls::cert_names(cert, &tls::node_name(p)) => Ok(Role::Admin),
+            ConnKind::InPeer(p) => Err((
+                ErrorCode::Forbidden,
+                format!(
+                    "the certificate is not {p}'s (it does not name {}): a peer link must show its own node's certificate",
+                    tls::node_name(p)
+                ),
+            )),
+            _ => tls::client_role(cert).ok_or_else(|| {
+                (
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the certificate is not a client's or an admin's (it names neither {} nor {})",
+                        tls::CLIENT_NAME,
+                        tls::ADMIN_NAME
+                    ),
+                )
+            }),
         }
     }
 

@@ -78,6 +78,10 @@ pub enum ErrorCode {
     /// (one sent earlier to another leader may still apply). Retry with the
     /// same client id and seq, like Unavailable.
     DiskFull,
+    /// The connection's certificate does not allow this: a peer link
+    /// whose certificate is not the claimed node's, a client Hello with a
+    /// node's certificate, an admin request with a client's certificate.
+    Forbidden,
     /// A code this version does not know.
     Other(u16),
 }
@@ -95,6 +99,7 @@ impl ErrorCode {
             ErrorCode::SessionExpired => 8,
             ErrorCode::Refused => 9,
             ErrorCode::DiskFull => 10,
+            ErrorCode::Forbidden => 11,
             ErrorCode::Other(c) => c,
         }
     }
@@ -111,6 +116,7 @@ impl ErrorCode {
             8 => ErrorCode::SessionExpired,
             9 => ErrorCode::Refused,
             10 => ErrorCode::DiskFull,
+            11 => ErrorCode::Forbidden,
             c => ErrorCode::Other(c),
         }
     }

@@ -74,6 +74,45 @@ impl TestCluster {
         extra: &str,
         node_extra: impl Fn(u64) -> String,
     ) -> TestCluster {
+        let mut c = TestCluster::configure(n, extra, node_extra, |_| String::new());
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c
+    }
+
+    /// A cluster with mutual TLS: `raft-ctl certs init` makes a CA and
+    /// certificates in `certs/`, and cluster.toml gets a `[tls]` section
+    /// with the client certificate as raft-ctl's default.
+    pub fn start_tls(n: u64) -> TestCluster {
+        let mut c = TestCluster::configure_tls(n);
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c
+    }
+
+    /// As `start_tls`, with no node started yet.
+    pub fn configure_tls(n: u64) -> TestCluster {
+        TestCluster::configure(
+            n,
+            "",
+            |_| String::new(),
+            |dir| {
+                make_certs(&dir.join("certs"), n);
+                TLS_SECTION.to_string()
+            },
+        )
+    }
+
+    /// Writes cluster.toml (with `tail(dir)` at its end) without starting
+    /// any node.
+    pub fn configure(
+        n: u64,
+        extra: &str,
+        node_extra: impl Fn(u64) -> String,
+        tail: impl FnOnce(&std::path::Path) -> String,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut text = String::from(
             "[cluster]\nname = \"test\"\ndata_dir = \"data\"\nelection_timeout_ms = [300, 600]\nheartbeat_interval_ms = 50\n",
@@ -86,27 +125,30 @@ impl TestCluster {
                 node_extra(id)
             ));
         }
+        text.push_str(&tail(dir.path()));
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, text).expect("write config");
         let config = Config::load(&config_path).expect("config");
-        let mut c = TestCluster {
+        TestCluster {
             dir,
             config_path,
             config,
             children: (0..n).map(|_| None).collect(),
-        };
-        for id in 1..=n {
-            c.start_node(id);
         }
-        c
     }
 
     pub fn start_node(&mut self, id: u64) {
+        let path = self.config_path.clone();
+        self.start_node_with(id, &path);
+    }
+
+    /// Starts node `id` with a config file of its own.
+    pub fn start_node_with(&mut self, id: u64, config_path: &std::path::Path) {
         let log =
             std::fs::File::create(self.dir.path().join(format!("n{id}.log"))).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(config_path)
             .arg("--id")
             .arg(id.to_string())
             .arg("--log-level")
@@ -184,6 +226,25 @@ impl TestCluster {
             }
         }
     }
+}
+
+/// The `[tls]` section of a test cluster made by `make_certs`.
+pub const TLS_SECTION: &str = "\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/n{id}.pem\"\nkey = \"certs/n{id}.key\"\nclient_cert = \"certs/client.pem\"\nclient_key = \"certs/client.key\"\n";
+
+/// `raft-ctl certs init` for nodes 1..=n into `dir`.
+pub fn make_certs(dir: &std::path::Path, n: u64) {
+    let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-ctl"))
+        .args(["certs", "init", "--dir"])
+        .arg(dir)
+        .args(["--nodes", &ids.join(",")])
+        .output()
+        .expect("run raft-ctl certs init");
+    assert!(
+        out.status.success(),
+        "certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn put(c: &mut Client, k: &str, v: &str) {

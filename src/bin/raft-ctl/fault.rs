@@ -153,8 +153,18 @@ pub fn run(client: &mut Client, config: &Config, node: Option<NodeId>, cmd: &Fau
         }
         match client.call(id, RequestBody::Fault(spec.clone())) {
             Ok(ResponseBody::FaultOk) => println!("{id}: {}", describe(&spec)),
-            Ok(ResponseBody::Error { message, .. }) => {
-                return fail(2, format!("{id} refused the fault: {message}"))
+            // A refusal (a client certificate, a bad spec) is the same on
+            // every node: say it once and stop.
+            Ok(ResponseBody::Error { code, message }) => {
+                let exit = if code == raftkit::wire::ErrorCode::Forbidden {
+                    crate::EXIT_ERROR
+                } else {
+                    2
+                };
+                return fail(
+                    exit,
+                    format!("{id} refused the fault ({code:?}): {message}"),
+                );
             }
             _ => unreachable.push(id),
         }

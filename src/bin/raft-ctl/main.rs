@@ -12,6 +12,7 @@ use raftkit::wire::{NodeStatus, RequestBody, ResponseBody};
 use serde_json::{json, Value};
 
 mod bench;
+mod certs;
 mod check;
 mod config;
 mod fault;
@@ -46,6 +47,13 @@ struct Args {
     /// Give up after this many seconds without a leader.
     #[arg(long, global = true, default_value_t = 10.0)]
     timeout: f64,
+    /// With [tls]: the certificate to show, in place of cluster.toml's
+    /// client_cert (e.g. the admin certificate for fault or member).
+    #[arg(long = "cert", id = "tls_cert", global = true, requires = "tls_key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert.
+    #[arg(long = "key", id = "tls_key", global = true, requires = "tls_cert")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -186,6 +194,12 @@ enum Cmd {
         #[command(subcommand)]
         action: member::MemberCmd,
     },
+    /// Make the certificates for mutual TLS: a cluster CA, node, client
+    /// and admin certificates (`init`), or one for a new node (`add-node`).
+    Certs {
+        #[command(subcommand)]
+        action: certs::CertsCmd,
+    },
     /// Hand leadership to a voter; exit 0 once it leads.
     TransferLeader {
         #[arg(value_parser = parse_node_id)]
@@ -252,12 +266,31 @@ fn main() -> ExitCode {
         Cmd::Json { path, file } => return query::run(path, file.as_deref()),
         Cmd::BinDir => return bin_dir(),
         Cmd::Plot(p) => return plot::plot(p),
+        Cmd::Certs { action } => return certs::run(action, &args.config),
         _ => {}
     }
-    let config = match Config::load(&args.config) {
+    let mut config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_ARGS, e),
     };
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        let Some(tls) = config.tls.as_mut() else {
+            return fail(
+                EXIT_BAD_ARGS,
+                format!(
+                    "--cert needs a [tls] section in {} (for the CA)",
+                    args.config.display()
+                ),
+            );
+        };
+        tls.client_cert = Some(cert.clone());
+        tls.client_key = Some(key.clone());
+    }
+    let config = config;
+    // Bad [tls] files are named now, not reported as unreachable nodes.
+    if let Err(e) = raftkit::client::tls_client_config(&config) {
+        return fail(EXIT_BAD_ARGS, format!("tls: {e}"));
+    }
     if let Some(n) = args.node {
         if let Err(e) = config.require_node(n) {
             return fail(EXIT_BAD_ARGS, e);
@@ -344,7 +377,7 @@ fn main() -> ExitCode {
             interval_ms,
             seconds,
         } => plot::timeline(&config, out, *interval_ms, *seconds),
-        Cmd::Plot(_) => ExitCode::SUCCESS, // handled above
+        Cmd::Plot(_) | Cmd::Certs { .. } => ExitCode::SUCCESS, // handled above
         Cmd::Fault { action } => fault::run(&mut client, &config, args.node, action),
         Cmd::Member { action } => member::run(&mut client, action, args.json),
         Cmd::TransferLeader { id } => member::transfer(&mut client, &config, *id, args.json),
