@@ -121,7 +121,9 @@ event() {  # + | - | !, LABEL
 }
 
 pidfile() { echo "$work/data/n$1/node.pid"; }
-running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# Its PID file names a live process (a zombie is not: a node that exited
+# on its own, say after an fsync error, may wait unreaped).
+running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && alive "$(cat "$f")"; }
 start_node() {
   local id=$1; mkdir -p "$work/data/n$id"
   running "$id" && return 0
