@@ -2,12 +2,13 @@
 # Soak: the random drill (scripts/drill.sh random) for many seeds in a row,
 # then a summary table.
 #
-#   scripts/soak.sh [--runs N] [--seconds S] [--first-seed N] [--release] [--out DIR]
+#   scripts/soak.sh [--runs N] [--seconds S] [--first-seed N] [--release] [--tls] [--out DIR]
 #
 # --runs N        how many seeds (default 100)
 # --seconds S     seconds of faults per run (default 60)
 # --first-seed N  seeds N, N+1, ... (default: drawn from the clock, printed)
 # --release       release binaries
+# --tls           every run with mutual TLS (drill.sh --tls)
 # --out DIR       where the summary, each run's verdict and the directories
 #                 of failing runs go (default: a new temp dir, printed)
 #
@@ -17,14 +18,15 @@
 # (settle), every node agreeing at the end.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage() { echo "usage: $0 [--runs N] [--seconds S] [--first-seed N] [--release] [--out DIR]" >&2; exit 2; }
-runs=100; seconds=60; first=""; release=(); out=""
+usage() { echo "usage: $0 [--runs N] [--seconds S] [--first-seed N] [--release] [--tls] [--out DIR]" >&2; exit 2; }
+runs=100; seconds=60; first=""; release=(); tls=(); out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="${2:?}"; shift 2 ;;
     --seconds) seconds="${2:?}"; shift 2 ;;
     --first-seed) first="${2:?}"; shift 2 ;;
     --release) release=(--release); shift ;;
+    --tls) tls=(--tls); shift ;;
     --out) out="${2:?}"; shift 2 ;;
     -h|--help) sed -n '2,/^[^#]/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) usage ;;
@@ -52,7 +54,7 @@ for i in $(seq 0 $((runs - 1))); do
   log="$out/run-$seed.txt"
   rc=0
   # In the background, so that a TERM reaches on_stop at once.
-  TMPDIR="$out" "$root/scripts/drill.sh" random --seed "$seed" --seconds "$seconds" "${release[@]}" >"$log" 2>&1 &
+  TMPDIR="$out" "$root/scripts/drill.sh" random --seed "$seed" --seconds "$seconds" "${release[@]}" "${tls[@]}" >"$log" 2>&1 &
   drill_pid=$!
   wait "$drill_pid" || rc=$?
   drill_pid=""
