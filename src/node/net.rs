@@ -201,15 +201,31 @@ impl Node {
 
     /// Puts a TLS server session on a just accepted connection.
     fn start_server_tls(&mut self, token: Token, config: std::sync::Arc<rustls::ServerConfig>) {
-        match rustls::ServerConnection::new(config) {
+        let session = rustls::ServerConnection::new(config).map(rustls::Connection::Server);
+        self.set_conn_tls(token, session, "");
+    }
+
+    /// Puts a new TLS session (server side or client side) on connection
+    /// `token`, or closes it if the session could not be made; `to` names
+    /// the peer for the log (empty for an accepted connection). Whether
+    /// the connection stays.
+    pub(super) fn set_conn_tls(
+        &mut self,
+        token: Token,
+        session: Result<rustls::Connection, rustls::Error>,
+        to: &str,
+    ) -> bool {
+        match session {
             Ok(tls) => {
                 if let Some(c) = self.conns.get_mut(&token) {
-                    c.io.set_tls(rustls::Connection::Server(tls));
+                    c.io.set_tls(tls);
                 }
+                true
             }
             Err(e) => {
-                warn!("{}: cannot start TLS: {e}", self.id);
+                warn!("{}: cannot start TLS{to}: {e}", self.id);
                 self.close(token, "cannot start TLS");
+                false
             }
         }
     }

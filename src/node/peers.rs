@@ -83,17 +83,10 @@ impl Node {
                 Ok(stream) => match self.add_conn(stream, ConnKind::OutPeer(peer), true) {
                     Ok(token) => {
                         if let Some(t) = &self.tls {
-                            match tls::connect_to(&t.client, peer) {
-                                Ok(session) => {
-                                    if let Some(c) = self.conns.get_mut(&token) {
-                                        c.io.set_tls(rustls::Connection::Client(session));
-                                    }
-                                }
-                                Err(e) => {
-                                    warn!("{}: cannot start TLS to {peer}: {e}", self.id);
-                                    self.close(token, "cannot start TLS");
-                                    continue;
-                                }
+                            let session =
+                                tls::connect_to(&t.client, peer).map(rustls::Connection::Client);
+                            if !self.set_conn_tls(token, session, &format!(" to {peer}")) {
+                                continue;
                             }
                         }
                         let hello = Frame::Hello {
