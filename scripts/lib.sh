@@ -124,11 +124,14 @@ pidfile() { echo "$work/data/n$1/node.pid"; }
 # Its PID file names a live process (a zombie is not: a node that exited
 # on its own, say after an fsync error, may wait unreaped).
 running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && alive "$(cat "$f")"; }
+# $node_ns (netem.sh): when set, node ID runs in network namespace
+# ${node_ns}nID (`ip netns exec` execs it, so the PID is still the node's).
 start_node() {
   local id=$1; mkdir -p "$work/data/n$id"
   running "$id" && return 0
+  local pre=(); [ -n "${node_ns:-}" ] && pre=(ip netns exec "${node_ns}n$id")
   # In a subshell, so that the shell does not report the node's death.
-  ( nohup "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
+  ( nohup "${pre[@]}" "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
     echo $! >"$(pidfile "$id")" )
   log "started n$id (pid $(cat "$(pidfile "$id")"))"
   event - "n$id down"

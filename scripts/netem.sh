@@ -107,15 +107,9 @@ start_cluster() {
     if [ "$mode" = loopback ]; then addr="127.0.0.1:${ports[id - 1]}"; else addr="$net.$id:7001"; fi
     printf '\n[[node]]\nid = %s\naddr = "%s"\n' "$id" "$addr" >>"$cfg"
   done
-  for id in $node_ids; do start_in "$mode" "$id"; done
+  node_ns=""; [ "$mode" = netns ] && node_ns=$tag
+  for id in $node_ids; do start_node "$id"; done
   wait_leader "" >/dev/null || { echo "no leader ($mode, rtt $rtt ms): see $work/data/n*/node.log" >&2; exit 1; }
-}
-start_in() {  # MODE ID: like start_node, inside the node's namespace
-  local mode=$1 id=$2; mkdir -p "$work/data/n$id"
-  local pre=(); [ "$mode" = netns ] && pre=(ip netns exec "${tag}n$id")
-  # `ip netns exec` execs the node: the PID is the node's.
-  ( nohup "${pre[@]}" "$bin/raft-node" --config "$cfg" --id "$id" >>"$work/data/n$id/node.log" 2>&1 &
-    echo $! >"$(pidfile "$id")" )
 }
 
 # The delay on every link (netem), or the nodes' own delay fault.
@@ -135,8 +129,9 @@ set_delay() {  # RTT
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "?"}'; }
 
 # Kill the leader, time until another node leads (ms), start it again.
+# RTT: the delay to give the restarted node again.
 election_ms() {
-  local l t0 nl mode=$1 rtt=$2
+  local l t0 nl rtt=$1
   l=$(wait_leader "") || { echo "?"; return; }
   t0=$(date +%s%N)
   signal_node "$l" KILL >/dev/null
@@ -146,7 +141,7 @@ election_ms() {
     sleep 0.02
   done
   echo $(( ($(date +%s%N) - t0) / 1000000 ))
-  start_in "$mode" "$l"; sleep 1
+  start_node "$l"; sleep 1
   set_delay "$rtt"  # the restarted node's own delay fault, when the nodes delay
 }
 
@@ -162,7 +157,7 @@ row() {  # MODE RTT
   start_cluster "$mode" "$rtt"
   set_delay "$rtt"
   sleep 1
-  for _i in $(seq "$elections"); do e+=("$(election_ms "$mode" "$rtt")"); wait_leader "" >/dev/null || true; done
+  for _i in $(seq "$elections"); do e+=("$(election_ms "$rtt")"); wait_leader "" >/dev/null || true; done
   one=$(bench_json 1); many=$(bench_json "$clients"); muxed=$(bench_json "$mux_clients" "$mux_conns")
   local how="netns"
   [ "$mode" = loopback ] && how="loopback"
