@@ -354,7 +354,7 @@ fn membership_travels_in_snapshots() {
         index: applied,
         term: r.log().term_at(applied).expect("in log"),
         membership: r.membership_at(applied),
-        data: Arc::from(&b"state"[..]),
+        data: Arc::<[u8]>::from(&b"state"[..]).into(),
     };
     assert!(snap.membership.is_learner(NodeId(4)));
     r.compact(snap, applied.next());

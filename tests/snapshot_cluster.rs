@@ -185,8 +185,8 @@ fn a_snapshot_that_does_not_decode_closes_the_link_only() {
 }
 
 /// A state larger than one frame (64 MiB) is still snapshotted, compacted
-/// and sent to a follower that needs it: InstallSnapshot travels in
-/// fragments.
+/// and sent to a follower that needs it: InstallSnapshot is streamed from
+/// the leader's snapshot file in chunks, into a file at the follower.
 #[test]
 fn a_snapshot_larger_than_a_frame_reaches_a_lagging_follower() {
     let mut tc = TestCluster::start_with(3, "snapshot_entries = 40\nsnapshot_keep_entries = 5\n");
@@ -210,4 +210,157 @@ fn a_snapshot_larger_than_a_frame_reaches_a_lagging_follower() {
     tc.wait_value_everywhere(&[lagger], "big89", &format!("89-{pad}"));
     tc.wait_value_everywhere(&[lagger], "big0", &format!("0-{pad}"));
     assert_installed_a_snapshot(&tc, lagger);
+    let log =
+        std::fs::read_to_string(tc.dir.path().join(format!("n{lagger}.log"))).expect("node log");
+    assert!(
+        log.contains("received the snapshot at"),
+        "the snapshot did not come as a stream"
+    );
+    assert_eq!(snapshot_tmp_files(&tc, lagger), 0, "a partial file is left");
+}
+
+/// `snapshot.*.tmp` files in node `id`'s data dir: snapshots being
+/// received or encoded.
+fn snapshot_tmp_files(tc: &TestCluster, id: u64) -> usize {
+    std::fs::read_dir(tc.dir.path().join(format!("data/n{id}")))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("snapshot.") && n.ends_with(".tmp")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A streamed InstallSnapshot cut off, by its link closing or by the
+/// receiver being killed, leaves nothing behind that matters: the partial
+/// file goes (at once, or when the node next starts), the node keeps
+/// serving, and after a restart it takes the real leader's snapshot and
+/// catches up.
+#[test]
+fn an_interrupted_streamed_install_leaves_the_follower_able_to_start_and_catch_up() {
+    use raftkit::raft::{LogIndex, Message, MessageBody, NodeId, Snapshot};
+    use raftkit::wire::{encode_frame, Frame, Sender};
+    use std::io::Write;
+
+    let mut tc = TestCluster::start_with(3, SMALL_SNAPSHOTS);
+    let leader = tc.wait_leader(&[1, 2, 3]);
+    let follower = if leader == 3 { 2 } else { 3 };
+    let mut c = tc.client();
+    put(&mut c, "before", "1");
+    tc.wait_value_everywhere(&[follower], "before", "1");
+    let term = tc.status(&mut c, follower).expect("status").current_term;
+    let addr = tc.config.node(NodeId(follower)).expect("node").addr;
+    let log_path = tc.dir.path().join(format!("n{follower}.log"));
+    let log_has = |what: &str| {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    };
+
+    // Connects to the follower as the leader and starts a transfer of a
+    // 16 MiB snapshot, sending only its first 3 MiB.
+    let start_transfer = |transfer: u64| {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let mut out = Vec::new();
+        encode_frame(
+            &Frame::Hello {
+                cluster: tc.config.cluster.name.clone(),
+                from: Sender::Peer(NodeId(leader)),
+            },
+            &mut out,
+        );
+        let message = Message {
+            from: NodeId(leader),
+            to: NodeId(follower),
+            term,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    membership: Default::default(),
+                    index: LogIndex(1_000_000),
+                    term,
+                    data: Vec::new().into(),
+                },
+                read_round: 0,
+            },
+        };
+        encode_frame(
+            &Frame::SnapshotBegin {
+                transfer,
+                len: 16 << 20,
+                message,
+            },
+            &mut out,
+        );
+        for i in 0..3u64 {
+            encode_frame(
+                &Frame::SnapshotChunk {
+                    transfer,
+                    offset: i << 20,
+                    data: vec![b'z'; 1 << 20],
+                },
+                &mut out,
+            );
+        }
+        s.write_all(&out).expect("send");
+        s
+    };
+
+    // Cut off by the link closing: the partial file goes at once.
+    let receiving = log_has("receiving the snapshot at 1000000");
+    let link = start_transfer(7);
+    wait_for("the follower receiving the fake transfer", || {
+        log_has("receiving the snapshot at 1000000") > receiving
+            && snapshot_tmp_files(&tc, follower) == 1
+    });
+    drop(link);
+    wait_for("the partial file removed when its link closed", || {
+        snapshot_tmp_files(&tc, follower) == 0
+    });
+    put(&mut c, "between", "2");
+    tc.wait_value_everywhere(&[follower], "between", "2");
+
+    // Cut off by the follower dying mid-transfer: the file stays on disk.
+    let receiving = log_has("receiving the snapshot at 1000000");
+    let _link = start_transfer(8);
+    wait_for("the follower receiving the second fake transfer", || {
+        log_has("receiving the snapshot at 1000000") > receiving
+            && snapshot_tmp_files(&tc, follower) == 1
+    });
+    tc.kill(follower);
+    assert_eq!(snapshot_tmp_files(&tc, follower), 1);
+
+    // The others go on and compact past everything the follower has, so
+    // that it can only catch up from the leader's (streamed) snapshot.
+    let pad = "x".repeat(2_000);
+    for i in 0..300 {
+        put(&mut c, &format!("k{}", i % 20), &format!("v{i}-{pad}"));
+    }
+    put(&mut c, "after", "3");
+    let first = wait_log_start_past(&tc, &mut c, leader, 200);
+    assert!(first > 200, "the leader did not compact (log from {first})");
+
+    tc.start_node(follower);
+    tc.wait_value_everywhere(&[follower], "after", "3");
+    tc.wait_value_everywhere(&[follower], "k19", &format!("v299-{pad}"));
+    tc.wait_value_everywhere(&[follower], "between", "2");
+    assert_installed_a_snapshot(&tc, follower);
+    assert!(
+        log_has("removed 1 unfinished snapshot file") >= 1,
+        "the leftover was not reported removed at start"
+    );
+    assert_eq!(snapshot_tmp_files(&tc, follower), 0);
+    let st = tc.status(&mut c, follower).expect("status");
+    assert!(st.commit_index.0 < 1_000_000, "the fake snapshot was taken");
 }

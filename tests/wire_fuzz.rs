@@ -72,6 +72,25 @@ fn samples() -> Vec<Vec<u8>> {
             last: false,
             data: b"part of a message".to_vec(),
         },
+        {
+            let Frame::Raft(message) = install_snapshot(&[], 2) else {
+                unreachable!()
+            };
+            Frame::SnapshotBegin {
+                transfer: 3,
+                len: 5 << 30,
+                message,
+            }
+        },
+        Frame::SnapshotChunk {
+            transfer: 3,
+            offset: 1 << 20,
+            data: vec![0x5A; 100],
+        },
+        Frame::SnapshotAck {
+            transfer: 3,
+            received: 2 << 20,
+        },
         Frame::Request {
             request_id: 9,
             body: RequestBody::Kv {

@@ -564,7 +564,13 @@ impl Hasher for IdHasher {
 /// The key-value state a snapshot holds, which must be the state at the
 /// snapshot's index.
 pub fn kv_of_snapshot(snap: &Snapshot) -> Result<KvStore, String> {
-    let kv = KvStore::restore(&snap.data).map_err(|e| {
+    let view = snap.data.view().map_err(|e| {
+        format!(
+            "the snapshot at {}/{} cannot be read: {e}",
+            snap.index, snap.term
+        )
+    })?;
+    let kv = KvStore::restore((*view).as_ref()).map_err(|e| {
         format!(
             "the snapshot at {}/{} does not decode: {e}",
             snap.index, snap.term

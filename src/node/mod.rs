@@ -31,6 +31,7 @@ mod peers;
 mod requests;
 mod signals;
 mod snapshots;
+mod transfer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -240,6 +241,12 @@ pub struct Node {
     conns: IdMap<Token, Conn>,
     next_token: usize,
     peers: BTreeMap<NodeId, PeerLink>,
+    /// The data dir: snapshots received are written there.
+    data_dir: std::path::PathBuf,
+    /// The last snapshot transfer id this node started.
+    next_transfer: u64,
+    /// A snapshot chunk on its way from the file to a link.
+    transfer_buf: Vec<u8>,
     /// Connections with bytes to send, flushed once per loop iteration.
     dirty: Vec<Token>,
     /// Connections whose read stopped at `READ_BYTES_PER_EVENT_MAX` with
@@ -352,9 +359,12 @@ impl Node {
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let encoder_waker = Arc::clone(&waker);
-        let encoder = SnapshotEncoder::spawn(Box::new(move || {
-            let _ = encoder_waker.wake();
-        }))?;
+        let encoder = SnapshotEncoder::spawn(
+            me.data_dir.clone(),
+            Box::new(move || {
+                let _ = encoder_waker.wake();
+            }),
+        )?;
         let disk_faults = Arc::new(DiskFaults::default());
         let store = Box::new(FaultyStore::new(store, Arc::clone(&disk_faults)));
         let storage = StorageThread::spawn(
@@ -382,6 +392,9 @@ impl Node {
             conns: IdMap::default(),
             next_token: 1,
             peers,
+            data_dir: me.data_dir.clone(),
+            next_transfer: 0,
+            transfer_buf: Vec::new(),
             dirty: Vec::new(),
             reread: Vec::new(),
             read_chunk: vec![0; net::READ_CHUNK_BYTES],
@@ -449,6 +462,7 @@ impl Node {
             self.expire_pending(now, false);
             self.driver.disk_full = self.storage.no_space();
             self.maintain_peer_links(now);
+            self.expire_transfers(now);
             self.process_ready_metered()?;
             self.sync_peer_links(now);
             self.drain_outboxes();

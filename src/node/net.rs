@@ -15,6 +15,7 @@ use crate::raft::NodeId;
 use crate::tls::Role;
 use crate::wire::{decode_frame_ref, Frame, FrameRef};
 
+use super::transfer::IncomingSnapshot;
 use super::Node;
 
 /// Client connections past their Hello at once; a further client's Hello
@@ -78,6 +79,8 @@ pub(super) struct Conn {
     /// The fragments of a Raft message received so far (an inbound peer
     /// link; empty between messages).
     pub(super) fragments: Vec<u8>,
+    /// A snapshot being streamed to us (an inbound peer link).
+    pub(super) incoming: Option<Box<IncomingSnapshot>>,
     /// What a client connection may ask: from its certificate with TLS,
     /// admin without (anyone who reaches the port, as before TLS).
     pub(super) role: Role,
@@ -121,6 +124,7 @@ impl Node {
                 close_after_flush: false,
                 dirty: false,
                 fragments: Vec::new(),
+                incoming: None,
                 role: Role::Admin,
             },
         );

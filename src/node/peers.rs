@@ -13,12 +13,11 @@ use mio::Token;
 
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::tls::{self, Role};
-use crate::wire::{
-    decode_raft_fragments, encode_raft_fragments, ErrorCode, Frame, Sender, FRAGMENTED_BYTES_MAX,
-};
+use crate::wire::{decode_raft_fragments, ErrorCode, Frame, Sender, FRAGMENTED_BYTES_MAX};
 
 use super::driver::ClientRef;
 use super::net::ConnKind;
+use super::transfer::OutgoingSnapshot;
 use super::Node;
 
 /// Bytes queued for one peer; past it, messages to that peer are dropped
@@ -35,6 +34,8 @@ pub(super) struct PeerLink {
     pub(super) token: Option<Token>,
     next_attempt: Instant,
     backoff: Duration,
+    /// The snapshot being streamed on the link, if one is.
+    pub(super) transfer: Option<OutgoingSnapshot>,
 }
 
 impl PeerLink {
@@ -44,6 +45,7 @@ impl PeerLink {
             token: None,
             next_attempt: now,
             backoff: BACKOFF_MIN,
+            transfer: None,
         }
     }
 
@@ -51,6 +53,7 @@ impl PeerLink {
     /// doubles up to `BACKOFF_MAX`.
     pub(super) fn down(&mut self, now: Instant) {
         self.token = None;
+        self.transfer = None;
         self.next_attempt = now + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
@@ -221,6 +224,26 @@ impl Node {
                 drop(body);
                 self.handle_frame(token, Frame::Raft(m))
             }
+            (
+                ConnKind::InPeer(p),
+                Frame::SnapshotBegin {
+                    transfer,
+                    len,
+                    message,
+                },
+            ) => self.snapshot_begins(token, p, transfer, len, message),
+            (
+                ConnKind::InPeer(p),
+                Frame::SnapshotChunk {
+                    transfer,
+                    offset,
+                    data,
+                },
+            ) => self.snapshot_chunk(token, p, transfer, offset, data),
+            (ConnKind::OutPeer(p), Frame::SnapshotAck { transfer, received }) => {
+                self.snapshot_acked(p, transfer, received);
+                Ok(())
+            }
             (ConnKind::InPeer(p), Frame::Raft(m)) => {
                 if m.from != p || m.to != self.id {
                     return Err(format!("{p} sent a message addressed {}->{}", m.from, m.to));
@@ -313,11 +336,11 @@ impl Node {
             return;
         }
         if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
-            // A snapshot may not fit one frame.
-            encode_raft_fragments(&m, &mut c.io.write_buf);
-        } else {
-            c.io.queue(&Frame::Raft(m));
+            // Streamed from its file, in chunks (see `transfer`).
+            self.stream_snapshot(token, m);
+            return;
         }
+        c.io.queue(&Frame::Raft(m));
         self.mark_dirty(token);
     }
 }
@@ -336,6 +359,9 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::HelloReject { .. } => "HelloReject",
         Frame::Raft(_) => "Raft",
         Frame::Fragment { .. } => "Fragment",
+        Frame::SnapshotBegin { .. } => "SnapshotBegin",
+        Frame::SnapshotChunk { .. } => "SnapshotChunk",
+        Frame::SnapshotAck { .. } => "SnapshotAck",
         Frame::Request { .. } => "Request",
         Frame::Response { .. } => "Response",
     }

@@ -6,15 +6,15 @@
 //! a thread of its own ([`SnapshotEncoder`]), so the event loop never
 //! stalls for it; the simulator encodes at once, deterministically.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use crate::kv::FrozenKv;
-use crate::raft::{LogIndex, NodeId, Snapshot, Term};
+use crate::raft::{LogIndex, Membership, NodeId, Snapshot, Term};
+use crate::storage::files::SnapshotFileWriter;
 use crate::storage::Job;
-use crate::wire::SNAPSHOT_DATA_BYTES_MAX;
 
 use super::driver::{kv_of_snapshot, Disk, Driver, DriverError, DriverEvent};
 
@@ -25,6 +25,8 @@ use super::driver::{kv_of_snapshot, Disk, Driver, DriverError, DriverEvent};
 pub struct SnapshotJob {
     pub index: LogIndex,
     pub term: Term,
+    /// The membership in force at `index`.
+    pub membership: Membership,
     /// Entries the log keeps behind the snapshot once it is taken.
     pub keep: u64,
     pub state: FrozenKv,
@@ -36,29 +38,60 @@ pub struct SnapshotDone {
     pub term: Term,
     pub keep: u64,
     pub keys: usize,
-    /// The bytes, or their size when it is past what InstallSnapshot can
-    /// carry (then nothing was encoded).
-    pub data: Result<Arc<[u8]>, usize>,
+    /// The snapshot (its data in memory, or in a file of the data dir not
+    /// yet renamed into place), or why it could not be written.
+    pub snapshot: Result<Snapshot, String>,
     pub encode_time: Duration,
 }
 
 impl SnapshotJob {
-    /// Encodes the frozen state: one pass to size it, one to write it
-    /// into a buffer of exactly that size. On any thread.
+    /// Encodes the frozen state into memory (the simulator, tests): one
+    /// pass to size it, one to write it into a buffer of exactly that
+    /// size. On any thread.
     pub fn run(self) -> SnapshotDone {
         let started = Instant::now();
-        let len = self.state.encoded_len();
-        let data = if len > SNAPSHOT_DATA_BYTES_MAX {
-            Err(len)
-        } else {
-            Ok(self.state.encode())
-        };
+        let data = self.state.encode();
+        self.done(
+            started,
+            Ok(Snapshot {
+                index: self.index,
+                term: self.term,
+                membership: self.membership.clone(),
+                data: data.into(),
+            }),
+        )
+    }
+
+    /// Encodes the frozen state into a new file in `dir`, streamed through
+    /// a small buffer: memory stays that of the frozen view (shared with
+    /// the store) whatever the state's size. The file is made durable and
+    /// renamed into place by the storage side once the driver takes it.
+    pub fn run_to_file(self, dir: &Path) -> SnapshotDone {
+        let started = Instant::now();
+        let written = (|| {
+            let len = self.state.encoded_len() as u64;
+            let mut w = SnapshotFileWriter::create(
+                dir,
+                "own",
+                self.index,
+                self.term,
+                &self.membership,
+                len,
+            )?;
+            self.state.encode_to(&mut w)?;
+            w.finish()
+        })()
+        .map_err(|e| format!("writing the snapshot into {}: {e}", dir.display()));
+        self.done(started, written)
+    }
+
+    fn done(&self, started: Instant, snapshot: Result<Snapshot, String>) -> SnapshotDone {
         SnapshotDone {
             index: self.index,
             term: self.term,
             keep: self.keep,
             keys: self.state.len(),
-            data,
+            snapshot,
             encode_time: started.elapsed(),
         }
     }
@@ -111,6 +144,9 @@ impl Driver {
         let job = SnapshotJob {
             index: applied,
             term,
+            // The log up to the applied index is committed: the membership
+            // there is settled.
+            membership: self.raft.membership_at(applied),
             keep,
             state: self.kv.freeze(),
         };
@@ -137,7 +173,7 @@ impl Driver {
             term,
             keep,
             keys,
-            data,
+            snapshot,
             encode_time,
         } = done;
         assert_eq!(
@@ -148,15 +184,13 @@ impl Driver {
             self.snapshot_encoding
         );
         self.snapshot_encoding = None;
-        let data = match data {
-            Ok(data) => data,
-            Err(len) => {
-                // A follower that fell behind could never be sent it: keep
-                // the log rather than compact it away.
-                warn!(
-                    "{}: not compacting: the state at {index} is {len} bytes, past the {} a snapshot can carry to a follower",
-                    self.id, SNAPSHOT_DATA_BYTES_MAX
-                );
+        let snap = match snapshot {
+            Ok(snap) => snap,
+            Err(e) => {
+                // The log still holds every entry: keep it rather than
+                // compact it away, and try again after the next
+                // `snapshot_entries`.
+                warn!("{}: not compacting: {e}", self.id);
                 return Ok(());
             }
         };
@@ -169,14 +203,6 @@ impl Driver {
             );
             return Ok(());
         }
-        // The membership at `index`: the log up to it is what it was when
-        // the state was frozen (its term is checked above).
-        let snap = Snapshot {
-            index,
-            term,
-            membership: self.raft.membership_at(index),
-            data,
-        };
         let release = self
             .raft
             .compact(snap.clone(), LogIndex((index.0 + 1).saturating_sub(keep)));
@@ -250,7 +276,10 @@ pub(super) struct SnapshotEncoder {
 
 impl SnapshotEncoder {
     /// Starts the thread; `wake` is called after each job is encoded.
-    pub(super) fn spawn(wake: Box<dyn Fn() + Send>) -> std::io::Result<SnapshotEncoder> {
+    pub(super) fn spawn(
+        dir: PathBuf,
+        wake: Box<dyn Fn() + Send>,
+    ) -> std::io::Result<SnapshotEncoder> {
         let (tx, rx) = crossbeam_channel::bounded::<SnapshotJob>(ENCODER_QUEUE_MAX);
         let (done_tx, done) = crossbeam_channel::bounded(ENCODER_QUEUE_MAX);
         // Not joined: a node that stops drops the job it is encoding, and
@@ -259,7 +288,7 @@ impl SnapshotEncoder {
             .name("snapshot-encode".into())
             .spawn(move || {
                 for job in rx {
-                    let done = job.run();
+                    let done = job.run_to_file(&dir);
                     if done_tx.send(done).is_err() {
                         return;
                     }

@@ -11,7 +11,7 @@ pub use membership::{ConfChange, Membership, VoteResult};
 pub use message::{Message, MessageBody, RejectHint};
 pub use types::{
     Entry, EntryKind, HardState, LogIndex, NodeId, PeerStatus, ProgressState, Role, Snapshot,
-    Status, Term,
+    SnapshotData, SnapshotSource, Status, Term,
 };
 
 pub mod core;

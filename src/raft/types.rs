@@ -122,7 +122,127 @@ pub struct Snapshot {
     /// The membership in force at `index` (empty in a snapshot written
     /// before memberships were recorded: the bootstrap one then applies).
     pub membership: Membership,
-    pub data: Arc<[u8]>,
+    pub data: SnapshotData,
+}
+
+/// Where a snapshot's bytes are: in memory (the simulator, tests, an old
+/// peer's whole-message snapshot), or behind a [`SnapshotSource`] the node
+/// reads in pieces (a file it holds open), so that a large state is never
+/// held whole in memory to be kept, sent or installed. The core only
+/// clones it and hands it on.
+#[derive(Clone)]
+pub enum SnapshotData {
+    Bytes(Arc<[u8]>),
+    Source(Arc<dyn SnapshotSource>),
+}
+
+/// Snapshot bytes the core does not hold: a file, read at offsets.
+pub trait SnapshotSource: Send + Sync + fmt::Debug {
+    /// Bytes of data.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads data from `offset` into `buf`, whole unless the data ends
+    /// first; returns how many bytes it read.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// All the data, to decode it: a view that costs no copy (a file
+    /// mapped into memory), dropped once decoded.
+    fn view(&self) -> std::io::Result<Box<dyn AsRef<[u8]> + Send>>;
+    /// For the storage that made it, to recognise its own.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl SnapshotData {
+    /// Bytes of data.
+    pub fn len(&self) -> usize {
+        match self {
+            SnapshotData::Bytes(b) => b.len(),
+            SnapshotData::Source(s) => s.len() as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads data from `offset` into `buf` (see [`SnapshotSource::read_at`]).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            SnapshotData::Bytes(b) => {
+                let from = (offset as usize).min(b.len());
+                let n = buf.len().min(b.len() - from);
+                buf[..n].copy_from_slice(&b[from..from + n]);
+                Ok(n)
+            }
+            SnapshotData::Source(s) => s.read_at(offset, buf),
+        }
+    }
+
+    /// All the data, to decode it (see [`SnapshotSource::view`]).
+    pub fn view(&self) -> std::io::Result<Box<dyn AsRef<[u8]> + Send>> {
+        match self {
+            SnapshotData::Bytes(b) => Ok(Box::new(b.clone())),
+            SnapshotData::Source(s) => s.view(),
+        }
+    }
+}
+
+impl From<Arc<[u8]>> for SnapshotData {
+    fn from(b: Arc<[u8]>) -> SnapshotData {
+        SnapshotData::Bytes(b)
+    }
+}
+
+impl From<Vec<u8>> for SnapshotData {
+    fn from(b: Vec<u8>) -> SnapshotData {
+        SnapshotData::Bytes(b.into())
+    }
+}
+
+impl From<&[u8]> for SnapshotData {
+    fn from(b: &[u8]) -> SnapshotData {
+        SnapshotData::Bytes(b.into())
+    }
+}
+
+/// Equal data: the same bytes, wherever they are (a source is read in
+/// pieces to compare; one that cannot be read equals only itself).
+impl PartialEq for SnapshotData {
+    fn eq(&self, other: &SnapshotData) -> bool {
+        match (self, other) {
+            (SnapshotData::Bytes(a), SnapshotData::Bytes(b)) => a == b,
+            (SnapshotData::Source(a), SnapshotData::Source(b))
+                if std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)) =>
+            {
+                true
+            }
+            _ if self.len() != other.len() => false,
+            _ => {
+                const PIECE: usize = 64 << 10;
+                let (mut x, mut y) = (vec![0u8; PIECE], vec![0u8; PIECE]);
+                let mut at = 0u64;
+                while at < self.len() as u64 {
+                    match (self.read_at(at, &mut x), other.read_at(at, &mut y)) {
+                        (Ok(n), Ok(m)) if n == m && n > 0 && x[..n] == y[..n] => at += n as u64,
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
+impl Eq for SnapshotData {}
+
+impl fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotData::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            SnapshotData::Source(s) => write!(f, "Source({s:?})"),
+        }
+    }
 }
 
 /// The state every server must persist before it answers (Figure 2,

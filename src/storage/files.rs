@@ -5,15 +5,21 @@
 //! `NAME`, fsync the directory. A reader sees the old file or the new one,
 //! never a mix; a CRC-32C catches a file damaged at rest.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use byteorder::{ByteOrder, LittleEndian};
 
 use super::StorageError;
 use crate::raft::membership::MEMBERSHIP_BYTES_MAX;
-use crate::raft::{HardState, LogIndex, Membership, NodeId, Snapshot, Term};
+use crate::raft::{
+    HardState, LogIndex, Membership, NodeId, Snapshot, SnapshotData, SnapshotSource, Term,
+};
 
 pub const META_FILE: &str = "meta";
 pub const HARDSTATE_FILE: &str = "hardstate";
@@ -207,24 +213,37 @@ pub fn read_hardstate(dir: &Path) -> Result<Option<HardState>, StorageError> {
 /// (`membership_bytes`); the file is this, the membership, the data, and
 /// `snapshot_trailer`.
 pub fn encode_snapshot_header(snap: &Snapshot, membership: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    snapshot_header(snap.index, snap.term, membership, snap.data.len() as u64)
+}
+
+fn snapshot_header(
+    index: LogIndex,
+    term: Term,
+    membership: &[u8],
+    data_len: u64,
+) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut out = [0u8; SNAPSHOT_HEADER_BYTES];
     out[..8].copy_from_slice(SNAPSHOT_MAGIC);
     LittleEndian::write_u32(&mut out[8..12], FORMAT_VERSION);
     LittleEndian::write_u32(&mut out[12..16], membership.len() as u32);
-    LittleEndian::write_u64(&mut out[16..24], snap.index.0);
-    LittleEndian::write_u64(&mut out[24..32], snap.term.0);
-    LittleEndian::write_u64(&mut out[32..40], snap.data.len() as u64);
+    LittleEndian::write_u64(&mut out[16..24], index.0);
+    LittleEndian::write_u64(&mut out[24..32], term.0);
+    LittleEndian::write_u64(&mut out[32..40], data_len);
     out
 }
 
-/// A snapshot's membership as stored: nothing when it has none (a
-/// snapshot from before memberships were recorded).
-fn membership_bytes(snap: &Snapshot) -> Vec<u8> {
-    if snap.membership == Membership::default() {
+/// A membership as stored: nothing when it has none (a snapshot from
+/// before memberships were recorded).
+fn stored_membership(membership: &Membership) -> Vec<u8> {
+    if *membership == Membership::default() {
         Vec::new()
     } else {
-        snap.membership.to_bytes()
+        membership.to_bytes()
     }
+}
+
+fn membership_bytes(snap: &Snapshot) -> Vec<u8> {
+    stored_membership(&snap.membership)
 }
 
 /// The CRC-32C of the header, the membership and the data, which ends a
@@ -243,36 +262,61 @@ pub fn snapshot_trailer(
 pub fn encode_snapshot(snap: &Snapshot) -> Vec<u8> {
     let membership = membership_bytes(snap);
     let header = encode_snapshot_header(snap, &membership);
-    let mut out =
-        Vec::with_capacity(SNAPSHOT_HEADER_BYTES + membership.len() + snap.data.len() + 4);
+    let data = snapshot_bytes(snap);
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + membership.len() + data.len() + 4);
     out.extend_from_slice(&header);
     out.extend_from_slice(&membership);
-    out.extend_from_slice(&snap.data);
-    out.extend_from_slice(&snapshot_trailer(&header, &membership, &snap.data));
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&snapshot_trailer(&header, &membership, &data));
     out
 }
 
-pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> {
+/// A snapshot's data in one buffer: in memory already, or read whole from
+/// its source (for tests and tools; a source that fails reads as empty,
+/// which no decoder takes for a snapshot).
+fn snapshot_bytes(snap: &Snapshot) -> Arc<[u8]> {
+    match &snap.data {
+        SnapshotData::Bytes(b) => b.clone(),
+        SnapshotData::Source(_) => snap
+            .data
+            .view()
+            .map(|v| Arc::from((*v).as_ref()))
+            .unwrap_or_else(|_| Arc::from(&[][..])),
+    }
+}
+
+/// What a snapshot file's header says, checked against the file's length.
+struct SnapshotHead {
+    index: LogIndex,
+    term: Term,
+    data_at: usize,
+    data_len: u64,
+}
+
+/// Parses the header and membership of a snapshot file of `file_len`
+/// bytes from `b`, its first bytes (all of them, or at least
+/// `SNAPSHOT_HEADER_BYTES + MEMBERSHIP_BYTES_MAX`).
+fn parse_snapshot_head(path: &Path, b: &[u8], file_len: u64) -> Result<SnapshotHead, StorageError> {
     let bad = |offset: u64, what: String| StorageError::corrupt(path, offset, what);
-    let fixed = SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES;
+    let fixed = (SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES) as u64;
     if b.len() < 16 {
         return Err(bad(
             0,
-            format!("{} bytes, shorter than a snapshot file's header", b.len()),
+            format!("{file_len} bytes, shorter than a snapshot file's header"),
         ));
     }
     check_preamble(b, SNAPSHOT_MAGIC, "snapshot file").map_err(|(o, w)| bad(o, w))?;
-    if b.len() < fixed {
+    if file_len < fixed || b.len() < SNAPSHOT_HEADER_BYTES {
         return Err(bad(
-            b.len() as u64,
-            format!(
-                "the file ends after {} bytes, a snapshot file has at least {fixed}",
-                b.len()
-            ),
+            file_len,
+            format!("the file ends after {file_len} bytes, a snapshot file has at least {fixed}"),
         ));
     }
     let membership_len = LittleEndian::read_u32(&b[12..16]) as usize;
-    if membership_len > MEMBERSHIP_BYTES_MAX || membership_len > b.len() - fixed {
+    if membership_len > MEMBERSHIP_BYTES_MAX
+        || membership_len as u64 > file_len - fixed
+        || SNAPSHOT_HEADER_BYTES + membership_len > b.len()
+    {
         return Err(bad(
             12,
             format!(
@@ -283,7 +327,7 @@ pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> 
     let data_len = LittleEndian::read_u64(&b[32..40]);
     // The length comes from disk: compare without converting it to an
     // offset, which could overflow.
-    let have = (b.len() - fixed - membership_len) as u64;
+    let have = file_len - fixed - membership_len as u64;
     if data_len != have {
         let why = if data_len > have {
             "the file is truncated"
@@ -295,51 +339,436 @@ pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> 
             format!("data length {data_len}, but the file holds {have} bytes of data: {why}"),
         ));
     }
-    let data_at = SNAPSHOT_HEADER_BYTES + membership_len;
-    let end = data_at + have as usize;
-    let stored = LittleEndian::read_u32(&b[end..]);
-    let computed = crc32c::crc32c(&b[..end]);
-    if computed != stored {
-        return Err(bad(
-            end as u64,
-            format!("CRC mismatch (stored {stored:08x}, computed {computed:08x})"),
-        ));
-    }
-    let membership = if membership_len == 0 {
-        Membership::default()
-    } else {
-        Membership::from_bytes(&b[SNAPSHOT_HEADER_BYTES..data_at])
-            .map_err(|e| bad(SNAPSHOT_HEADER_BYTES as u64, format!("membership: {e}")))?
-    };
-    Ok(Snapshot {
+    Ok(SnapshotHead {
         index: LogIndex(LittleEndian::read_u64(&b[16..24])),
         term: Term(LittleEndian::read_u64(&b[24..32])),
-        membership,
-        data: b[data_at..end].into(),
+        data_at: SNAPSHOT_HEADER_BYTES + membership_len,
+        data_len,
     })
 }
 
-/// `dir`'s snapshot, if it has one. A leftover `snapshot.tmp` (a crash
-/// while the next one was written) is not looked at.
+/// The membership in a snapshot file's first bytes `b`, once its CRC has
+/// been checked (damage is reported as a CRC mismatch first).
+fn snapshot_membership(
+    path: &Path,
+    b: &[u8],
+    head: &SnapshotHead,
+) -> Result<Membership, StorageError> {
+    if head.data_at == SNAPSHOT_HEADER_BYTES {
+        return Ok(Membership::default());
+    }
+    Membership::from_bytes(&b[SNAPSHOT_HEADER_BYTES..head.data_at]).map_err(|e| {
+        StorageError::corrupt(
+            path,
+            SNAPSHOT_HEADER_BYTES as u64,
+            format!("membership: {e}"),
+        )
+    })
+}
+
+fn crc_mismatch(path: &Path, end: u64, stored: u32, computed: u32) -> StorageError {
+    StorageError::corrupt(
+        path,
+        end,
+        format!("CRC mismatch (stored {stored:08x}, computed {computed:08x})"),
+    )
+}
+
+/// A whole snapshot file in memory, its data copied out (for tests and
+/// tools; the node opens its snapshot with [`open_snapshot`]).
+pub fn decode_snapshot(path: &Path, b: &[u8]) -> Result<Snapshot, StorageError> {
+    let head = parse_snapshot_head(path, b, b.len() as u64)?;
+    let end = head.data_at + head.data_len as usize;
+    let stored = LittleEndian::read_u32(&b[end..]);
+    let computed = crc32c::crc32c(&b[..end]);
+    if computed != stored {
+        return Err(crc_mismatch(path, end as u64, stored, computed));
+    }
+    Ok(Snapshot {
+        index: head.index,
+        term: head.term,
+        membership: snapshot_membership(path, b, &head)?,
+        data: b[head.data_at..end].into(),
+    })
+}
+
+/// Bytes read at a time when a snapshot file is checked or sent.
+pub const SNAPSHOT_READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// Opens the snapshot file at `path` and checks it whole (header, lengths,
+/// CRC) reading it in chunks: the snapshot it returns reads its data from
+/// the open file, never holding it in memory.
+pub fn open_snapshot(path: &Path) -> Result<Snapshot, StorageError> {
+    let io_err = |e| StorageError::io(path, e);
+    let file = File::open(path).map_err(io_err)?;
+    let file_len = file.metadata().map_err(io_err)?.len();
+    let mut head = vec![0u8; (SNAPSHOT_HEADER_BYTES + MEMBERSHIP_BYTES_MAX).min(file_len as usize)];
+    read_full_at(&file, 0, &mut head).map_err(io_err)?;
+    let h = parse_snapshot_head(path, &head, file_len)?;
+    let end = h.data_at as u64 + h.data_len;
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; SNAPSHOT_READ_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < end {
+        let n = ((end - at) as usize).min(buf.len());
+        read_full_at(&file, at, &mut buf[..n]).map_err(io_err)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
+    }
+    let mut trailer = [0u8; SNAPSHOT_TRAILER_BYTES];
+    read_full_at(&file, end, &mut trailer).map_err(io_err)?;
+    let stored = u32::from_le_bytes(trailer);
+    if crc != stored {
+        return Err(crc_mismatch(path, end, stored, crc));
+    }
+    Ok(Snapshot {
+        index: h.index,
+        term: h.term,
+        membership: snapshot_membership(path, &head, &h)?,
+        data: SnapshotData::Source(Arc::new(SnapshotFile {
+            file,
+            data_at: h.data_at as u64,
+            len: h.data_len,
+            pending: Mutex::new(None),
+        })),
+    })
+}
+
+/// Fills `buf` from `file` at `offset`; a file that ends first is an
+/// error.
+fn read_full_at(file: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the file ends at {offset}"),
+                ))
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `dir`'s snapshot, if it has one, open (see [`open_snapshot`]). A
+/// leftover temporary file (a crash while the next one was written or
+/// received) is not looked at.
 pub fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
-    read_optional(dir, SNAPSHOT_FILE)?
-        .map(|b| decode_snapshot(&dir.join(SNAPSHOT_FILE), &b))
-        .transpose()
+    let path = dir.join(SNAPSHOT_FILE);
+    match open_snapshot(&path) {
+        Ok(s) => Ok(Some(s)),
+        Err(StorageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the temporary snapshot files a crash left in `dir` (one being
+/// encoded or received); returns how many.
+pub fn remove_snapshot_leftovers(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(SNAPSHOT_TMP_PREFIX) && name.ends_with(".tmp") {
+            fs::remove_file(e.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Replaces `dir`'s snapshot with `snap`, atomically and (with `fsync`)
-/// durably.
+/// durably. A snapshot made by a [`SnapshotFileWriter`] in `dir` is
+/// already written: its file is made durable and renamed into place.
 pub fn write_snapshot(dir: &Path, snap: &Snapshot, fsync: bool) -> Result<(), StorageError> {
+    if let SnapshotData::Source(s) = &snap.data {
+        if let Some(f) = s.as_any().downcast_ref::<SnapshotFile>() {
+            return f
+                .install(dir, fsync)
+                .map_err(|e| StorageError::io(&dir.join(SNAPSHOT_FILE), e));
+        }
+    }
     let membership = membership_bytes(snap);
     let header = encode_snapshot_header(snap, &membership);
-    let trailer = snapshot_trailer(&header, &membership, &snap.data);
+    let data = snapshot_bytes(snap);
+    let trailer = snapshot_trailer(&header, &membership, &data);
     atomic_write_parts(
         dir,
         SNAPSHOT_FILE,
-        &[&header, &membership, &snap.data, &trailer],
+        &[&header, &membership, &data, &trailer],
         fsync,
     )
     .map_err(|e| StorageError::io(&dir.join(SNAPSHOT_FILE), e))
+}
+
+/// Names of the temporary files snapshots are written to before they
+/// are renamed into place: `snapshot.<what>.<index>.<n>.tmp`.
+pub const SNAPSHOT_TMP_PREFIX: &str = "snapshot.";
+
+/// A snapshot file the node holds open: its own snapshot, or one being
+/// installed. Its data is read at offsets ([`SnapshotSource`]); while it
+/// is still a temporary file (not yet the data dir's snapshot) dropping
+/// it removes the file.
+pub struct SnapshotFile {
+    file: File,
+    data_at: u64,
+    len: u64,
+    /// The temporary file's path until [`SnapshotFile::install`] renames it.
+    pending: Mutex<Option<PathBuf>>,
+}
+
+impl fmt::Debug for SnapshotFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "file of {} bytes", self.len)
+    }
+}
+
+impl SnapshotFile {
+    /// Makes this file `dir`'s snapshot: fsync, rename, fsync the
+    /// directory. Done already, nothing to do.
+    pub fn install(&self, dir: &Path, fsync: bool) -> io::Result<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(path) = pending.as_ref() else {
+            return Ok(());
+        };
+        if fsync {
+            self.file.sync_all().map_err(sync_error)?;
+        }
+        fs::rename(path, dir.join(SNAPSHOT_FILE))?;
+        if fsync {
+            fsync_dir(dir)?;
+        }
+        *pending = None;
+        Ok(())
+    }
+}
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        let pending = self.pending.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = pending.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+impl SnapshotSource for SnapshotFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.len.saturating_sub(offset)).min(buf.len() as u64) as usize;
+        read_full_at(&self.file, self.data_at + offset, &mut buf[..n])?;
+        Ok(n)
+    }
+
+    fn view(&self) -> io::Result<Box<dyn AsRef<[u8]> + Send>> {
+        Ok(Box::new(Mapped::new(&self.file, self.data_at, self.len)?))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A snapshot file mapped read-only: its data decoded where it lies in
+/// the page cache, never copied into the heap.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    map_len: usize,
+    data_at: usize,
+    len: usize,
+}
+
+// The mapping is read-only and private to this value.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    fn new(file: &File, data_at: u64, len: u64) -> io::Result<Mapped> {
+        let map_len = (data_at + len) as usize;
+        if len == 0 {
+            return Ok(Mapped {
+                ptr: std::ptr::null_mut(),
+                map_len: 0,
+                data_at: 0,
+                len: 0,
+            });
+        }
+        // SAFETY: a read-only private mapping of a file we hold open; the
+        // file is never written once it is a snapshot (a new snapshot is a
+        // new file renamed over the name).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapped {
+            ptr,
+            map_len,
+            data_at: data_at as usize,
+            len: len as usize,
+        })
+    }
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the mapping covers `data_at + len` bytes and lives as long
+        // as `self`.
+        unsafe { std::slice::from_raw_parts((self.ptr as *const u8).add(self.data_at), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.map_len > 0 {
+            // SAFETY: unmaps exactly what `new` mapped.
+            unsafe {
+                libc::munmap(self.ptr, self.map_len);
+            }
+        }
+    }
+}
+
+/// Writes a snapshot file piece by piece into a temporary file in the data
+/// dir (the node's own snapshot as it is encoded, or a leader's as it
+/// arrives), keeping its CRC as it goes; [`SnapshotFileWriter::finish`]
+/// gives the snapshot, which [`write_snapshot`] later renames into place.
+pub struct SnapshotFileWriter {
+    file: File,
+    path: Option<PathBuf>,
+    crc: u32,
+    written: u64,
+    data_at: u64,
+    data_len: u64,
+    index: LogIndex,
+    term: Term,
+    membership: Membership,
+}
+
+static SNAPSHOT_TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl SnapshotFileWriter {
+    /// A new temporary file in `dir` for a snapshot of `data_len` bytes of
+    /// data; `what` names its origin in the file name.
+    pub fn create(
+        dir: &Path,
+        what: &str,
+        index: LogIndex,
+        term: Term,
+        membership: &Membership,
+        data_len: u64,
+    ) -> io::Result<SnapshotFileWriter> {
+        let n = SNAPSHOT_TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{SNAPSHOT_TMP_PREFIX}{what}.{index}.{n}.tmp"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let m = stored_membership(membership);
+        let header = snapshot_header(index, term, &m, data_len);
+        let mut w = SnapshotFileWriter {
+            crc: crc32c::crc32c_append(crc32c::crc32c(&header), &m),
+            data_at: (header.len() + m.len()) as u64,
+            path: Some(path),
+            written: 0,
+            data_len,
+            index,
+            term,
+            membership: membership.clone(),
+            file: {
+                file.write_all(&header)?;
+                file.write_all(&m)?;
+                file
+            },
+        };
+        w.file.flush()?;
+        Ok(w)
+    }
+
+    /// Bytes of data written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes the trailer and gives the snapshot, reading from this file;
+    /// fails unless exactly `data_len` bytes of data were written.
+    pub fn finish(mut self) -> io::Result<Snapshot> {
+        if self.written != self.data_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} bytes of snapshot data written, {} expected",
+                    self.written, self.data_len
+                ),
+            ));
+        }
+        self.file.write_all(&self.crc.to_le_bytes())?;
+        let file = self.file.try_clone()?;
+        let snap = Snapshot {
+            index: self.index,
+            term: self.term,
+            membership: std::mem::take(&mut self.membership),
+            data: SnapshotData::Source(Arc::new(SnapshotFile {
+                file,
+                data_at: self.data_at,
+                len: self.data_len,
+                pending: Mutex::new(self.path.take()),
+            })),
+        };
+        Ok(snap)
+    }
+}
+
+impl Write for SnapshotFileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written + buf.len() as u64 > self.data_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot data past its stated {} bytes", self.data_len),
+            ));
+        }
+        self.file.write_all(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SnapshotFileWriter {
+    /// Not finished: the partial file goes.
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -449,9 +878,92 @@ mod tests {
         write_snapshot(dir.path(), &snap(10, 2, b"ten"), true).expect("write");
         write_snapshot(dir.path(), &snap(20, 3, b"twenty"), false).expect("write");
         fs::write(dir.path().join("snapshot.tmp"), b"RAFTKSNP\x01\x00").expect("tmp");
-        assert_eq!(
-            read_snapshot(dir.path()).ok(),
-            Some(Some(snap(20, 3, b"twenty")))
-        );
+        let read = read_snapshot(dir.path())
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(same_in_memory(&read), snap(20, 3, b"twenty"));
+        // The one read from disk streams from the file.
+        assert!(matches!(read.data, SnapshotData::Source(_)));
+    }
+
+    /// `s` with its data read into memory, to compare.
+    fn same_in_memory(s: &Snapshot) -> Snapshot {
+        let view = s.data.view().expect("view");
+        Snapshot {
+            data: (*view).as_ref().into(),
+            ..s.clone()
+        }
+    }
+
+    #[test]
+    fn open_snapshot_reports_damage_as_decode_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(SNAPSHOT_FILE);
+        let b = encode_snapshot(&snap(42, 7, b"state machine"));
+        for byte in 0..b.len() {
+            let mut d = b.clone();
+            d[byte] ^= 0x20;
+            fs::write(&p, &d).expect("write");
+            let want = decode_snapshot(&p, &d).err().map(|e| e.to_string());
+            let got = open_snapshot(&p).err().map(|e| e.to_string());
+            assert_eq!(got, want, "flip at {byte}");
+        }
+        for len in 0..b.len() {
+            fs::write(&p, &b[..len]).expect("write");
+            let want = decode_snapshot(&p, &b[..len]).err().map(|e| e.to_string());
+            let got = open_snapshot(&p).err().map(|e| e.to_string());
+            assert_eq!(got, want, "truncated to {len}");
+        }
+    }
+
+    #[test]
+    fn a_written_snapshot_file_is_renamed_into_place_or_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp_files = || {
+            fs::read_dir(dir.path())
+                .expect("ls")
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                })
+                .count()
+        };
+        let write = |data: &[u8]| {
+            let mut w = SnapshotFileWriter::create(
+                dir.path(),
+                "test",
+                LogIndex(5),
+                Term(2),
+                &Membership::default(),
+                data.len() as u64,
+            )
+            .expect("create");
+            w.write_all(data).expect("write");
+            w
+        };
+        // Dropped unfinished, or finished and never installed: it goes.
+        drop(write(b"half"));
+        assert_eq!(tmp_files(), 0);
+        drop(write(b"done").finish().expect("finish"));
+        assert_eq!(tmp_files(), 0);
+        // Past its stated length: refused.
+        let mut w = write(b"four");
+        assert!(w.write_all(b"x").is_err());
+        drop(w);
+        // Installed: it is the snapshot, read back whole.
+        let s = write(b"state").finish().expect("finish");
+        assert_eq!(tmp_files(), 1);
+        write_snapshot(dir.path(), &s, true).expect("install");
+        assert_eq!(tmp_files(), 0);
+        drop(s);
+        let read = read_snapshot(dir.path()).expect("read").expect("some");
+        assert_eq!(same_in_memory(&read), snap(5, 2, b"state"));
+        let mut buf = [0u8; 3];
+        assert_eq!(read.data.read_at(2, &mut buf).expect("read_at"), 3);
+        assert_eq!(&buf, b"ate");
+        // A leftover from a crash is removed.
+        std::mem::forget(write(b"crash"));
+        assert_eq!(remove_snapshot_leftovers(dir.path()).expect("rm"), 1);
+        assert_eq!(tmp_files(), 0);
     }
 }

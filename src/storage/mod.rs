@@ -209,6 +209,16 @@ impl DiskStore {
             }
             None => Self::init(dir, owner, opts)?,
         }
+        // A snapshot being encoded or received when the node stopped: the
+        // log (or the leader) still has what it held.
+        match files::remove_snapshot_leftovers(dir) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "{}: removed {n} unfinished snapshot file(s) left by a stop",
+                dir.display()
+            ),
+            Err(e) => return Err(StorageError::io(dir, e)),
+        }
         let hs_path = dir.join(files::HARDSTATE_FILE);
         let hard_state = match files::read_hardstate(dir)? {
             Some(hs) => hs,

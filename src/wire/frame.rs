@@ -38,6 +38,9 @@ const TYPE_HELLO_OK: u8 = 2;
 const TYPE_HELLO_REJECT: u8 = 3;
 const TYPE_RAFT: u8 = 10;
 const TYPE_FRAGMENT: u8 = 11;
+const TYPE_SNAPSHOT_BEGIN: u8 = 12;
+const TYPE_SNAPSHOT_CHUNK: u8 = 13;
+const TYPE_SNAPSHOT_ACK: u8 = 14;
 const TYPE_REQUEST: u8 = 20;
 const TYPE_RESPONSE: u8 = 21;
 
@@ -353,6 +356,27 @@ pub enum Frame {
         last: bool,
         data: Vec<u8>,
     },
+    /// A streamed InstallSnapshot starts: `message` is the InstallSnapshot
+    /// with empty data; `len` bytes of data follow in SnapshotChunk frames
+    /// of the same `transfer`, in order. On the link the leader dialled.
+    SnapshotBegin {
+        transfer: u64,
+        len: u64,
+        message: Message,
+    },
+    /// Data of a streamed snapshot from byte `offset`.
+    SnapshotChunk {
+        transfer: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The receiver of `transfer` has written its first `received` bytes:
+    /// the sender may send more (a bounded window ahead of this). Sent back
+    /// on the link the sender dialled.
+    SnapshotAck {
+        transfer: u64,
+        received: u64,
+    },
     Request {
         request_id: u64,
         body: RequestBody,
@@ -537,6 +561,9 @@ fn frame_body(buf: &[u8]) -> Result<Option<RawFrame<'_>>, FrameError> {
             | TYPE_HELLO_REJECT
             | TYPE_RAFT
             | TYPE_FRAGMENT
+            | TYPE_SNAPSHOT_BEGIN
+            | TYPE_SNAPSHOT_CHUNK
+            | TYPE_SNAPSHOT_ACK
             | TYPE_REQUEST
             | TYPE_RESPONSE
     ) {
@@ -585,6 +612,31 @@ fn encode_body(frame: &Frame, out: &mut Vec<u8>) -> u8 {
             out.extend_from_slice(data);
             TYPE_FRAGMENT
         }
+        Frame::SnapshotBegin {
+            transfer,
+            len,
+            message,
+        } => {
+            put_u64(out, *transfer);
+            put_u64(out, *len);
+            encode_message(message, out);
+            TYPE_SNAPSHOT_BEGIN
+        }
+        Frame::SnapshotChunk {
+            transfer,
+            offset,
+            data,
+        } => {
+            put_u64(out, *transfer);
+            put_u64(out, *offset);
+            out.extend_from_slice(data);
+            TYPE_SNAPSHOT_CHUNK
+        }
+        Frame::SnapshotAck { transfer, received } => {
+            put_u64(out, *transfer);
+            put_u64(out, *received);
+            TYPE_SNAPSHOT_ACK
+        }
         Frame::Request { request_id, body } => {
             put_u64(out, *request_id);
             encode_request(body, out);
@@ -626,6 +678,21 @@ fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, DecodeError> {
         TYPE_FRAGMENT => Frame::Fragment {
             last: r.bool("last")?,
             data: r.rest().to_vec(),
+        },
+        TYPE_SNAPSHOT_BEGIN => Frame::SnapshotBegin {
+            transfer: r.u64("transfer")?,
+            len: r.u64("len")?,
+            // The node checks it is an InstallSnapshot with empty data.
+            message: decode_message(&mut r)?,
+        },
+        TYPE_SNAPSHOT_CHUNK => Frame::SnapshotChunk {
+            transfer: r.u64("transfer")?,
+            offset: r.u64("offset")?,
+            data: r.rest().to_vec(),
+        },
+        TYPE_SNAPSHOT_ACK => Frame::SnapshotAck {
+            transfer: r.u64("transfer")?,
+            received: r.u64("received")?,
         },
         TYPE_REQUEST => Frame::Request {
             request_id: r.u64("request_id")?,
@@ -714,6 +781,17 @@ pub fn encode_raft_fragments(m: &Message, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends a SnapshotChunk frame carrying `data`, without building the
+/// frame's value first (the chunk is copied once, into `out`).
+pub fn encode_snapshot_chunk(out: &mut Vec<u8>, transfer: u64, offset: u64, data: &[u8]) {
+    encode_framed(out, |out| {
+        put_u64(out, transfer);
+        put_u64(out, offset);
+        out.extend_from_slice(data);
+        TYPE_SNAPSHOT_CHUNK
+    });
+}
+
 /// Decodes a Raft message from the payloads of its fragments, joined.
 pub fn decode_raft_fragments(body: &[u8]) -> Result<Message, FrameError> {
     let error = |error| FrameError::Body {
@@ -795,7 +873,12 @@ fn encode_message(m: &Message, out: &mut Vec<u8>) {
             put_u64(out, snapshot.term.0);
             put_u64(out, *read_round);
             put_bytes(out, &snapshot.membership.to_bytes());
-            put_bytes(out, &snapshot.data);
+            // A snapshot in a file is streamed (SnapshotBegin and its
+            // chunks), not sent this way; should one be, it is read whole.
+            match snapshot.data.view() {
+                Ok(v) => put_bytes(out, (*v).as_ref()),
+                Err(_) => put_bytes(out, &[]),
+            }
         }
     }
 }

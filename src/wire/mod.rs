@@ -8,7 +8,8 @@ pub mod frame;
 
 pub use frame::{
     decode_frame, decode_frame_ref, decode_raft_fragments, encode_frame, encode_raft_fragments,
-    DiskFault, ErrorCode, FaultSpec, Frame, FrameError, FrameRef, KvRequestRef, MemberRequest,
-    MembersInfo, NodeStatus, RequestBody, ResponseBody, Sender, FRAGMENTED_BYTES_MAX,
-    FRAGMENT_BYTES_MAX, FRAME_BYTES_MAX, HEADER_BYTES, MAGIC, SNAPSHOT_DATA_BYTES_MAX, VERSION,
+    encode_snapshot_chunk, DiskFault, ErrorCode, FaultSpec, Frame, FrameError, FrameRef,
+    KvRequestRef, MemberRequest, MembersInfo, NodeStatus, RequestBody, ResponseBody, Sender,
+    FRAGMENTED_BYTES_MAX, FRAGMENT_BYTES_MAX, FRAME_BYTES_MAX, HEADER_BYTES, MAGIC,
+    SNAPSHOT_DATA_BYTES_MAX, VERSION,
 };
