@@ -174,6 +174,31 @@ fn a_snapshot_that_does_not_decode_closes_the_link_only() {
         );
     }
     send_as_leader(&frames, "sent a bad message in fragments");
+    // Streamed, as a leader of this release sends it: received whole,
+    // then refused when it does not decode (off the event loop).
+    let garbage = b"not a key-value state either".to_vec();
+    let mut frames = Vec::new();
+    let mut header = bogus.clone();
+    if let MessageBody::InstallSnapshot { snapshot, .. } = &mut header.body {
+        snapshot.data = Vec::new().into();
+    }
+    encode_frame(
+        &Frame::SnapshotBegin {
+            transfer: 1,
+            len: garbage.len() as u64,
+            message: header,
+        },
+        &mut frames,
+    );
+    encode_frame(
+        &Frame::SnapshotChunk {
+            transfer: 1,
+            offset: 0,
+            data: garbage,
+        },
+        &mut frames,
+    );
+    send_as_leader(&frames, "refusing the snapshot from");
     put(&mut c, "after", "2");
     tc.wait_value_everywhere(&[follower], "after", "2");
     tc.wait_value_everywhere(&[follower], "before", "1");

@@ -310,8 +310,37 @@ impl Driver {
         if let MessageBody::InstallSnapshot { snapshot, .. } = &m.body {
             self.decode_snapshot(m.from, snapshot)?;
         }
-        self.raft.step(m);
+        self.step_keeping_decoded(m);
         Ok(())
+    }
+
+    /// Steps the core; a decoded snapshot it did not take (a message of an
+    /// old term) is let go at once rather than held until the next one.
+    fn step_keeping_decoded(&mut self, m: Message) {
+        self.raft.step(m);
+        if let Some((index, _, _)) = &self.decoded_snapshot {
+            if self.raft.commit_index() < *index {
+                self.decoded_snapshot = None;
+            }
+        }
+    }
+
+    /// An InstallSnapshot whose state was decoded already, off the event
+    /// loop (`kv`): as [`Driver::step`] without decoding it again.
+    pub fn step_decoded(&mut self, m: Message, kv: KvStore) {
+        if let MessageBody::InstallSnapshot { snapshot, .. } = &m.body {
+            if self.needs_decode(snapshot) {
+                self.decoded_snapshot = Some((snapshot.index, snapshot.term, kv));
+            }
+        }
+        self.step_keeping_decoded(m);
+    }
+
+    /// Whether an InstallSnapshot of `snap` would be taken, so that its
+    /// state needs decoding (one at or behind the commit index is only
+    /// acknowledged).
+    pub fn needs_decode(&self, snap: &crate::raft::Snapshot) -> bool {
+        snap.index > self.raft.commit_index()
     }
 
     /// Whether every job handed to the disk has been reported durable.

@@ -247,6 +247,13 @@ pub struct Node {
     next_transfer: u64,
     /// A snapshot chunk on its way from the file to a link.
     transfer_buf: Vec<u8>,
+    /// Snapshots received are decoded on a thread of their own, which
+    /// reports here and wakes the loop (see `transfer`).
+    decode_waker: Arc<Waker>,
+    decoded_tx: crossbeam_channel::Sender<transfer::Decoded>,
+    decoded_rx: crossbeam_channel::Receiver<transfer::Decoded>,
+    /// A received snapshot is being decoded.
+    decoding: bool,
     /// Connections with bytes to send, flushed once per loop iteration.
     dirty: Vec<Token>,
     /// Connections whose read stopped at `READ_BYTES_PER_EVENT_MAX` with
@@ -359,6 +366,8 @@ impl Node {
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let encoder_waker = Arc::clone(&waker);
+        let decode_waker = Arc::clone(&waker);
+        let (decoded_tx, decoded_rx) = crossbeam_channel::unbounded();
         let encoder = SnapshotEncoder::spawn(
             me.data_dir.clone(),
             Box::new(move || {
@@ -395,6 +404,10 @@ impl Node {
             data_dir: me.data_dir.clone(),
             next_transfer: 0,
             transfer_buf: Vec::new(),
+            decode_waker,
+            decoded_tx,
+            decoded_rx,
+            decoding: false,
             dirty: Vec::new(),
             reread: Vec::new(),
             read_chunk: vec![0; net::READ_CHUNK_BYTES],
@@ -503,6 +516,9 @@ impl Node {
                 encoder: &self.encoder,
             };
             self.driver.snapshot_encoded(done, &mut disk)?;
+        }
+        while let Ok(d) = self.decoded_rx.try_recv() {
+            self.snapshot_decoded(d);
         }
         Ok(())
     }

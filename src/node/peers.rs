@@ -36,6 +36,10 @@ pub(super) struct PeerLink {
     backoff: Duration,
     /// The snapshot being streamed on the link, if one is.
     pub(super) transfer: Option<OutgoingSnapshot>,
+    /// The last snapshot streamed whole on this connection, and when:
+    /// asked for again soon after, it is not sent again (see
+    /// `Node::stream_snapshot`).
+    pub(super) streamed: Option<(super::transfer::TransferKey, Instant)>,
 }
 
 impl PeerLink {
@@ -46,6 +50,7 @@ impl PeerLink {
             next_attempt: now,
             backoff: BACKOFF_MIN,
             transfer: None,
+            streamed: None,
         }
     }
 
@@ -54,6 +59,7 @@ impl PeerLink {
     pub(super) fn down(&mut self, now: Instant) {
         self.token = None;
         self.transfer = None;
+        self.streamed = None;
         self.next_attempt = now + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }

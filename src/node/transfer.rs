@@ -17,13 +17,15 @@
 
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::Token;
 
+use crate::kv::KvStore;
 use crate::raft::{LogIndex, Message, MessageBody, NodeId, Snapshot, SnapshotData, Term};
 use crate::storage::files::SnapshotFileWriter;
 use crate::wire::{encode_snapshot_chunk, Frame};
 
+use super::driver::kv_of_snapshot;
 use super::Node;
 
 /// Bytes of data per SnapshotChunk.
@@ -35,13 +37,22 @@ pub const TRANSFER_WINDOW_CHUNKS: u64 = 8;
 /// A transfer that gets no acknowledgement for this long is abandoned.
 pub const TRANSFER_STALL: Duration = Duration::from_secs(10);
 
+/// After a snapshot is streamed whole on a link, the same InstallSnapshot
+/// asked for again within this time is not sent again: the follower has
+/// every byte and is installing it (a large state takes a while to
+/// decode, and the leader repeats an unanswered snapshot). A link that
+/// closes forgets it; past this time it is sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(30);
+
+/// Which InstallSnapshot a transfer carries: the snapshot's index and
+/// term, and the message's term.
+pub(super) type TransferKey = (LogIndex, Term, Term);
+
 /// A snapshot being sent on one of our links.
 pub(super) struct OutgoingSnapshot {
     id: u64,
     /// The InstallSnapshot it carries; its data is what is streamed.
-    index: LogIndex,
-    snap_term: Term,
-    msg_term: Term,
+    key: TransferKey,
     data: SnapshotData,
     len: u64,
     /// Bytes queued so far, and acknowledged as written.
@@ -74,8 +85,9 @@ impl Node {
         let Some(link) = self.peers.get(&m.to) else {
             return;
         };
+        let key = (snapshot.index, snapshot.term, m.term);
         if let Some(t) = &link.transfer {
-            if t.index == snapshot.index && t.snap_term == snapshot.term && t.msg_term == m.term {
+            if t.key == key {
                 return;
             }
             info!(
@@ -83,13 +95,17 @@ impl Node {
                 self.id, t.id, m.to, snapshot.index, snapshot.term
             );
         }
+        if link
+            .streamed
+            .is_some_and(|(k, at)| k == key && at.elapsed() < RESEND_AFTER)
+        {
+            return;
+        }
         self.next_transfer += 1;
         let now = Instant::now();
         let t = OutgoingSnapshot {
             id: self.next_transfer,
-            index: snapshot.index,
-            snap_term: snapshot.term,
-            msg_term: m.term,
+            key,
             data: snapshot.data.clone(),
             len: snapshot.data.len() as u64,
             sent: 0,
@@ -103,7 +119,7 @@ impl Node {
         }
         info!(
             "{}: streaming the snapshot at {}/{} ({} bytes) to {} (transfer {})",
-            self.id, t.index, t.snap_term, t.len, m.to, t.id
+            self.id, key.0, key.1, t.len, m.to, t.id
         );
         self.send_frame(
             token,
@@ -190,6 +206,7 @@ impl Node {
                 secs,
                 t.len as f64 / secs / 1e6
             );
+            link.streamed = Some((t.key, now));
             link.transfer = None;
             return;
         }
@@ -337,12 +354,91 @@ impl Node {
             file.term,
             len as f64 / secs / 1e6
         );
-        if let MessageBody::InstallSnapshot { snapshot, .. } = &mut message.body {
-            snapshot.data = file.data;
-        }
+        let needs_decode = match &mut message.body {
+            MessageBody::InstallSnapshot { snapshot, .. } => {
+                snapshot.data = file.data;
+                self.driver.needs_decode(snapshot)
+            }
+            _ => false,
+        };
         if self.partitioned_from(peer) {
             return Ok(());
         }
-        self.driver.step(message)
+        if !needs_decode {
+            return self.driver.step(message);
+        }
+        if self.decoding {
+            info!(
+                "{}: the snapshot from {peer} arrived while another is being decoded; dropped (the leader sends it again)",
+                self.id
+            );
+            return Ok(());
+        }
+        // Decoding a large state takes seconds: a thread does it while
+        // the loop goes on (heartbeats, clients), and the core gets the
+        // InstallSnapshot with its state once decoded.
+        let tx = self.decoded_tx.clone();
+        let waker = std::sync::Arc::clone(&self.decode_waker);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-decode".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let kv = match &message.body {
+                    MessageBody::InstallSnapshot { snapshot, .. } => kv_of_snapshot(snapshot),
+                    _ => Err("not an InstallSnapshot".into()),
+                };
+                let _ = tx.send(Decoded {
+                    peer,
+                    message,
+                    kv,
+                    took: started.elapsed(),
+                });
+                let _ = waker.wake();
+            });
+        match spawned {
+            Ok(_) => self.decoding = true,
+            Err(e) => warn!(
+                "{}: cannot start a thread to decode the snapshot from {peer}: {e}; dropped",
+                self.id
+            ),
+        }
+        Ok(())
     }
+
+    /// A received snapshot is decoded: the core takes the InstallSnapshot.
+    pub(super) fn snapshot_decoded(&mut self, d: Decoded) {
+        self.decoding = false;
+        let Decoded {
+            peer,
+            message,
+            kv,
+            took,
+        } = d;
+        match kv {
+            Ok(kv) => {
+                info!(
+                    "{}: decoded the snapshot from {peer} ({} keys) off the event loop in {} ms",
+                    self.id,
+                    kv.len(),
+                    took.as_millis()
+                );
+                if !self.partitioned_from(peer) {
+                    self.driver.step_decoded(message, kv);
+                }
+            }
+            Err(e) => {
+                // As a bad message on the link: refused, logged; the core
+                // never switches to a state the node cannot load.
+                error!("{}: refusing the snapshot from {peer}: {e}", self.id);
+            }
+        }
+    }
+}
+
+/// A received snapshot's state, decoded by its thread.
+pub(super) struct Decoded {
+    peer: NodeId,
+    message: Message,
+    kv: Result<KvStore, String>,
+    took: Duration,
 }
