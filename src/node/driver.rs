@@ -143,6 +143,11 @@ pub struct Driver {
     pub(super) next_read_id: u64,
     /// Where the last snapshot was taken, or skipped as too large to send.
     pub(super) snapshot_tried: LogIndex,
+    /// Bytes of the entries applied since the last snapshot was handed
+    /// out (or installed), and the size of the last snapshot: see
+    /// `Driver::maybe_snapshot`.
+    pub(super) applied_bytes: u64,
+    pub(super) snapshot_bytes: u64,
     /// The index of the snapshot handed out to be encoded and not back yet
     /// (at most one at a time).
     pub(super) snapshot_encoding: Option<LogIndex>,
@@ -188,6 +193,7 @@ impl Driver {
             snapshot,
             ..
         } = recovered;
+        let snapshot_len = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let kv = match &snapshot {
             Some(snap) => kv_of_snapshot(snap).map_err(DriverError::Snapshot)?,
             None => KvStore::new(),
@@ -207,6 +213,8 @@ impl Driver {
             confirmed_reads: Vec::new(),
             next_read_id: 1,
             snapshot_tried: LogIndex(0),
+            applied_bytes: 0,
+            snapshot_bytes: snapshot_len,
             snapshot_encoding: None,
             decoded_snapshot: None,
             entry_buf: Vec::new(),

@@ -254,6 +254,8 @@ pub struct Node {
     decoded_rx: crossbeam_channel::Receiver<transfer::Decoded>,
     /// A received snapshot is being decoded.
     decoding: bool,
+    /// fsync on: a snapshot being received is pushed to disk as it comes.
+    fsync: bool,
     /// Connections with bytes to send, flushed once per loop iteration.
     dirty: Vec<Token>,
     /// Connections whose read stopped at `READ_BYTES_PER_EVENT_MAX` with
@@ -370,6 +372,7 @@ impl Node {
         let (decoded_tx, decoded_rx) = crossbeam_channel::unbounded();
         let encoder = SnapshotEncoder::spawn(
             me.data_dir.clone(),
+            config.cluster.fsync,
             Box::new(move || {
                 let _ = encoder_waker.wake();
             }),
@@ -408,6 +411,7 @@ impl Node {
             decoded_tx,
             decoded_rx,
             decoding: false,
+            fsync: config.cluster.fsync,
             dirty: Vec::new(),
             reread: Vec::new(),
             read_chunk: vec![0; net::READ_CHUNK_BYTES],

@@ -184,6 +184,7 @@ impl Driver {
     /// Applies one committed entry and answers every copy of its request.
     pub(super) fn apply(&mut self, e: Entry) {
         self.event(|| DriverEvent::Applied(e.clone()));
+        self.applied_bytes += e.data.len() as u64;
         if e.kind != EntryKind::Command {
             self.kv.note_applied(e.index);
             return;

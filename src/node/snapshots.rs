@@ -13,7 +13,7 @@ use log::{info, warn};
 
 use crate::kv::FrozenKv;
 use crate::raft::{LogIndex, Membership, NodeId, Snapshot, Term};
-use crate::storage::files::SnapshotFileWriter;
+use crate::storage::files::{SnapshotFileWriter, Writeback};
 use crate::storage::Job;
 
 use super::driver::{kv_of_snapshot, Disk, Driver, DriverError, DriverEvent};
@@ -66,7 +66,7 @@ impl SnapshotJob {
     /// a small buffer: memory stays that of the frozen view (shared with
     /// the store) whatever the state's size. The file is made durable and
     /// renamed into place by the storage side once the driver takes it.
-    pub fn run_to_file(self, dir: &Path) -> SnapshotDone {
+    pub fn run_to_file(self, dir: &Path, writeback: Writeback) -> SnapshotDone {
         let started = Instant::now();
         let written = (|| {
             let len = self.state.encoded_len() as u64;
@@ -77,7 +77,8 @@ impl SnapshotJob {
                 self.term,
                 &self.membership,
                 len,
-            )?;
+            )?
+            .with_writeback(writeback);
             self.state.encode_to(&mut w)?;
             w.finish()
         })()
@@ -99,7 +100,17 @@ impl SnapshotJob {
 
 impl Driver {
     /// Every `snapshot_entries` applied entries: snapshot the state
-    /// machine (see [`Driver::snapshot_now`]), unless one is being encoded.
+    /// machine (see [`Driver::snapshot_now`]), unless one is being encoded
+    /// or the entries applied since the last one hold fewer bytes than
+    /// `1 / SNAPSHOT_LOG_FRACTION` of that snapshot. A snapshot costs the
+    /// whole state (encoding, writing, and sending it to a follower that
+    /// needs it), so taking one every N entries whatever the state's size
+    /// would make each write cost more as the state grows; waiting until
+    /// the log behind the last one has grown in proportion keeps the cost
+    /// per applied byte flat (about `SNAPSHOT_LOG_FRACTION` bytes
+    /// of snapshot per byte of log), and memory within the state plus
+    /// `1 / SNAPSHOT_LOG_FRACTION` of it for the log. On a small state the
+    /// entry count decides, as before.
     pub(super) fn maybe_snapshot(&mut self, disk: &mut dyn Disk) -> Result<(), DriverError> {
         let every = self.config.snapshot_entries;
         let applied = self.raft.last_applied();
@@ -108,7 +119,11 @@ impl Driver {
             .snapshot()
             .map_or(LogIndex(0), |s| s.index)
             .max(self.snapshot_tried);
-        if every == 0 || applied.0 < last.0 + every || self.snapshot_encoding.is_some() {
+        if every == 0
+            || applied.0 < last.0 + every
+            || self.snapshot_encoding.is_some()
+            || self.applied_bytes < self.snapshot_bytes / SNAPSHOT_LOG_FRACTION
+        {
             return Ok(());
         }
         let keep = self.config.snapshot_keep_entries;
@@ -151,6 +166,7 @@ impl Driver {
             state: self.kv.freeze(),
         };
         self.snapshot_encoding = Some(applied);
+        self.applied_bytes = 0;
         match disk.encode_snapshot(job)? {
             Some(done) => self.snapshot_encoded(done, disk),
             None => Ok(()),
@@ -203,6 +219,7 @@ impl Driver {
             );
             return Ok(());
         }
+        self.snapshot_bytes = snap.data.len() as u64;
         let release = self
             .raft
             .compact(snap.clone(), LogIndex((index.0 + 1).saturating_sub(keep)));
@@ -256,10 +273,17 @@ impl Driver {
             kv.len()
         );
         self.kv = kv;
+        self.snapshot_bytes = snap.data.len() as u64;
+        self.applied_bytes = 0;
         self.event(|| DriverEvent::SnapshotInstalled(snap.clone()));
         Ok(())
     }
 }
+
+/// A node's next snapshot waits until the entries applied since its last
+/// one hold at least that snapshot's size divided by this (see
+/// `Driver::maybe_snapshot`).
+pub const SNAPSHOT_LOG_FRACTION: u64 = 2;
 
 /// Snapshot jobs queued for the encoder at most. The driver hands out one
 /// at a time, so one is never exceeded; the bound makes a second a bug
@@ -278,8 +302,17 @@ impl SnapshotEncoder {
     /// Starts the thread; `wake` is called after each job is encoded.
     pub(super) fn spawn(
         dir: PathBuf,
+        fsync: bool,
         wake: Box<dyn Fn() + Send>,
     ) -> std::io::Result<SnapshotEncoder> {
+        // With fsync, the file goes to disk at the disk's pace as it is
+        // written, so the fsync that makes it durable never holds up the
+        // log's.
+        let writeback = if fsync {
+            Writeback::Throttle
+        } else {
+            Writeback::None
+        };
         let (tx, rx) = crossbeam_channel::bounded::<SnapshotJob>(ENCODER_QUEUE_MAX);
         let (done_tx, done) = crossbeam_channel::bounded(ENCODER_QUEUE_MAX);
         // Not joined: a node that stops drops the job it is encoding, and
@@ -287,8 +320,9 @@ impl SnapshotEncoder {
         std::thread::Builder::new()
             .name("snapshot-encode".into())
             .spawn(move || {
+                background_priority();
                 for job in rx {
-                    let done = job.run_to_file(&dir);
+                    let done = job.run_to_file(&dir, writeback);
                     if done_tx.send(done).is_err() {
                         return;
                     }
@@ -315,5 +349,17 @@ impl SnapshotEncoder {
     /// The next encoded snapshot, if one is ready.
     pub(super) fn finished(&self) -> Option<SnapshotDone> {
         self.done.try_recv().ok()
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10): a thread that
+/// encodes or decodes a snapshot yields the cores to the event loops and
+/// the storage threads, which answer clients, whenever both want them.
+pub(super) fn background_priority() {
+    // SAFETY: gettid and setpriority take plain integers; on failure the
+    // thread just keeps its priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }

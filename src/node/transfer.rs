@@ -22,7 +22,7 @@ use mio::Token;
 
 use crate::kv::KvStore;
 use crate::raft::{LogIndex, Message, MessageBody, NodeId, Snapshot, SnapshotData, Term};
-use crate::storage::files::SnapshotFileWriter;
+use crate::storage::files::{SnapshotFileWriter, Writeback};
 use crate::wire::{encode_snapshot_chunk, Frame};
 
 use super::driver::kv_of_snapshot;
@@ -260,7 +260,11 @@ impl Node {
             &snapshot.membership,
             len,
         ) {
-            Ok(w) => w,
+            Ok(w) => w.with_writeback(if self.fsync {
+                Writeback::Start
+            } else {
+                Writeback::None
+            }),
             Err(e) => {
                 // Not the link's fault: the leader abandons the transfer
                 // and tries again later.
@@ -382,6 +386,7 @@ impl Node {
         let spawned = std::thread::Builder::new()
             .name("snapshot-decode".into())
             .spawn(move || {
+                super::snapshots::background_priority();
                 let started = Instant::now();
                 let kv = match &message.body {
                     MessageBody::InstallSnapshot { snapshot, .. } => kv_of_snapshot(snapshot),
