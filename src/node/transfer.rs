@@ -12,8 +12,9 @@
 //!
 //! A transfer is bound to its link: a link that closes, a new transfer on
 //! it, or no acknowledgement for `TRANSFER_STALL` ends it, and the
-//! follower's partial file goes. The core, whose follower did not
-//! acknowledge the snapshot, sends it again later, from the start.
+//! follower's partial file goes; so does a leader that is no longer the
+//! leader of the transfer's term stop sending. The core, whose follower did
+//! not acknowledge the snapshot, sends it again later, from the start.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use log::{error, info, warn};
 use mio::Token;
 
 use crate::kv::KvStore;
-use crate::raft::{LogIndex, Message, MessageBody, NodeId, Snapshot, SnapshotData, Term};
+use crate::raft::{LogIndex, Message, MessageBody, NodeId, Role, Snapshot, SnapshotData, Term};
 use crate::storage::files::{SnapshotFileWriter, Writeback};
 use crate::wire::{encode_snapshot_chunk, Frame};
 
@@ -186,9 +187,24 @@ impl Node {
     /// A SnapshotAck from `peer` on our link to it.
     pub(super) fn snapshot_acked(&mut self, peer: NodeId, transfer: u64, received: u64) {
         let now = Instant::now();
+        let (role, term) = (self.driver.raft().role(), self.driver.raft().current_term());
         let Some(link) = self.peers.get_mut(&peer) else {
             return;
         };
+        if link
+            .transfer
+            .as_ref()
+            .is_some_and(|t| role != Role::Leader || term != t.key.2)
+        {
+            // Its InstallSnapshot is of a term this node no longer leads:
+            // the follower would refuse it once whole.
+            info!(
+                "{}: snapshot transfer to {peer} stopped: no longer the leader of its term",
+                self.id
+            );
+            link.transfer = None;
+            return;
+        }
         let Some(t) = link.transfer.as_mut().filter(|t| t.id == transfer) else {
             return; // an old transfer's
         };
