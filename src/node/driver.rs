@@ -141,7 +141,8 @@ pub struct Driver {
     /// Reads confirmed by a quorum, waiting for `last_applied` to reach them.
     pub(super) confirmed_reads: Vec<(LogIndex, ReadWaiter)>,
     pub(super) next_read_id: u64,
-    /// Where the last snapshot was taken, or skipped as too large to send.
+    /// Where the last snapshot was taken, or tried (one that could not be
+    /// written is not tried again before `snapshot_entries` more).
     pub(super) snapshot_tried: LogIndex,
     /// Bytes of the entries applied since the last snapshot was handed
     /// out (or installed), and the size of the last snapshot: see

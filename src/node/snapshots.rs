@@ -1,10 +1,12 @@
 //! Snapshots in the driver: the node's own (every `snapshot_entries`
-//! applied entries, the state machine is frozen and handed out to be
-//! encoded; when the bytes come back the core compacts its log and the
-//! disk writes the snapshot) and a leader's (decoded when it arrives,
-//! installed when the core hands it out in a `Ready`). The node encodes on
-//! a thread of its own ([`SnapshotEncoder`]), so the event loop never
-//! stalls for it; the simulator encodes at once, deterministically.
+//! applied entries, once they hold half the last snapshot's bytes, the
+//! state machine is frozen and handed out to be encoded; when the
+//! snapshot comes back the core compacts its log and the disk saves it)
+//! and a leader's (decoded when it arrives, installed when the core hands
+//! it out in a `Ready`). The node encodes on a thread of its own
+//! ([`SnapshotEncoder`]) straight into a file, so the event loop never
+//! stalls for it and the snapshot is never held in memory; the simulator
+//! encodes into memory at once, deterministically.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
