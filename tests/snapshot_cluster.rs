@@ -214,13 +214,15 @@ fn a_snapshot_that_does_not_decode_closes_the_link_only() {
 /// the leader's snapshot file in chunks, into a file at the follower.
 #[test]
 fn a_snapshot_larger_than_a_frame_reaches_a_lagging_follower() {
-    let mut tc = TestCluster::start_with(3, "snapshot_entries = 40\nsnapshot_keep_entries = 5\n");
+    // Every 30 entries (33 to 39 as the nodes stagger them): by the 90th
+    // put every node has compacted past entry 60 at least once.
+    let mut tc = TestCluster::start_with(3, "snapshot_entries = 30\nsnapshot_keep_entries = 5\n");
     let leader = tc.wait_leader(&[1, 2, 3]);
     let lagger = if leader == 3 { 2 } else { 3 };
     tc.kill(lagger);
     let mut c = tc.client();
-    // 90 distinct keys of 1 MiB: the snapshot at entry 80 holds about
-    // 80 MiB of state.
+    // 90 distinct keys of 1 MiB: the last snapshot (at entry 66 to 78)
+    // holds 65 to 77 MiB of state, more than one frame.
     let pad = "y".repeat(1 << 20);
     for i in 0..90 {
         put(&mut c, &format!("big{i}"), &format!("{i}-{pad}"));
