@@ -542,17 +542,19 @@ impl KvStore {
     }
 
     /// Sets `key`: a new value buffer (a frozen view may still share the
-    /// old one), and a new key buffer only for a new key. `get_mut` copies
-    /// the nodes on its path that a frozen view shares even when the key
-    /// is missing, so a new key goes straight to `insert`.
+    /// old one), and a new key buffer only for a new key. One descent of
+    /// the tree for a key that exists (the common overwrite); for a new
+    /// key `get_mut` finds nothing and `insert` adds it. While a frozen
+    /// view shares the path, `get_mut` copies it even when the key is
+    /// missing, and `insert` then changes those copies in place: one copy
+    /// of the path either way, as `insert` alone would make.
     fn set(&mut self, key: &[u8], value: &[u8]) {
         let value = Bytes::from(value);
-        if self.map.contains_key(key) {
-            if let Some(v) = self.map.get_mut(key) {
-                *v = value;
+        match self.map.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                self.map.insert(Bytes::from(key), value);
             }
-        } else {
-            self.map.insert(Bytes::from(key), value);
         }
     }
 }
