@@ -11,15 +11,20 @@ use raftkit::client::Client;
 const SMALL_SNAPSHOTS: &str =
     "snapshot_entries = 50\nsnapshot_keep_entries = 10\nsegment_bytes_max = 65536\n";
 
-fn wal_segments(tc: &TestCluster, id: u64) -> usize {
-    let dir = tc.dir.path().join(format!("data/n{id}/wal"));
+/// Files in `dir` of node `id`'s data dir whose name passes `keep`.
+fn count_files(tc: &TestCluster, id: u64, dir: &str, keep: impl Fn(&str) -> bool) -> usize {
+    let dir = tc.dir.path().join(format!("data/n{id}")).join(dir);
     std::fs::read_dir(&dir)
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                .filter(|e| keep(&e.file_name().to_string_lossy()))
                 .count()
         })
         .unwrap_or(0)
+}
+
+fn wal_segments(tc: &TestCluster, id: u64) -> usize {
+    count_files(tc, id, "wal", |n| n.ends_with(".wal"))
 }
 
 /// Node `id`'s log says it installed a snapshot from the leader.
@@ -249,16 +254,9 @@ fn a_snapshot_larger_than_a_frame_reaches_a_lagging_follower() {
 /// `snapshot.*.tmp` files in node `id`'s data dir: snapshots being
 /// received or encoded.
 fn snapshot_tmp_files(tc: &TestCluster, id: u64) -> usize {
-    std::fs::read_dir(tc.dir.path().join(format!("data/n{id}")))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.starts_with("snapshot.") && n.ends_with(".tmp")
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    count_files(tc, id, ".", |n| {
+        n.starts_with("snapshot.") && n.ends_with(".tmp")
+    })
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {

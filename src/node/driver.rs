@@ -319,13 +319,13 @@ impl Driver {
         if let MessageBody::InstallSnapshot { snapshot, .. } = &m.body {
             self.decode_snapshot(m.from, snapshot)?;
         }
-        self.step_keeping_decoded(m);
+        self.step_core(m);
         Ok(())
     }
 
     /// Steps the core; a decoded snapshot it did not take (a message of an
     /// old term) is let go at once rather than held until the next one.
-    fn step_keeping_decoded(&mut self, m: Message) {
+    fn step_core(&mut self, m: Message) {
         self.raft.step(m);
         if let Some((index, _, _)) = &self.decoded_snapshot {
             if self.raft.commit_index() < *index {
@@ -342,7 +342,7 @@ impl Driver {
                 self.decoded_snapshot = Some((snapshot.index, snapshot.term, kv));
             }
         }
-        self.step_keeping_decoded(m);
+        self.step_core(m);
     }
 
     /// Whether an InstallSnapshot of `snap` would be taken, so that its

@@ -245,8 +245,6 @@ pub struct Node {
     data_dir: std::path::PathBuf,
     /// The last snapshot transfer id this node started.
     next_transfer: u64,
-    /// A snapshot chunk on its way from the file to a link.
-    transfer_buf: Vec<u8>,
     /// Snapshots received are decoded on a thread of their own, which
     /// reports here and wakes the loop (see `transfer`).
     decode_waker: Arc<Waker>,
@@ -254,8 +252,6 @@ pub struct Node {
     decoded_rx: crossbeam_channel::Receiver<transfer::Decoded>,
     /// A received snapshot is being decoded.
     decoding: bool,
-    /// fsync on: a snapshot being received is pushed to disk as it comes.
-    fsync: bool,
     /// Connections with bytes to send, flushed once per loop iteration.
     dirty: Vec<Token>,
     /// Connections whose read stopped at `READ_BYTES_PER_EVENT_MAX` with
@@ -406,12 +402,10 @@ impl Node {
             peers,
             data_dir: me.data_dir.clone(),
             next_transfer: 0,
-            transfer_buf: Vec::new(),
             decode_waker,
             decoded_tx,
             decoded_rx,
             decoding: false,
-            fsync: config.cluster.fsync,
             dirty: Vec::new(),
             reread: Vec::new(),
             read_chunk: vec![0; net::READ_CHUNK_BYTES],

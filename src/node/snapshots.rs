@@ -251,7 +251,7 @@ impl Driver {
     /// does not decode is a bad message (the link closes, the node goes
     /// on), not a state the core has already switched to.
     pub(super) fn decode_snapshot(&mut self, from: NodeId, snap: &Snapshot) -> Result<(), String> {
-        if snap.index <= self.raft.commit_index() {
+        if !self.needs_decode(snap) {
             return Ok(()); // the core acknowledges it and changes nothing
         }
         let kv = kv_of_snapshot(snap).map_err(|e| format!("from {from}: {e}"))?;

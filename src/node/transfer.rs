@@ -152,23 +152,20 @@ impl Node {
         let mut abandon = None;
         while t.sent < t.len && t.sent - t.acked < window {
             let n = ((t.len - t.sent) as usize).min(TRANSFER_CHUNK_BYTES);
-            self.transfer_buf.resize(n, 0);
-            match t.data.read_at(t.sent, &mut self.transfer_buf) {
-                Ok(got) if got == n => {}
-                Ok(got) => {
-                    abandon = Some(format!(
-                        "the snapshot ended at {} of {} bytes",
-                        t.sent + got as u64,
-                        t.len
-                    ));
-                    break;
+            let (data, at) = (&t.data, t.sent);
+            let read = encode_snapshot_chunk(&mut c.io.write_buf, t.id, at, n, |buf| {
+                match data.read_at(at, buf)? {
+                    got if got == buf.len() => Ok(()),
+                    got => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the snapshot ended at {} bytes", at + got as u64),
+                    )),
                 }
-                Err(e) => {
-                    abandon = Some(format!("reading the snapshot: {e}"));
-                    break;
-                }
+            });
+            if let Err(e) = read {
+                abandon = Some(format!("reading the snapshot: {e}"));
+                break;
             }
-            encode_snapshot_chunk(&mut c.io.write_buf, t.id, t.sent, &self.transfer_buf);
             t.sent += n as u64;
             queued = true;
         }
@@ -259,12 +256,14 @@ impl Node {
         len: u64,
         message: Message,
     ) -> Result<(), String> {
-        let MessageBody::InstallSnapshot { snapshot, .. } = &message.body else {
-            return Err(format!("{peer} began a snapshot transfer with {message}"));
+        let snapshot = match &message.body {
+            MessageBody::InstallSnapshot { snapshot, .. }
+                if snapshot.data.is_empty() && message.from == peer && message.to == self.id =>
+            {
+                snapshot
+            }
+            _ => return Err(format!("{peer} began a snapshot transfer with {message}")),
         };
-        if !snapshot.data.is_empty() || message.from != peer || message.to != self.id {
-            return Err(format!("{peer} began a snapshot transfer with {message}"));
-        }
         if self.partitioned_from(peer) {
             return Ok(()); // its chunks go unanswered
         }
@@ -276,7 +275,7 @@ impl Node {
             &snapshot.membership,
             len,
         ) {
-            Ok(w) => w.with_writeback(if self.fsync {
+            Ok(w) => w.with_writeback(if self.config.cluster.fsync {
                 Writeback::Start
             } else {
                 Writeback::None

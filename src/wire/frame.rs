@@ -781,15 +781,30 @@ pub fn encode_raft_fragments(m: &Message, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends a SnapshotChunk frame carrying `data`, without building the
-/// frame's value first (the chunk is copied once, into `out`).
-pub fn encode_snapshot_chunk(out: &mut Vec<u8>, transfer: u64, offset: u64, data: &[u8]) {
+/// Appends a SnapshotChunk frame of `len` data bytes that `fill` writes
+/// in place, straight into `out` (a snapshot file read into the frame,
+/// with no buffer between). If `fill` fails, `out` is left as it was.
+pub fn encode_snapshot_chunk(
+    out: &mut Vec<u8>,
+    transfer: u64,
+    offset: u64,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let start = out.len();
+    let mut filled = Ok(());
     encode_framed(out, |out| {
         put_u64(out, transfer);
         put_u64(out, offset);
-        out.extend_from_slice(data);
+        let at = out.len();
+        out.resize(at + len, 0);
+        filled = fill(&mut out[at..]);
         TYPE_SNAPSHOT_CHUNK
     });
+    if filled.is_err() {
+        out.truncate(start);
+    }
+    filled
 }
 
 /// Decodes a Raft message from the payloads of its fragments, joined.
